@@ -1,0 +1,280 @@
+"""One live call: caller frames in -> endpointing -> STT -> dialog -> TTS -> paced frames out.
+
+The session reads the caller's frames continuously, even while it thinks or speaks, so that
+barge-in (caller speech over our reply) is noticed within a few frames: the reply task is
+cancelled, which drops its queued audio and stops its LLM/TTS work. STT starts speculatively at
+a short pause and is reused when the pause turns out to be the end of the turn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from gateway.audiosocket import AudioIn, AudioSocketCall, Dtmf, Hangup
+from gateway.pacer import MediaClock, OutputStream
+from gateway.services import Services
+from llm.dialog import Action, Dialog, Reply
+from llm.site import StaffMember
+from models.records import CallEvent, CallRecord, Turn
+from speech.stt import Transcript
+from speech.vad import Endpointer, SpeechResumed, SpeechStarted, TentativeEnd, Utterance
+
+log = logging.getLogger(__name__)
+
+
+class Transferer(Protocol):
+    """Moves a live call to a staff extension (the Asterisk control plane plugs in here)."""
+
+    async def transfer(self, call: AudioSocketCall, member: StaffMember) -> bool: ...
+
+
+class DialplanTransferer:
+    """Without AMI: end the AudioSocket leg so the dialplan continues (see README); the decision is stored."""
+
+    async def transfer(self, call: AudioSocketCall, member: StaffMember) -> bool:
+        await call.hangup()
+        return True
+
+
+@dataclass
+class _Speculation:
+    seq: int
+    task: asyncio.Task[Transcript]
+
+
+@dataclass
+class _Turn:
+    """Timings of one caller turn, in ms, from the moment the endpointer closed the utterance."""
+
+    ended_at: float
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class CallSession:
+    def __init__(self, call: AudioSocketCall, services: Services, clock: MediaClock,
+                 transferer: Transferer | None = None, *, caller: str | None = None, dialled: str | None = None) -> None:
+        self.call, self.services, self.clock = call, services, clock
+        self.transferer = transferer or DialplanTransferer()
+        self.caller, self.dialled = caller, dialled
+        cfg = services.config
+        self.out = OutputStream(call.send_audio, name=call.call_id)
+        self.endpointer = Endpointer(cfg.vad)
+        self.dialog = Dialog(cfg.site, services.retriever, services.store, call_id=call.call_id, caller=caller,
+                             engine=services.dialog_engine, max_reply_tokens=cfg.models.llm.max_reply_tokens)
+        self._reply: asyncio.Task[None] | None = None
+        self._reply_interruptible = True
+        self._cancel_llm = threading.Event()
+        self._speculation: _Speculation | None = None
+        self._unheard_text = ""  # a turn cancelled before we said anything is merged into the next
+        self._seq = 0
+        self._prompts = 0
+        self._quiet_since = time.monotonic()
+        self._ended = asyncio.Event()
+        self._end_reason = "eof"
+
+    # ---- lifecycle ---------------------------------------------------------------------------------
+    async def run(self) -> None:
+        cfg = self.services.config
+        await self.services.store.start_call(CallRecord(
+            call_id=self.call.call_id, caller=self.caller, dialled=self.dialled, site=cfg.site.name,
+            transport="audiosocket", started_at=time.time()))
+        self.clock.register(self.out)
+        log.info("call started call=%s caller=%s", self.call.call_id, self.caller or "-")
+        try:
+            if not self.services.admit():
+                self._start_reply(self._deliver(Reply(cfg.site.wording.busy, Action.TRANSFER,
+                                                      cfg.site.directory.front_desk, source="rule:busy")))
+            else:
+                self._start_reply(self._deliver(self.dialog.greeting()))
+            try:
+                async with asyncio.timeout(cfg.calls.max_call_s):
+                    await self._read_events()
+            except TimeoutError:
+                self._end_reason = "max duration"
+                await self._say_and_hang_up(cfg.site.wording.goodbye)
+        finally:
+            await self._cleanup()
+
+    async def shutdown(self) -> None:
+        """Daemon stopping: tell the caller politely, then hang up (bounded by the caller's grace)."""
+        self._end_reason = "shutdown"
+        await self._cancel_reply()
+        await self._say_and_hang_up(self.services.config.site.wording.shutting_down)
+
+    async def _cleanup(self) -> None:
+        await self._cancel_reply()
+        if self._speculation:
+            self._speculation.task.cancel()
+        self.clock.unregister(self.out)
+        self.services.release()
+        await self.services.store.end_call(self.call.call_id, self._end_reason, time.time())
+        log.info("call ended call=%s reason=%s", self.call.call_id, self._end_reason)
+
+    # ---- input ------------------------------------------------------------------------------------
+    async def _read_events(self) -> None:
+        cfg = self.services.config
+        async for event in self.call.events():
+            if isinstance(event, AudioIn):
+                for vad_event in self.endpointer.feed(event.pcm):
+                    self._on_vad(vad_event)
+                if self._idle_for() > cfg.calls.no_speech_timeout_s:
+                    self._on_no_speech()
+            elif isinstance(event, Dtmf):
+                log.info("dtmf call=%s digit=%s", self.call.call_id, event.digit)
+                reply = self.dialog.on_dtmf(event.digit)
+                if reply is not None:
+                    await self.services.store.add_event(CallEvent(self.call.call_id, "dtmf", time.time(),
+                                                                  {"digit": event.digit}))
+                    await self._cancel_reply()
+                    self._start_reply(self._deliver(reply))
+            elif isinstance(event, Hangup):
+                if self._end_reason == "eof":
+                    self._end_reason = event.reason
+                break
+
+    def _idle_for(self) -> float:
+        busy = self.endpointer.in_speech or self._reply is not None or self.out.playing
+        if busy:
+            self._quiet_since = time.monotonic()
+        return time.monotonic() - self._quiet_since
+
+    def _on_no_speech(self) -> None:
+        cfg = self.services.config
+        reply = self.dialog.no_speech(self._prompts, cfg.calls.no_speech_prompts)
+        self._prompts += 1
+        log.info("no speech call=%s prompt=%d", self.call.call_id, self._prompts)
+        self._start_reply(self._deliver(reply))
+
+    def _on_vad(self, event: object) -> None:
+        if isinstance(event, SpeechStarted):
+            self._prompts = 0
+            if self._reply is not None and self._reply_interruptible and self.services.config.calls.barge_in:
+                log.info("barge-in call=%s queued_frames=%d", self.call.call_id, self.out.queued_frames)
+                asyncio.ensure_future(self._cancel_reply())
+        elif isinstance(event, TentativeEnd):
+            self._speculation = _Speculation(
+                event.seq, asyncio.ensure_future(self.services.transcriber.transcribe_async(event.pcm)))
+        elif isinstance(event, SpeechResumed):
+            self._drop_speculation()
+        elif isinstance(event, Utterance):
+            speculation = self._speculation if self._speculation and self._speculation.seq == event.seq else None
+            if speculation is None:
+                self._drop_speculation()
+            self._speculation = None
+            turn = _Turn(ended_at=time.monotonic(), timings={"endpoint": float(self.services.config.vad.end_silence_ms)})
+            if self._reply is not None and not self._reply_interruptible:
+                log.info("utterance ignored call=%s reason=transfer in progress", self.call.call_id)
+                return
+            self._start_reply(self._turn(event, speculation, turn))
+
+    def _drop_speculation(self) -> None:
+        if self._speculation is not None:
+            self._speculation.task.cancel()  # the worker finishes, the result is ignored
+            self._speculation = None
+
+    # ---- a turn -------------------------------------------------------------------------------------
+    def _start_reply(self, coro) -> None:  # type: ignore[no-untyped-def]
+        if self._reply is not None and not self._reply.done():
+            self._reply.cancel()
+        self._cancel_llm = threading.Event()
+        self._reply_interruptible = True
+        self._reply = asyncio.ensure_future(coro)
+        self._reply.add_done_callback(self._reply_done)
+
+    def _reply_done(self, task: asyncio.Task[None]) -> None:
+        if self._reply is task:
+            self._reply = None
+            self._quiet_since = time.monotonic()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("reply failed call=%s error=%r", self.call.call_id, task.exception())
+
+    async def _cancel_reply(self) -> None:
+        task = self._reply
+        if task is None or task.done():
+            return
+        self._cancel_llm.set()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    async def _turn(self, utterance: Utterance, speculation: _Speculation | None, turn: _Turn) -> None:
+        t0 = time.perf_counter()
+        if speculation is not None:
+            transcript = await speculation.task
+            turn.timings["stt_speculative"] = 1.0
+        else:
+            transcript = await self.services.transcriber.transcribe_async(utterance.pcm)
+        turn.timings["stt"] = transcript.elapsed_ms
+        turn.timings["stt_wait"] = (time.perf_counter() - t0) * 1000
+        text = f"{self._unheard_text} {transcript.text}".strip() if transcript.text else ""
+        if not text:
+            log.info("utterance dropped call=%s reason=no words audio_ms=%d", self.call.call_id, utterance.speech_ms)
+            return
+        self._seq += 1
+        await self.services.store.add_turn(Turn(self.call.call_id, self._seq, "caller", text, time.time(),
+                                                timings_ms=dict(turn.timings)))
+        log.info("caller said call=%s text=%r stt_ms=%.0f", self.call.call_id, text, transcript.elapsed_ms)
+        self._unheard_text = text  # until some of our reply is heard
+        reply = await self.dialog.respond(text, cancel=self._cancel_llm)
+        turn.timings.update(reply.timings_ms)
+        await self._deliver(reply, turn)
+
+    async def _deliver(self, reply: Reply, turn: _Turn | None = None) -> None:
+        """Speak a reply, then carry out its action; a transfer is not interruptible once decided."""
+        if reply.action is not Action.ANSWER:
+            await self.services.store.add_event(CallEvent(self.call.call_id, reply.action.value, time.time(), {
+                "source": reply.source, "target": reply.target.name if reply.target else None,
+                "extension": reply.target.extension if reply.target else None}))
+        if reply.action in (Action.TRANSFER, Action.END_CALL):
+            self._reply_interruptible = False
+        timings = turn.timings if turn else {}
+        first_audio = asyncio.get_running_loop().create_future()
+        self.out.on_first_frame(lambda at: first_audio.done() or first_audio.set_result(at))
+        t0 = time.perf_counter()
+        played = False
+        try:
+            async for pcm in self.services.synthesizer.stream(reply.text):
+                if "tts_first" not in timings:
+                    timings["tts_first"] = (time.perf_counter() - t0) * 1000
+                    self._unheard_text = ""
+                self.out.enqueue(pcm)
+            played = await self.out.mark()
+        except asyncio.CancelledError:
+            dropped = self.out.clear()
+            log.info("reply interrupted call=%s dropped_frames=%d", self.call.call_id, dropped)
+            raise
+        finally:
+            if first_audio.done() and turn is not None:
+                timings["voice_to_voice"] = (first_audio.result() - turn.ended_at) * 1000 + timings["endpoint"]
+            self._seq += 1
+            await asyncio.shield(self.services.store.add_turn(Turn(
+                self.call.call_id, self._seq, "assistant", reply.text, time.time(), timings_ms=dict(timings),
+                action=reply.action.value, interrupted=not played)))
+        log.info("assistant said call=%s source=%s action=%s timings=%s", self.call.call_id, reply.source,
+                 reply.action.value, {k: round(v) for k, v in timings.items()})
+        if reply.action is Action.TRANSFER and reply.target is not None:
+            await self._transfer(reply.target, reply.source)
+        elif reply.action is Action.END_CALL:
+            self._end_reason = "goodbye"
+            await self.call.hangup()
+
+    async def _transfer(self, member: StaffMember, source: str) -> None:
+        ok = await self.transferer.transfer(self.call, member)
+        await self.services.store.add_event(CallEvent(self.call.call_id, "transfer_done" if ok else "transfer_failed",
+                                                      time.time(), {"extension": member.extension, "source": source}))
+        log.info("transfer call=%s to=%s extension=%s ok=%s", self.call.call_id, member.name, member.extension, ok)
+        if ok:
+            self._end_reason = "transferred"
+
+    async def _say_and_hang_up(self, text: str) -> None:
+        try:
+            async for pcm in self.services.synthesizer.stream(text):
+                self.out.enqueue(pcm)
+            await asyncio.wait_for(self.out.mark(), timeout=10)
+        except (TimeoutError, ConnectionError):
+            pass
+        await self.call.hangup()

@@ -1,0 +1,91 @@
+"""`switchboard` command: run | demo | doctor | models."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from pathlib import Path
+
+from gateway.config import DEFAULT_CONFIG, Config, ConfigError, load_config
+from gateway.models_cmd import add_models_parser
+
+log = logging.getLogger("switchboard")
+
+
+def setup_logging(level: str) -> None:
+    # Under systemd the journal adds its own timestamps.
+    fmt = "%(levelname)s %(name)s %(message)s" if os.environ.get("JOURNAL_STREAM") else \
+        "%(asctime)s %(levelname)s %(name)s %(message)s"
+    logging.basicConfig(level=level, format=fmt, stream=sys.stderr, force=True)
+
+
+def _load(args: argparse.Namespace) -> Config | None:
+    try:
+        return load_config(args.config, data_dir=args.data_dir)
+    except ConfigError as exc:
+        print(f"switchboard: configuration error: {exc}", file=sys.stderr)
+        return None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    config = _load(args)
+    if config is None:
+        return 2
+    setup_logging(config.log_level)
+    from gateway.app import serve
+    from llm.engine import LlmError
+    from speech.models import ModelError
+
+    try:
+        return asyncio.run(serve(config))
+    except (ModelError, LlmError) as exc:
+        log.error("cannot start: %s", exc)
+        return 2
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    config = _load(args)
+    if config is None:
+        return 2
+    setup_logging("WARNING" if not args.verbose else "INFO")
+    from gateway.demo import run_demo
+
+    return asyncio.run(run_demo(config, args.wav, args.out))
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from gateway.doctor import run_doctor
+
+    return asyncio.run(run_doctor(args.config, args.data_dir))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="switchboard", description="On-premise AI voice gateway for Asterisk.")
+    parser.add_argument("-c", "--config", type=Path, default=Path(os.environ.get("SWITCHBOARD_CONFIG", DEFAULT_CONFIG)),
+                        help="path to switchboard.yaml (default: %(default)s; env SWITCHBOARD_CONFIG)")
+    parser.add_argument("--data-dir", type=Path, default=None,
+                        help="override data_dir from the config (database, models)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the gateway daemon (AudioSocket listener)")
+    run.set_defaults(func=cmd_run)
+    demo = sub.add_parser("demo", help="play a WAV as a caller through a real AudioSocket connection")
+    demo.add_argument("wav", type=Path, help="the caller's speech (WAV, 16-bit, any rate, mono or stereo)")
+    demo.add_argument("--out", type=Path, default=Path("demo-reply.wav"), help="where to write the gateway's audio")
+    demo.add_argument("-v", "--verbose", action="store_true", help="show the gateway's log")
+    demo.set_defaults(func=cmd_demo)
+    doctor = sub.add_parser("doctor", help="check config, models, ports and Asterisk; say how to fix problems")
+    doctor.set_defaults(func=cmd_doctor)
+    add_models_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

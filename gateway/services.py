@@ -1,0 +1,104 @@
+"""Everything a call shares: the store, the three engines (loaded once per process), admission control."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+
+from gateway.config import Config
+from llm.bundled import ensure_bundled_gguf
+from llm.engine import LlmEngine
+from llm.knowledge import Retriever
+from models.store import Store
+from speech.models import bundled_piper_voice, bundled_whisper_dir, check_piper_voice, check_whisper_dir
+from speech.stt import Transcriber
+from speech.tts import Synthesizer
+
+log = logging.getLogger(__name__)
+
+CAPABLE_MODEL_HINT = (
+    "for understanding and phrasing, configure an instruction-tuned GGUF: "
+    "`switchboard models list`, `switchboard models pull NAME`, then set models.llm.path in etc/switchboard.yaml"
+)
+
+
+@dataclass
+class Services:
+    config: Config
+    store: Store
+    retriever: Retriever
+    transcriber: Transcriber
+    synthesizer: Synthesizer
+    engine: LlmEngine
+    load_ms: dict[str, float] = field(default_factory=dict)
+    _active: int = 0
+
+    @property
+    def dialog_engine(self) -> LlmEngine | None:
+        """The LLM takes part in dialog only if it is instruction-tuned (has a chat template)."""
+        return self.engine if self.engine.instruction_tuned else None
+
+    def admit(self) -> bool:
+        """Count a call in; False when past capacity (the caller is then put through to staff)."""
+        self._active += 1
+        return self._active <= self.config.calls.max_concurrent_dialogs
+
+    def release(self) -> None:
+        self._active -= 1
+
+    def fixed_phrases(self) -> list[str]:
+        """Sentences worth synthesising before any caller needs them."""
+        site = self.config.site
+        w = site.wording
+        phrases = [site.greeting, w.anything_else, w.not_understood, w.no_speech_prompt, w.goodbye, w.emergency,
+                   w.busy, w.shutting_down, w.unknown_answer]
+        for member in site.directory.everyone():
+            phrases += [w.transfer.format(name=member.name), w.take_message_prompt.format(name=member.name),
+                        w.message_taken.format(name=member.name)]
+        phrases += [entry.answer for entry in self.config.knowledge]
+        return phrases
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self.transcriber.close)
+        await asyncio.to_thread(self.synthesizer.close)
+        await asyncio.to_thread(self.engine.close)
+        await self.store.close()
+
+
+async def _timed(name: str, timings: dict[str, float], fn, *args, **kwargs):  # type: ignore[no-untyped-def]
+    t0 = time.perf_counter()
+    result = await asyncio.to_thread(fn, *args, **kwargs)
+    timings[name] = (time.perf_counter() - t0) * 1000
+    return result
+
+
+async def load_services(config: Config, *, progress: bool = True) -> Services:
+    """Open the store and load the models (in threads, concurrently); raises with a clear message."""
+    timings: dict[str, float] = {}
+    store = await Store.open(config.database)
+    try:
+        await store.replace_admin_knowledge(config.knowledge)
+        stt_dir = check_whisper_dir(config.models.stt.path or bundled_whisper_dir())
+        voice = check_piper_voice(config.models.tts.voice or bundled_piper_voice())
+        llm_path = config.models.llm.path or await asyncio.to_thread(
+            ensure_bundled_gguf, config.models_dir, progress)
+        transcriber, synthesizer, engine = await asyncio.gather(
+            _timed("stt", timings, Transcriber, stt_dir, cpu_threads=config.models.stt.threads,
+                   workers=config.models.stt.workers),
+            _timed("tts", timings, Synthesizer, voice, workers=config.models.tts.workers),
+            _timed("llm", timings, LlmEngine, llm_path, threads=config.models.llm.threads,
+                   context=config.models.llm.context),
+        )
+    except BaseException:
+        await store.close()
+        raise
+    services = Services(config, store, Retriever(store), transcriber, synthesizer, engine, timings)
+    health = await engine.health_check()
+    log.info("models loaded stt=%s tts=%s llm=%s load_ms=%s llm_health_ms=%.0f", stt_dir, voice, llm_path,
+             {k: round(v) for k, v in timings.items()}, health.elapsed_ms)
+    if not engine.instruction_tuned:
+        log.warning("llm model=%s has no chat template: loaded and health-checked only, never spoken; replies come "
+                    "from rules and the site's knowledge; %s", engine.name, CAPABLE_MODEL_HINT)
+    return services

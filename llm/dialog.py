@@ -1,0 +1,214 @@
+"""One call's conversation: rules first, then the site's knowledge, then (if capable) the LLM.
+
+The order is the product's safety story: an emergency or a request for a person never waits on
+a model; facts are the admin's own words; a model, when an instruction-tuned one is configured,
+only adds understanding and phrasing, its action is constrained to a fixed set, and any number it
+says must be in the facts it was given. Nothing here touches audio or sockets.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from llm import rules
+from llm.engine import Cancelled, LlmEngine, LlmError
+from llm.grounding import ungrounded_numbers
+from llm.knowledge import Match, Retriever
+from llm.site import Site, StaffMember
+from models.records import HelpRequest, TakenMessage
+from models.store import Store
+
+log = logging.getLogger(__name__)
+
+
+class Action(str, enum.Enum):
+    ANSWER = "answer"
+    TRANSFER = "transfer"
+    TAKE_MESSAGE = "take_message"
+    ESCALATE = "escalate"
+    END_CALL = "end_call"
+
+
+@dataclass(frozen=True)
+class Reply:
+    text: str
+    action: Action = Action.ANSWER
+    target: StaffMember | None = None
+    source: str = ""  # e.g. "rule:emergency", "knowledge:hours", "llm", "fallback"
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+def _listing(site: Site) -> str:
+    return "\n".join(f"- {m.name} ({m.role})" for m in site.directory.everyone())
+
+
+class Dialog:
+    """Per-call state; `respond` is called once per caller turn, in order."""
+
+    def __init__(self, site: Site, retriever: Retriever, store: Store, *, call_id: str, caller: str | None,
+                 engine: LlmEngine | None = None, max_reply_tokens: int = 160,
+                 now: Callable[[], dt.datetime] | None = None) -> None:
+        self.site, self.retriever, self.store, self.engine = site, retriever, store, engine
+        self.call_id, self.caller = call_id, caller
+        self.max_reply_tokens = max_reply_tokens
+        self._now = now or (lambda: dt.datetime.now(site.tz))
+        self._message_for: StaffMember | None = None  # set while we wait for the message text
+        self._asked_anything_else = False
+        self.history: list[dict[str, str]] = []  # chat messages for the LLM, byte-stable across turns
+
+    # ---- entry points ----------------------------------------------------------------------------
+    def greeting(self) -> Reply:
+        return Reply(self.site.greeting, source="greeting")
+
+    def on_dtmf(self, digit: str) -> Reply | None:
+        if digit == "0":
+            return self._transfer(self.site.directory.front_desk, "rule:dtmf0")
+        return None
+
+    def no_speech(self, prompts_so_far: int, max_prompts: int) -> Reply:
+        if prompts_so_far < max_prompts:
+            return Reply(self.site.wording.no_speech_prompt, source="rule:no_speech")
+        return Reply(self.site.wording.goodbye, Action.END_CALL, source="rule:no_speech")
+
+    async def respond(self, text: str, cancel: threading.Event | None = None) -> Reply:
+        start = time.perf_counter()
+        reply = await self._decide(text, cancel)
+        reply.timings_ms.setdefault("dialog", (time.perf_counter() - start) * 1000)
+        self._asked_anything_else = reply.text.endswith(self.site.wording.anything_else)
+        self.history += [{"role": "user", "content": text}, {"role": "assistant", "content": reply.text}]
+        return reply
+
+    # ---- the decision ----------------------------------------------------------------------------
+    async def _decide(self, text: str, cancel: threading.Event | None) -> Reply:
+        site = self.site
+        if self._message_for is not None:
+            return await self._store_message(text)
+        if rules.is_emergency(text, site):
+            return self._transfer(site.directory.front_desk, "rule:emergency", site.wording.emergency)
+        target = rules.wants_transfer_to(text, site)
+        if target is not None:
+            return self._transfer(target, "rule:transfer")
+        if rules.wants_message(text):
+            member = rules.mentioned_staff(text, site) or site.directory.front_desk
+            self._message_for = member
+            return Reply(site.wording.take_message_prompt.format(name=member.name), Action.TAKE_MESSAGE, member,
+                         source="rule:message")
+        if rules.is_goodbye(text) or (self._asked_anything_else and rules.is_negative(text)):
+            return Reply(site.wording.goodbye, Action.END_CALL, source="rule:goodbye")
+        now = self._now()
+        question = rules.hours_question(text, now.date())
+        if question is not None:
+            return self._answer(rules.describe_hours(site, question, now), "rule:hours")
+
+        t0 = time.perf_counter()
+        matches = await self.retriever.search(text, limit=3)
+        best = await self.retriever.best(text)
+        retrieval_ms = (time.perf_counter() - t0) * 1000
+        if self.engine is not None and self.engine.instruction_tuned:
+            reply = await self._ask_model(text, matches, best, cancel)
+            if reply is not None:
+                reply.timings_ms["retrieval"] = retrieval_ms
+                return reply
+        if best is not None:
+            reply = self._answer(best.entry.answer, f"knowledge:{best.entry.id}")
+        else:
+            reply = await self._escalate(text)
+        reply.timings_ms["retrieval"] = retrieval_ms
+        return reply
+
+    def _answer(self, text: str, source: str) -> Reply:
+        return Reply(f"{text} {self.site.wording.anything_else}", source=source)
+
+    def _transfer(self, member: StaffMember, source: str, preface: str = "") -> Reply:
+        words = self.site.wording.transfer.format(name=member.name)
+        if preface:
+            # The emergency wording already says we are putting them through.
+            words = preface
+        return Reply(words, Action.TRANSFER, member, source=source)
+
+    async def _store_message(self, text: str) -> Reply:
+        member, self._message_for = self._message_for, None
+        assert member is not None
+        await self.store.take_message(TakenMessage(
+            call_id=self.call_id, contact_number=self.caller, for_staff=member.name, caller_name=None,
+            text=text, at=time.time()))
+        wording = self.site.wording
+        return Reply(f"{wording.message_taken.format(name=member.name)} {wording.anything_else}",
+                     source="rule:message_taken")
+
+    async def _escalate(self, question: str) -> Reply:
+        request_id = await self.store.create_help_request(HelpRequest(
+            id=None, call_id=self.call_id, contact_number=self.caller, question=question, created_at=time.time()))
+        log.info("help request created call=%s id=%s", self.call_id, request_id)
+        return Reply(f"{self.site.wording.unknown_answer} {self.site.wording.anything_else}", Action.ESCALATE,
+                     source="fallback")
+
+    # ---- optional model ----------------------------------------------------------------------------
+    def _schema(self) -> dict:
+        names = [m.name for m in self.site.directory.everyone()]
+        return {
+            "type": "object",
+            "properties": {
+                "action": {"type": "string", "enum": [a.value for a in Action]},
+                "target": {"type": "string", "enum": ["", *names]},
+                "reply": {"type": "string"},
+            },
+            "required": ["action", "target", "reply"],
+        }
+
+    def _system_prompt(self) -> str:
+        return (
+            f"You are the telephone assistant of {self.site.name}, {self.site.address}. "
+            "Reply in one or two short spoken sentences. Use ONLY the facts given with each caller message; "
+            "never guess numbers, times or prices. If the facts do not answer the question, use action "
+            "\"escalate\". To connect the caller to someone, use action \"transfer\" with the person's exact name "
+            "as target. Use \"take_message\" when the caller wants to leave a message, \"end_call\" when they "
+            f"are done. Staff:\n{_listing(self.site)}\nAnswer with a JSON object."
+        )
+
+    async def _ask_model(self, text: str, matches: list[Match], best: Match | None,
+                         cancel: threading.Event | None) -> Reply | None:
+        assert self.engine is not None
+        facts = "\n".join(f"- {m.entry.answer}" for m in matches) or "- (no facts found)"
+        messages = [{"role": "system", "content": self._system_prompt()}, *self.history,
+                    {"role": "user", "content": f"Facts:\n{facts}\n\nCaller: {text}"}]
+        try:
+            decision, gen = await self.engine.chat_json(messages, self._schema(), max_tokens=self.max_reply_tokens,
+                                                        cancel=cancel)
+        except Cancelled:
+            raise
+        except LlmError as exc:
+            log.warning("llm decision failed call=%s error=%s; using knowledge", self.call_id, exc)
+            return None
+        timings = {"llm": gen.elapsed_ms, "llm_first_token": gen.first_token_ms}
+        action = Action(decision["action"])
+        reply_text = str(decision["reply"]).strip()
+        if action is Action.TRANSFER:
+            member = next((m for m in self.site.directory.everyone() if m.name == decision["target"]),
+                          self.site.directory.front_desk)
+            reply = self._transfer(member, "llm")
+        elif action is Action.TAKE_MESSAGE:
+            member = next((m for m in self.site.directory.everyone() if m.name == decision["target"]),
+                          self.site.directory.front_desk)
+            self._message_for = member
+            reply = Reply(self.site.wording.take_message_prompt.format(name=member.name), action, member, "llm")
+        elif action is Action.END_CALL:
+            reply = Reply(self.site.wording.goodbye, action, source="llm")
+        elif action is Action.ESCALATE or not reply_text:
+            reply = await self._escalate(text)
+        else:
+            bad = ungrounded_numbers(reply_text, "\n".join(m.entry.answer for m in matches))
+            if bad:
+                log.info("llm reply dropped call=%s ungrounded=%s", self.call_id, ",".join(bad))
+                reply = (self._answer(best.entry.answer, f"knowledge:{best.entry.id}") if best
+                         else await self._escalate(text))
+            else:
+                reply = Reply(f"{reply_text} {self.site.wording.anything_else}", source="llm")
+        reply.timings_ms.update(timings)
+        return reply

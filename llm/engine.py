@@ -1,0 +1,140 @@
+"""llama.cpp behind one worker thread.
+
+A llama.cpp context is not thread-safe (PROTOCOLS §8), so every call is queued onto one
+dedicated thread; that also keeps the prompt prefix of the last call in the KV cache. Work is
+streamed token by token inside the thread so an abandoned reply (barge-in, hang-up) stops
+generating at the next token instead of running to max_tokens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+log = logging.getLogger(__name__)
+
+
+class LlmError(Exception):
+    pass
+
+
+class Cancelled(Exception):
+    """The caller no longer wants this generation."""
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str
+    tokens: int
+    elapsed_ms: float
+    first_token_ms: float
+
+
+class LlmEngine:
+    def __init__(self, model_path: Path, *, threads: int = 2, context: int = 4096) -> None:
+        path = Path(model_path)
+        if not path.is_file():
+            raise LlmError(f"model file {path}: not found (set models.llm.path in etc/switchboard.yaml)")
+        from llama_cpp import Llama  # heavy import, only when an engine is really wanted
+
+        try:
+            self._llm = Llama(
+                model_path=str(path), n_ctx=context, n_threads=threads, n_threads_batch=threads,
+                verbose=False,
+            )
+        except (ValueError, RuntimeError) as exc:
+            raise LlmError(f"model file {path}: cannot be loaded by llama.cpp ({exc}); is it a complete GGUF?") from None
+        self.path = path
+        meta = self._llm.metadata
+        self.name = meta.get("general.name", path.stem)
+        # Only an instruction-tuned model ships a chat template; a base model's free text is not fit for callers.
+        self.chat_template: str | None = meta.get("tokenizer.chat_template")
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llm")
+
+    @property
+    def instruction_tuned(self) -> bool:
+        return bool(self.chat_template)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._llm.close()
+
+    # ---- synchronous primitives (run on the engine thread) ------------------------------------
+    def _collect(self, chunks: Iterator[dict[str, Any]], cancel: threading.Event | None, chat: bool) -> Generation:
+        start = time.perf_counter()
+        first = 0.0
+        parts: list[str] = []
+        for n, chunk in enumerate(chunks, 1):
+            if cancel is not None and cancel.is_set():
+                chunks.close()  # type: ignore[attr-defined]  # stops llama.cpp at this token
+                raise Cancelled()
+            choice = chunk["choices"][0]
+            piece = (choice.get("delta", {}).get("content") if chat else choice.get("text")) or ""
+            if piece and not first:
+                first = (time.perf_counter() - start) * 1000
+            parts.append(piece)
+        return Generation("".join(parts), n if parts else 0, (time.perf_counter() - start) * 1000, first)
+
+    def _chat_json(self, messages: list[dict[str, str]], schema: dict[str, Any], max_tokens: int,
+                   cancel: threading.Event | None) -> tuple[dict[str, Any], Generation]:
+        stream = self._llm.create_chat_completion(
+            messages=messages, response_format={"type": "json_object", "schema": schema},
+            temperature=0.2, max_tokens=max_tokens, stream=True,
+        )
+        gen = self._collect(stream, cancel, chat=True)
+        return _parse_json(gen.text), gen
+
+    def _complete_json(self, prompt: str, schema: dict[str, Any], max_tokens: int,
+                       cancel: threading.Event | None) -> tuple[dict[str, Any], Generation]:
+        from llama_cpp import LlamaGrammar
+
+        grammar = LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
+        stream = self._llm.create_completion(
+            prompt=prompt, grammar=grammar, temperature=0.2, max_tokens=max_tokens, stream=True,
+        )
+        gen = self._collect(stream, cancel, chat=False)
+        return _parse_json(gen.text), gen
+
+    def _health(self) -> Generation:
+        stream = self._llm.create_completion(prompt="The clinic opens at", max_tokens=4, temperature=0.0, stream=True)
+        gen = self._collect(stream, None, chat=False)
+        if gen.tokens == 0:
+            raise LlmError(f"model file {self.path}: produced no tokens in the health check")
+        return gen
+
+    # ---- async API ----------------------------------------------------------------------------
+    async def _run(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    async def health_check(self) -> Generation:
+        return await self._run(self._health)
+
+    async def chat_json(self, messages: list[dict[str, str]], schema: dict[str, Any], *, max_tokens: int = 160,
+                        cancel: threading.Event | None = None) -> tuple[dict[str, Any], Generation]:
+        """Grammar-constrained chat completion: the result always parses and matches `schema`'s enums."""
+        if not self.instruction_tuned:
+            raise LlmError(f"{self.name} has no chat template; it is not fit for dialog")
+        return await self._run(self._chat_json, messages, schema, max_tokens, cancel)
+
+    async def complete_json(self, prompt: str, schema: dict[str, Any], *, max_tokens: int = 160,
+                            cancel: threading.Event | None = None) -> tuple[dict[str, Any], Generation]:
+        """Grammar-constrained raw completion (works on base models too)."""
+        return await self._run(self._complete_json, prompt, schema, max_tokens, cancel)
+
+
+def _parse_json(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        # Only possible when max_tokens cut the grammar short.
+        raise LlmError(f"constrained output was cut short: {exc}") from None
+    if not isinstance(value, dict):
+        raise LlmError("constrained output is not a JSON object")
+    return value

@@ -1,0 +1,162 @@
+"""What the dialog knows about one site: identity, opening hours, staff directory, fixed wording.
+
+These are validated pydantic models so the gateway can load them straight from etc/*.yaml and
+report the exact key of any mistake; the dialog uses them as plain read-only data.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+_SPAN = re.compile(r"^(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})$")
+
+
+class Strict(BaseModel):
+    """Unknown keys are errors: a typo in etc/ must not be silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class OpeningSpan(Strict):
+    opens: dt.time
+    closes: dt.time
+
+
+def parse_spans(value: str) -> tuple[OpeningSpan, ...]:
+    """'08:00-12:00, 13:00-17:00' or 'closed' -> spans."""
+    text = value.strip().lower()
+    if text in ("closed", ""):
+        return ()
+    spans = []
+    for part in text.split(","):
+        m = _SPAN.match(part.strip())
+        if not m:
+            raise ValueError(f"expected 'HH:MM-HH:MM' (or 'closed'), got {part.strip()!r}")
+        h1, m1, h2, m2 = (int(g) for g in m.groups())
+        try:
+            opens, closes = dt.time(h1, m1), dt.time(h2, m2)
+        except ValueError as exc:
+            raise ValueError(f"{part.strip()!r}: {exc}") from None
+        if closes <= opens:
+            raise ValueError(f"{part.strip()!r}: closing time is not after opening time")
+        spans.append(OpeningSpan(opens=opens, closes=closes))
+    return tuple(spans)
+
+
+class Holiday(Strict):
+    date: dt.date
+    name: str
+    hours: str = "closed"
+
+    @field_validator("hours")
+    @classmethod
+    def _hours(cls, v: str) -> str:
+        parse_spans(v)
+        return v
+
+
+class Hours(Strict):
+    monday: str = "closed"
+    tuesday: str = "closed"
+    wednesday: str = "closed"
+    thursday: str = "closed"
+    friday: str = "closed"
+    saturday: str = "closed"
+    sunday: str = "closed"
+
+    @field_validator(*WEEKDAYS)
+    @classmethod
+    def _spans(cls, v: str) -> str:
+        parse_spans(v)
+        return v
+
+    def spans(self, weekday: int) -> tuple[OpeningSpan, ...]:
+        return parse_spans(getattr(self, WEEKDAYS[weekday]))
+
+
+class StaffMember(Strict):
+    name: str
+    role: str = ""
+    extension: str = Field(pattern=r"^[0-9*#+]{1,20}$")
+    aliases: tuple[str, ...] = ()
+    # How a message taken for this person reaches them (channels come with the messaging issue).
+    message_via: Literal["store", "email", "sms"] = "store"
+    email: str | None = None
+    mobile: str | None = None
+
+
+class Directory(Strict):
+    front_desk: StaffMember
+    staff: tuple[StaffMember, ...] = ()
+
+    @model_validator(mode="after")
+    def _unique(self) -> "Directory":
+        seen: set[str] = set()
+        for member in (self.front_desk, *self.staff):
+            key = member.name.lower()
+            if key in seen:
+                raise ValueError(f"staff name {member.name!r} appears twice")
+            seen.add(key)
+        return self
+
+    def everyone(self) -> tuple[StaffMember, ...]:
+        return (self.front_desk, *self.staff)
+
+
+class Wording(Strict):
+    """Fixed sentences the assistant says; admins may reword them."""
+
+    anything_else: str = "Is there anything else I can help you with?"
+    not_understood: str = "Sorry, I didn't catch that. Could you say it again?"
+    no_speech_prompt: str = "Are you still there? How can I help you?"
+    goodbye: str = "Thank you for calling. Goodbye!"
+    unknown_answer: str = (
+        "I'm sorry, I don't know the answer to that. I've passed your question to our team, "
+        "and someone will get back to you."
+    )
+    transfer: str = "One moment please, I'm putting you through to {name}."
+    take_message_prompt: str = "Of course. Please say your message after this, and I'll pass it on to {name}."
+    message_taken: str = "Thank you, I've taken your message for {name}."
+    emergency: str = (
+        "If this is a life-threatening emergency, please hang up and dial 9 1 1. "
+        "I'm putting you through to our staff right now."
+    )
+    busy: str = "Sorry, all our lines are busy right now. I'm putting you through to our staff."
+    shutting_down: str = "I'm sorry, I have to end this call now. Please call us back in a moment. Goodbye."
+
+
+class Site(Strict):
+    name: str
+    greeting: str
+    timezone: str = "UTC"
+    address: str = ""
+    hours: Hours
+    holidays: tuple[Holiday, ...] = ()
+    emergency_phrases: tuple[str, ...] = ()
+    wording: Wording = Wording()
+    directory: Directory
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, v: str) -> str:
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {v!r} (use an IANA name such as 'America/New_York')") from None
+        return v
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    def spans_on(self, day: dt.date) -> tuple[tuple[OpeningSpan, ...], Holiday | None]:
+        for holiday in self.holidays:
+            if holiday.date == day:
+                return parse_spans(holiday.hours), holiday
+        return self.hours.spans(day.weekday()), None

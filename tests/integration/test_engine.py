@@ -1,0 +1,57 @@
+"""The real llama.cpp engine on the bundled Gemma 3 270M base model."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from llm.engine import Cancelled, LlmEngine, LlmError
+
+pytestmark = pytest.mark.models
+
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "action": {"type": "string", "enum": ["answer", "transfer", "take_message", "escalate", "end_call"]},
+        "target": {"type": "string", "enum": ["", "Dr. Maria Lopez", "the front desk"]},
+        "reply": {"type": "string"},
+    },
+    "required": ["action", "target", "reply"],
+}
+
+
+async def test_bundled_base_model_loads_and_is_not_for_dialog(services) -> None:  # type: ignore[no-untyped-def]
+    engine = services.engine
+    assert not engine.instruction_tuned and services.dialog_engine is None
+    health = await engine.health_check()
+    assert health.tokens > 0 and health.text.strip()
+    with pytest.raises(LlmError, match="no chat template"):
+        await engine.chat_json([{"role": "user", "content": "hi"}], SCHEMA)
+
+
+@pytest.mark.parametrize("caller", ["Put me through to Doctor Lopez.", "What's the price of a filling?", "Bye!"])
+async def test_constrained_output_is_always_a_valid_action(services, caller: str) -> None:  # type: ignore[no-untyped-def]
+    prompt = f"Phone assistant. Caller: {caller}\nDecision as JSON:"
+    decision, gen = await services.engine.complete_json(prompt, SCHEMA, max_tokens=120)
+    assert set(decision) == {"action", "target", "reply"}
+    assert decision["action"] in SCHEMA["properties"]["action"]["enum"]
+    assert decision["target"] in SCHEMA["properties"]["target"]["enum"]
+    assert gen.tokens > 0
+
+
+async def test_cancel_stops_generation(services) -> None:  # type: ignore[no-untyped-def]
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(Cancelled):
+        await services.engine.complete_json("Caller: hello\nJSON:", SCHEMA, max_tokens=200, cancel=cancel)
+
+
+def test_missing_and_corrupt_model_files_name_the_path(tmp_path: Path) -> None:
+    with pytest.raises(LlmError, match=str(tmp_path / "none.gguf")):
+        LlmEngine(tmp_path / "none.gguf")
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"GGUF" + b"\0" * 1000)
+    with pytest.raises(LlmError, match="bad.gguf: cannot be loaded"):
+        LlmEngine(bad)

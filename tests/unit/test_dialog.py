@@ -1,0 +1,134 @@
+"""Dialog logic on a real store and the real knowledge file; the LLM is scripted here (its real
+engine is exercised in tests/integration/test_engine.py)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.config import load_config
+from llm.dialog import Action, Dialog
+from llm.engine import Generation, LlmError
+from llm.knowledge import Retriever
+from models.store import Store
+
+CFG = load_config(Path(__file__).resolve().parents[2] / "etc" / "switchboard.yaml")
+SITE = CFG.site
+MONDAY_10AM = dt.datetime(2026, 11, 23, 10, tzinfo=SITE.tz)
+
+
+class ScriptedEngine:
+    """Stands in for an instruction-tuned model: returns the next scripted decision, records prompts."""
+
+    instruction_tuned = True
+
+    def __init__(self, *decisions: dict[str, Any] | Exception) -> None:
+        self.decisions = list(decisions)
+        self.prompts: list[list[dict[str, str]]] = []
+        self.schemas: list[dict[str, Any]] = []
+
+    async def chat_json(self, messages, schema, *, max_tokens=160, cancel=None):  # type: ignore[no-untyped-def]
+        self.prompts.append(messages)
+        self.schemas.append(schema)
+        decision = self.decisions.pop(0)
+        if isinstance(decision, Exception):
+            raise decision
+        return decision, Generation("{}", 10, 50.0, 5.0)
+
+
+@pytest.fixture
+async def store(tmp_path: Path):  # type: ignore[no-untyped-def]
+    s = await Store.open(tmp_path / "t.db")
+    await s.replace_admin_knowledge(CFG.knowledge)
+    yield s
+    await s.close()
+
+
+def dialog(store: Store, engine: Any = None) -> Dialog:
+    return Dialog(SITE, Retriever(store), store, call_id="c1", caller="+15550001", engine=engine,
+                  now=lambda: MONDAY_10AM)
+
+
+async def test_knowledge_answers_in_the_admins_words(store: Store) -> None:
+    reply = await dialog(store).respond("do you guys take cigna")
+    entry = next(e for e in CFG.knowledge if "Cigna" in e.answer)
+    assert reply.text.startswith(entry.answer) and reply.source == f"knowledge:{entry.id}"
+    assert reply.action is Action.ANSWER
+
+
+async def test_unknown_question_escalates_once(store: Store) -> None:
+    reply = await dialog(store).respond("Can you fix my laptop screen?")
+    assert reply.action is Action.ESCALATE and "get back to you" in reply.text
+    requests = await store.help_requests(status="open")
+    assert [(r.question, r.contact_number, r.call_id) for r in requests] == \
+        [("Can you fix my laptop screen?", "+15550001", "c1")]
+
+
+async def test_answered_help_request_teaches_the_next_caller(store: Store) -> None:
+    await dialog(store).respond("Do you sell electric toothbrushes?")
+    request = (await store.help_requests(status="open"))[0]
+    await store.answer_help_request(request.id, "Yes, we sell electric toothbrushes at the front desk for 60 dollars.")
+    reply = await dialog(store).respond("do you sell electric toothbrushes")
+    assert reply.text.startswith("Yes, we sell electric toothbrushes") and reply.action is Action.ANSWER
+
+
+async def test_message_taking_flow(store: Store) -> None:
+    d = dialog(store)
+    prompt = await d.respond("I'd like to leave a message for Doctor Lopez")
+    assert prompt.action is Action.TAKE_MESSAGE and prompt.target.extension == "201"
+    done = await d.respond("Please call me back about my crown, my number is 555 0199.")
+    assert "Dr. Maria Lopez" in done.text
+    rows = list(store.db.query("select for_staff, body from messages")) if hasattr(store, "db") else []
+    assert not rows or rows[0]["for_staff"] == "Dr. Maria Lopez"
+    goodbye = await d.respond("No, that's it.")
+    assert goodbye.action is Action.END_CALL
+
+
+async def test_hours_come_from_config_not_models(store: Store) -> None:
+    engine = ScriptedEngine()
+    reply = await dialog(store, engine).respond("Are you open on Saturday?")
+    assert reply.text.startswith("On Saturday we're open from 9 a.m. to 1 p.m.") and not engine.prompts
+
+
+async def test_dtmf_zero_and_emergency_bypass_the_model(store: Store) -> None:
+    engine = ScriptedEngine()
+    d = dialog(store, engine)
+    assert d.on_dtmf("0").target.extension == "200"
+    assert d.on_dtmf("5") is None
+    reply = await d.respond("This is an emergency, he can't breathe")
+    assert reply.action is Action.TRANSFER and reply.source == "rule:emergency" and not engine.prompts
+
+
+async def test_llm_reply_is_grounded_in_retrieved_facts(store: Store) -> None:
+    engine = ScriptedEngine({"action": "answer", "target": "", "reply": "Whitening is 350 dollars."})
+    reply = await dialog(store, engine).respond("what do you charge to make teeth whiter")
+    assert reply.text.startswith("Whitening is 350 dollars.") and reply.source == "llm"
+    facts = engine.prompts[0][-1]["content"]
+    assert "350" in facts  # the retrieved entry was given to the model
+    assert engine.schemas[0]["properties"]["action"]["enum"] == [a.value for a in Action]
+    assert "Dr. Maria Lopez" in engine.schemas[0]["properties"]["target"]["enum"]
+
+
+async def test_llm_reply_with_an_invented_price_is_replaced(store: Store) -> None:
+    engine = ScriptedEngine({"action": "answer", "target": "", "reply": "Whitening is only 99 dollars today!"})
+    reply = await dialog(store, engine).respond("how much is teeth whitening")
+    assert "99" not in reply.text and "350" in reply.text and reply.source.startswith("knowledge:")
+
+
+async def test_llm_transfer_and_escalate_and_failure(store: Store) -> None:
+    engine = ScriptedEngine(
+        {"action": "transfer", "target": "Tom Becker", "reply": ""},
+        {"action": "escalate", "target": "", "reply": ""},
+        LlmError("cut short"),
+    )
+    d = dialog(store, engine)
+    transfer = await d.respond("I have a question about my bill")
+    assert transfer.action is Action.TRANSFER and transfer.target.extension == "204"
+    escalate = await d.respond("Can I bring my dog?")
+    assert escalate.action is Action.ESCALATE
+    fallback = await d.respond("Is there parking?")  # model failed: the knowledge answer still comes
+    assert fallback.source.startswith("knowledge:") and "park" in fallback.text.lower()
+    assert len(engine.prompts[1]) > len(engine.prompts[0])  # the conversation is kept per call
