@@ -15,7 +15,6 @@ import importlib
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Literal
 
@@ -96,11 +95,10 @@ def _sha256_of(path: Path) -> str:
 
 def _assemble(chunks: list[Path], sha256: str, target: Path, total: int, progress: bool) -> None:
     """Join the chunks into a temp file beside `target`, hashing as we go; rename only if it matches."""
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
-    tmp = Path(tmp_name)
+    tmp = target.with_name(f".{target.name}.part")  # fixed name: a crashed run's leftover is overwritten
     digest = hashlib.sha256()
     try:
-        with os.fdopen(fd, "wb") as out, tqdm(
+        with tmp.open("wb") as out, tqdm(
             total=total, unit="B", unit_scale=True, unit_divisor=1024,
             desc=f"assembling {target.name}", disable=None if progress else True,
         ) as bar:

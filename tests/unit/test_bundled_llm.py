@@ -28,9 +28,14 @@ def models_dir(tmp_path):
 
 
 def test_assembles_once_then_reuses_without_rewriting(models_dir):
+    models_dir.mkdir()
+    (models_dir / f".{GGUF_NAME}.part").write_bytes(b"left by a crashed run")
+
     path = ensure_bundled_gguf(models_dir, progress=False)
+
     assert path == models_dir / GGUF_NAME
-    assert path.read_bytes()[:4] == b"GGUF"
+    with path.open("rb") as f:
+        assert f.read(4) == b"GGUF"
     stamp = json.loads(stamp_path(path).read_text())
     assert stamp["sha256"] == EXPECTED_SHA256
     assert stamp["size"] == path.stat().st_size
