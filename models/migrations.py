@@ -1,0 +1,130 @@
+"""Versioned schema: an ordered list of migrations, applied at open in one transaction.
+
+Migration N (1-based) moves the schema from version N-1 to N. Never edit a released
+migration; append a new one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterator
+
+from sqlite_utils import Database
+
+log = logging.getLogger(__name__)
+
+
+class SchemaVersionError(RuntimeError):
+    """The database was written by a newer Switchboard than this one."""
+
+
+def _v1_initial(db: Database) -> None:
+    db["contacts"].create(
+        {"id": int, "number": str, "name": str, "created_at": float},
+        pk="id", not_null=["number", "created_at"],
+    )
+    db["contacts"].create_index(["number"], unique=True)
+    db["threads"].create(
+        {"id": int, "contact_id": int, "created_at": float},
+        pk="id", not_null=["contact_id", "created_at"],
+        foreign_keys=[("contact_id", "contacts", "id")],
+    )
+    db["threads"].create_index(["contact_id"], unique=True)
+    # thread_id is NULL for a message from a caller whose number was withheld.
+    db["messages"].create(
+        {"id": int, "thread_id": int, "channel": str, "direction": str, "body": str,
+         "status": str, "attempts": int, "at": float,
+         "call_id": str, "for_staff": str, "caller_name": str},
+        pk="id", not_null=["channel", "direction", "body", "status", "attempts", "at"],
+        defaults={"attempts": 0},
+        foreign_keys=[("thread_id", "threads", "id")],
+    )
+    db["messages"].create_index(["thread_id", "at"])
+    db["messages"].create_index(["status"])
+    db["calls"].create(
+        {"call_id": str, "caller": str, "dialled": str, "site": str, "transport": str,
+         "contact_id": int, "started_at": float, "ended_at": float, "end_reason": str},
+        pk="call_id", not_null=["site", "transport", "started_at"],
+        foreign_keys=[("contact_id", "contacts", "id")],
+    )
+    db["calls"].create_index(["started_at"])
+    db["turns"].create(
+        {"call_id": str, "seq": int, "speaker": str, "text": str, "at": float,
+         "timings_ms": str, "action": str, "interrupted": int},
+        pk=("call_id", "seq"), not_null=["speaker", "text", "at", "timings_ms", "interrupted"],
+        foreign_keys=[("call_id", "calls", "call_id")],
+    )
+    db["call_events"].create(
+        {"id": int, "call_id": str, "kind": str, "at": float, "data": str},
+        pk="id", not_null=["call_id", "kind", "at", "data"],
+        foreign_keys=[("call_id", "calls", "call_id")],
+    )
+    db["call_events"].create_index(["call_id", "at"])
+    # No foreign key to calls: a help request may come from another channel.
+    db["help_requests"].create(
+        {"id": int, "call_id": str, "contact_number": str, "question": str,
+         "status": str, "answer": str, "created_at": float, "answered_at": float},
+        pk="id", not_null=["question", "status", "created_at"],
+    )
+    db["help_requests"].create_index(["status", "created_at"])
+    # An explicit INTEGER PRIMARY KEY: the external-content FTS index joins on rowid,
+    # and an implicit rowid may be renumbered by VACUUM.
+    db["knowledge"].create(
+        {"pk": int, "id": str, "question": str, "answer": str, "phrasings": str,
+         "tags": str, "source": str, "updated_at": float},
+        pk="pk", not_null=["id", "question", "answer", "phrasings", "tags", "source", "updated_at"],
+    )
+    db["knowledge"].create_index(["id"], unique=True)
+    db["knowledge"].enable_fts(
+        ["question", "phrasings", "answer"], fts_version="FTS5",
+        create_triggers=True, tokenize="porter",
+    )
+
+
+MIGRATIONS: list[Callable[[Database], None]] = [_v1_initial]
+LATEST_VERSION = len(MIGRATIONS)
+
+
+@contextlib.contextmanager
+def _immediate_transaction(db: Database) -> Iterator[None]:
+    # IMMEDIATE takes the write lock up front, so two processes opening the same
+    # file cannot both read version N and then race to migrate it.
+    db.conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        db.conn.rollback()
+        raise
+    db.conn.commit()
+
+
+def schema_version(db: Database) -> int:
+    if not db["schema_version"].exists():
+        return 0
+    row = db.execute("SELECT version FROM schema_version WHERE id = 1").fetchone()
+    return row[0] if row else 0
+
+
+def migrate(db: Database, where: str) -> int:
+    """Bring the schema up to LATEST_VERSION; return the version found before."""
+    with _immediate_transaction(db):
+        db.execute(
+            "CREATE TABLE IF NOT EXISTS schema_version"
+            " (id INTEGER PRIMARY KEY CHECK (id = 1), version INTEGER NOT NULL)"
+        )
+        found = schema_version(db)
+        if found > LATEST_VERSION:
+            raise SchemaVersionError(
+                f"{where}: database schema version {found} is newer than this Switchboard "
+                f"supports ({LATEST_VERSION}); upgrade Switchboard or point it at another database"
+            )
+        for version in range(found + 1, LATEST_VERSION + 1):
+            MIGRATIONS[version - 1](db)
+            log.info("schema migrated db=%s version=%d", where, version)
+        db.execute(
+            "INSERT INTO schema_version (id, version) VALUES (1, ?)"
+            " ON CONFLICT(id) DO UPDATE SET version = excluded.version",
+            [LATEST_VERSION],
+        )
+    return found

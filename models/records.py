@@ -1,0 +1,68 @@
+"""Plain records passed between the pipeline and the store."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class KnowledgeEntry:
+    id: str
+    question: str
+    answer: str
+    phrasings: list[str] = field(default_factory=list)
+    tags: list[str] = field(default_factory=list)
+    # "admin" (from etc/knowledge.yaml) or "learned" (staff answer to a help request)
+    source: str = "admin"
+
+
+@dataclass
+class CallRecord:
+    call_id: str
+    caller: str | None
+    dialled: str | None
+    site: str
+    transport: str
+    started_at: float
+
+
+@dataclass
+class Turn:
+    call_id: str
+    seq: int
+    speaker: str  # "caller" | "assistant" | "system"
+    text: str
+    at: float
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    action: str | None = None
+    interrupted: bool = False
+
+
+@dataclass
+class HelpRequest:
+    id: int | None
+    call_id: str | None
+    contact_number: str | None
+    question: str
+    status: str = "open"  # "open" | "answered"
+    answer: str | None = None
+    created_at: float = 0
+
+
+@dataclass
+class TakenMessage:
+    call_id: str | None
+    contact_number: str | None
+    for_staff: str | None
+    caller_name: str | None
+    text: str
+    at: float
+
+
+@dataclass
+class CallEvent:
+    call_id: str
+    kind: str  # e.g. "transfer", "message", "escalate", "hangup"
+    at: float
+    data: dict[str, Any] = field(default_factory=dict)
