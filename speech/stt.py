@@ -1,0 +1,225 @@
+"""Speech to text with faster-whisper, tuned for short telephone utterances.
+
+faster-whisper pads every input to Whisper's 30 s window (3000 mel frames), which
+costs ~0.5-1 s per call on 2 cores even for "yes". The CTranslate2 encoder also
+accepts a shorter window, so utterances up to ~28 s are encoded in a window sized
+to the audio: ~0.1 s for a 2 s utterance, same text. Windows below ~10 s made
+tiny.en loop ("Is anybody there? Is anybody there? ...") in our measurements, so
+the window never goes below `_MIN_WINDOW`; a capped token budget and a repetition
+check catch any loop that slips through and redo that utterance the normal way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import time
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before faster_whisper pulls in huggingface_hub
+
+import ctranslate2  # noqa: E402
+import numpy as np  # noqa: E402
+from faster_whisper import WhisperModel  # noqa: E402
+from faster_whisper.tokenizer import Tokenizer  # noqa: E402
+from faster_whisper.transcribe import get_suppressed_tokens  # noqa: E402
+
+from .audio import SAMPLE_RATE, pcm_to_float, resample  # noqa: E402
+from .models import check_whisper_dir  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+WHISPER_RATE = 16000
+_FRAMES_PER_S = 100  # mel frames (10 ms hop)
+_FULL_WINDOW = 3000  # Whisper's native 30 s window
+_MIN_WINDOW = 1000
+_WINDOW_MARGIN = 200  # frames of padding after the content
+_SHORT_PATH_MAX_FRAMES = 2800  # longer utterances take faster-whisper's own path
+_MAX_LENGTH = 448  # Whisper decoder context
+# Generous token budget: fast speech is ~4-5 tokens/s; hitting it means a loop.
+_TOKENS_BASE, _TOKENS_PER_S = 16, 8
+_MAX_COMPRESSION = 2.4  # faster-whisper's own "too repetitive" threshold
+
+# What Whisper says to silence, hum and line noise (normalized: lowercase, letters only).
+HALLUCINATIONS = frozenset(
+    {
+        "you", "thank you", "thank you very much", "thank you so much", "thanks",
+        "thanks for watching", "thank you for watching", "thanks for listening",
+        "bye", "bye bye", "goodbye", "oh", "uh", "um", "hmm", "so", "the",
+        "music", "silence", "applause", "laughter", "blank audio", "inaudible",
+        "please subscribe", "like and subscribe", "see you next time",
+    }
+)
+_HALLUCINATION_PREFIXES = ("subtitles by", "captions by", "transcribed by", "translated by")
+# A listed phrase is only believed when it was audibly spoken with some confidence.
+_QUIET_DBFS = -50.0  # loudest 100 ms below this: nobody spoke
+_SHORT_SPEECH_MS = 150  # less audio near the peak level than this cannot be a word
+_NO_SPEECH_PROB = 0.8
+# Whisper's own rule for "this segment is silence", applied to any text.
+_SILENCE_NO_SPEECH_PROB, _SILENCE_LOGPROB = 0.6, -1.0
+
+
+@dataclass
+class Transcript:
+    text: str
+    audio_ms: int
+    elapsed_ms: float
+    avg_logprob: float | None = None
+    no_speech_prob: float | None = None
+
+
+def normalize_text(text: str) -> str:
+    """Lowercase words only: how transcripts are compared and matched to phrase lists."""
+    return " ".join(re.findall(r"[a-z0-9']+", text.lower())).replace("'", "")
+
+
+def _loudness(x: np.ndarray) -> tuple[float, int]:
+    """(dBFS of the loudest 100 ms, ms of 10 ms blocks within 25 dB of that peak)."""
+    block = WHISPER_RATE // 100
+    n = len(x) // block
+    if n == 0:
+        return float("-inf"), 0
+    energy = np.mean(x[: n * block].reshape(n, block).astype(np.float64) ** 2, axis=1)
+    smooth = np.convolve(energy, np.ones(10) / 10, mode="valid") if n >= 10 else energy
+    peak = float(10 * np.log10(max(smooth.max(), 1e-12)))
+    audible = int(np.count_nonzero(10 * np.log10(np.maximum(energy, 1e-12)) > peak - 25)) * 10
+    return peak, audible
+
+
+def _is_phantom(
+    text: str, x: np.ndarray, avg_logprob: float | None, no_speech_prob: float | None
+) -> bool:
+    words = normalize_text(text)
+    if not re.search(r"[a-z]", words):
+        return True
+    if no_speech_prob is None or avg_logprob is None:
+        return False
+    if no_speech_prob > _SILENCE_NO_SPEECH_PROB and avg_logprob < _SILENCE_LOGPROB:
+        return True
+    if words not in HALLUCINATIONS and not words.startswith(_HALLUCINATION_PREFIXES):
+        return False
+    peak_db, audible_ms = _loudness(x)
+    return peak_db < _QUIET_DBFS or audible_ms < _SHORT_SPEECH_MS or no_speech_prob >= _NO_SPEECH_PROB
+
+
+def _looks_looped(text: str) -> bool:
+    """Whisper's failure mode, not speech: highly compressible, or ending in a repeated run
+    (a run of 3+ words twice, or of 1-2 words three times; "bye bye" is fine)."""
+    data = text.encode()
+    if data and len(data) / len(zlib.compress(data)) > _MAX_COMPRESSION:
+        return True
+    words = normalize_text(text).split()
+    for unit in range(1, len(words) // 2 + 1):
+        repeats = 2 if unit >= 3 else 3
+        if unit * repeats <= len(words) and all(
+            words[-unit * k - unit : len(words) - unit * k] == words[-unit:] for k in range(1, repeats)
+        ):
+            return True
+    return False
+
+
+class Transcriber:
+    """One faster-whisper model shared by all calls; `transcribe` is thread-safe."""
+
+    def __init__(
+        self, model_dir: Path, *, cpu_threads: int = 2, workers: int = 1, language: str = "en"
+    ) -> None:
+        model_dir = check_whisper_dir(model_dir)
+        started = time.monotonic()
+        self.language = language
+        self._model = WhisperModel(
+            str(model_dir), device="cpu", compute_type="int8",
+            cpu_threads=cpu_threads, num_workers=workers,
+        )
+        multilingual = self._model.model.is_multilingual
+        self._tokenizer = Tokenizer(
+            self._model.hf_tokenizer, multilingual, task="transcribe",
+            language=language if multilingual else "en",
+        )
+        self._prompt = [*self._tokenizer.sot_sequence, self._tokenizer.no_timestamps]
+        self._suppress = list(get_suppressed_tokens(self._tokenizer, [-1]))
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="stt")
+        log.info("stt loaded model=%s ms=%d", model_dir, (time.monotonic() - started) * 1000)
+
+    def transcribe(self, pcm8k: bytes, *, full_window: bool = False) -> Transcript:
+        """Transcribe one utterance; full_window=True forces faster-whisper's standard
+        30 s path (to compare against and for benchmarks)."""
+        started = time.perf_counter()
+        audio_ms = len(pcm8k) * 1000 // (2 * SAMPLE_RATE)
+        x = pcm_to_float(resample(pcm8k, SAMPLE_RATE, WHISPER_RATE))
+        text, avg_logprob, no_speech_prob, path = "", None, None, "empty"
+        if x.size:
+            text, avg_logprob, no_speech_prob, path = self._decode(x, full_window)
+            if _is_phantom(text, x, avg_logprob, no_speech_prob):
+                log.info("stt dropped phantom text=%r no_speech=%.2f", text, no_speech_prob or 0)
+                text = ""
+        elapsed = (time.perf_counter() - started) * 1000
+        log.info("stt done audio_ms=%d ms=%.0f path=%s chars=%d", audio_ms, elapsed, path, len(text))
+        return Transcript(text, audio_ms, elapsed, avg_logprob, no_speech_prob)
+
+    async def transcribe_async(self, pcm8k: bytes) -> Transcript:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self.transcribe, pcm8k)
+
+    def health_check(self) -> float:
+        """Transcribe 0.5 s of silence; returns elapsed ms (raises if the model is broken)."""
+        return self.transcribe(bytes(SAMPLE_RATE)).elapsed_ms
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def _decode(
+        self, x: np.ndarray, full_window: bool = False
+    ) -> tuple[str, float | None, float | None, str]:
+        features = self._model.feature_extractor(x)
+        content = features.shape[-1] - 1  # the extractor appends one frame of padding
+        if content <= _SHORT_PATH_MAX_FRAMES and not full_window:
+            result = self._decode_window(features[:, :content], content)
+            if result is not None:
+                return (*result, "window")
+        return (*self._decode_full(x), "full")
+
+    def _decode_window(
+        self, features: np.ndarray, content: int
+    ) -> tuple[str, float, float] | None:
+        """Greedy decode in a window fitted to the audio; None if the output looks looped."""
+        window = min(_FULL_WINDOW, max(_MIN_WINDOW, -(-(content + _WINDOW_MARGIN) // 100) * 100))
+        padded = np.zeros((features.shape[0], window), dtype=np.float32)
+        padded[:, :content] = features
+        budget = min(
+            _MAX_LENGTH - len(self._prompt),
+            _TOKENS_BASE + _TOKENS_PER_S * content // _FRAMES_PER_S,
+        )
+        encoded = self._model.model.encode(ctranslate2.StorageView.from_array(padded[None]), to_cpu=False)
+        result = self._model.model.generate(
+            encoded, [self._prompt], beam_size=1, max_length=len(self._prompt) + budget,
+            return_scores=True, return_no_speech_prob=True,
+            suppress_blank=True, suppress_tokens=self._suppress,
+        )[0]
+        tokens = result.sequences_ids[0]
+        text = self._tokenizer.decode(tokens).strip()
+        if len(tokens) >= budget or _looks_looped(text):
+            log.warning("stt window decode looped tokens=%d, using full window", len(tokens))
+            return None
+        # Same length normalisation as faster-whisper (length_penalty=1, +1 for EOT).
+        avg_logprob = result.scores[0] * len(tokens) / (len(tokens) + 1)
+        return text, avg_logprob, result.no_speech_prob
+
+    def _decode_full(self, x: np.ndarray) -> tuple[str, float | None, float | None]:
+        segments, _ = self._model.transcribe(
+            x, language=self.language, beam_size=1, without_timestamps=True,
+            condition_on_previous_text=False, temperature=0.0, vad_filter=False,
+        )
+        segments = list(segments)  # decoding is lazy: do it here, in this thread
+        text = "".join(s.text for s in segments).strip()
+        if not segments:
+            return text, None, None
+        return (
+            text,
+            float(np.mean([s.avg_logprob for s in segments])),
+            max(s.no_speech_prob for s in segments),
+        )
