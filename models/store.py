@@ -15,7 +15,7 @@ import sqlite3
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -44,12 +44,11 @@ class NotFoundError(LookupError):
     pass
 
 
-def normalize_number(number: str) -> str:
-    """'+1 (555) 010-2030' and '+15550102030' are the same contact."""
+def normalize_number(number: str) -> str | None:
+    """'+1 (555) 010-2030' and '+15550102030' are the same contact; None if there is no
+    number to call back ("anonymous", "unknown", "" from a withheld caller ID)."""
     normalized = _NUMBER_SEPARATORS.sub("", number)
-    if not normalized:
-        raise ValueError(f"empty phone number {number!r}")
-    return normalized
+    return normalized if any(c.isdigit() for c in normalized) else None
 
 
 class Store:
@@ -126,7 +125,10 @@ class Store:
         return await self._run(self._contact_for, number, name)
 
     def _contact_for(self, number: str, name: str | None = None) -> int:
-        number = normalize_number(number)
+        normalized = normalize_number(number)
+        if normalized is None:
+            raise ValueError(f"not a phone number: {number!r}")
+        number = normalized
         db = self._writer_db
         db.execute(
             "INSERT INTO contacts (number, name, created_at) VALUES (?, ?, ?)"
@@ -141,8 +143,8 @@ class Store:
     async def thread_for(self, number: str) -> int:
         return await self._run(self._thread_for, number)
 
-    def _thread_for(self, number: str) -> int:
-        contact_id = self._contact_for(number)
+    def _thread_for(self, number: str, name: str | None = None) -> int:
+        contact_id = self._contact_for(number, name)
         db = self._writer_db
         db.execute(
             "INSERT INTO threads (contact_id, created_at) VALUES (?, ?)"
@@ -160,9 +162,9 @@ class Store:
     def _start_call(self, call: CallRecord) -> None:
         with self._writer_db.atomic():
             contact_id = None
-            if call.caller:
-                contact_id = self._contact_for(call.caller)
+            if call.caller and normalize_number(call.caller):
                 self._thread_for(call.caller)
+                contact_id = self._contact_for(call.caller)
             self._writer_db["calls"].insert({**asdict(call), "contact_id": contact_id})
 
     async def end_call(self, call_id: str, reason: str, ended_at: float) -> None:
@@ -213,9 +215,8 @@ class Store:
     def _take_message(self, message: TakenMessage) -> int:
         with self._writer_db.atomic():
             thread_id = None
-            if message.contact_number:
-                self._contact_for(message.contact_number, message.caller_name)
-                thread_id = self._thread_for(message.contact_number)
+            if message.contact_number and normalize_number(message.contact_number):
+                thread_id = self._thread_for(message.contact_number, message.caller_name)
             return self._writer_db["messages"].insert({
                 "thread_id": thread_id, "channel": "voice", "direction": "in",
                 "body": message.text, "status": "new", "at": message.at,
@@ -257,7 +258,7 @@ class Store:
             entry = KnowledgeEntry(id=f"learned-{request_id}", question=row[0],
                                    answer=answer, source="learned")
             # Answering again corrects the learned entry rather than adding a second one.
-            self._write_knowledge(entry, replace=True)
+            self._write_knowledge(entry, overwrite=True)
         log.info("help request answered id=%d entry=%s", request_id, entry.id)
         return entry
 
@@ -273,17 +274,17 @@ class Store:
             db.execute("DELETE FROM knowledge WHERE source = 'admin'")
             for entry in entries:
                 try:
-                    self._write_knowledge(KnowledgeEntry(**{**asdict(entry), "source": "admin"}))
+                    self._write_knowledge(replace(entry, source="admin"))
                 except sqlite3.IntegrityError as e:
                     raise ValueError(
                         f"knowledge id {entry.id!r} is duplicated or already used by a"
                         f" learned entry") from e
         log.info("admin knowledge replaced entries=%d", len(entries))
 
-    def _write_knowledge(self, entry: KnowledgeEntry, replace: bool = False) -> None:
+    def _write_knowledge(self, entry: KnowledgeEntry, overwrite: bool = False) -> None:
         row = {**asdict(entry), "phrasings": json.dumps(entry.phrasings),
                "tags": json.dumps(entry.tags), "updated_at": time.time()}
-        if replace:
+        if overwrite:
             # Delete then insert: both fire the triggers that keep knowledge_fts in sync.
             self._writer_db.execute("DELETE FROM knowledge WHERE id = ?", [entry.id])
         self._writer_db["knowledge"].insert(row)

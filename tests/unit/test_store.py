@@ -141,8 +141,10 @@ async def test_contacts_and_threads_are_one_per_number(store: Store) -> None:
     assert await store.contact_for("+15550102030") == a
     assert await store.contact_for("+15550102031") != a
     assert await store.thread_for("+1 555 010 2030") == await store.thread_for("+15550102030")
-    with pytest.raises(ValueError, match="empty phone number"):
-        await store.contact_for(" - ")
+    with pytest.raises(ValueError, match="not a phone number: 'anonymous'"):
+        await store.contact_for("anonymous")
+    await store.start_call(call(caller="anonymous"))  # withheld caller ID: no contact, no error
+    assert (await store.call("c1"))["contact_id"] is None
 
 
 async def test_taken_message_lands_on_the_callers_thread(store: Store) -> None:
