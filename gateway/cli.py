@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import os
 import sys
@@ -35,6 +36,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if config is None:
         return 2
     setup_logging(config.log_level)
+    if args.port is not None:
+        config = dataclasses.replace(config, audiosocket=config.audiosocket.model_copy(update={"port": args.port}))
     from gateway.app import serve
     from llm.engine import LlmError
     from speech.models import ModelError
@@ -70,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="override data_dir from the config (database, models)")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the gateway daemon (AudioSocket listener)")
+    run.add_argument("--port", type=int, default=None, help="override audiosocket.port (0: any free port)")
     run.set_defaults(func=cmd_run)
     demo = sub.add_parser("demo", help="play a WAV as a caller through a real AudioSocket connection")
     demo.add_argument("wav", type=Path, help="the caller's speech (WAV, 16-bit, any rate, mono or stereo)")

@@ -145,6 +145,11 @@ def spoken_time(t: dt.time) -> str:
     return f"{hour}:{t.minute:02d} {suffix}" if t.minute else f"{hour} {suffix}"
 
 
+def _sentence(text: str) -> str:
+    """End with one full stop even when the text ends in 'p.m.'."""
+    return text if text.endswith(".") else text + "."
+
+
 def _spans_text(spans: tuple[OpeningSpan, ...]) -> str:
     return " and ".join(f"from {spoken_time(s.opens)} to {spoken_time(s.closes)}" for s in spans)
 
@@ -156,7 +161,7 @@ def _next_opening(site: Site, after: dt.datetime) -> str | None:
         for span in spans:
             if ahead or span.opens > after.time():
                 when = "today" if ahead == 0 else "tomorrow" if ahead == 1 else f"on {WEEKDAYS[day.weekday()].title()}"
-                return f"We open again {when} at {spoken_time(span.opens)}."
+                return _sentence(f"We open again {when} at {spoken_time(span.opens)}")
     return None
 
 
@@ -180,4 +185,4 @@ def describe_hours(site: Site, question: HoursQuestion, now: dt.datetime) -> str
         label += f", {holiday.name},"
     if not spans:
         return f"We're closed {label}."
-    return f"{label[0].upper()}{label[1:]} we're open {_spans_text(spans)}."
+    return _sentence(f"{label[0].upper()}{label[1:]} we're open {_spans_text(spans)}")
