@@ -17,6 +17,7 @@ import aiohttp
 from tqdm import tqdm
 
 from gateway import model_catalog
+from gateway.config import ConfigError, load_config
 from gateway.downloads import DownloadError, download, hash_file, part_path
 from gateway.model_catalog import CatalogEntry, CatalogFile
 from llm.bundled import GGUF_NAME, BundledModelError, verify_bundled_gguf
@@ -40,7 +41,13 @@ def add_models_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _models_dir(args: argparse.Namespace) -> Path:
-    return Path(getattr(args, "data_dir", None) or "var") / "models"
+    """<data_dir>/models, with data_dir from --data-dir or else from the config (as the daemon uses it)."""
+    if getattr(args, "data_dir", None):
+        return Path(args.data_dir) / "models"
+    try:
+        return load_config(args.config).models_dir
+    except ConfigError as exc:
+        raise SystemExit(f"switchboard: configuration error: {exc}") from None
 
 
 def _human(size: int) -> str:
