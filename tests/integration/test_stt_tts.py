@@ -1,0 +1,294 @@
+"""speech.stt / speech.tts / speech.models with the real bundled Whisper tiny.en and Piper voice."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from speech import audio
+from speech.models import (
+    ModelError,
+    bundled_piper_voice,
+    bundled_whisper_dir,
+    check_piper_voice,
+    check_whisper_dir,
+)
+from speech.stt import Transcriber, normalize_text
+from speech.tts import Synthesizer, split_clauses
+
+pytestmark = pytest.mark.models
+
+BOOKING = "I would like to book a cleaning appointment for Tuesday."
+
+
+@pytest.fixture(scope="module")
+def transcriber() -> Iterator[Transcriber]:
+    t = Transcriber(bundled_whisper_dir())
+    yield t
+    t.close()
+
+
+@pytest.fixture(scope="module")
+def synth() -> Iterator[Synthesizer]:
+    s = Synthesizer(bundled_piper_voice())
+    yield s
+    s.close()
+
+
+def word_edits(a: str, b: str) -> int:
+    """Word-level edit distance between two normalized transcripts."""
+    x, y = normalize_text(a).split(), normalize_text(b).split()
+    row = list(range(len(y) + 1))
+    for i, wx in enumerate(x, 1):
+        prev, row[0] = row[0], i
+        for j, wy in enumerate(y, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (wx != wy))
+    return row[-1]
+
+
+def padded(pcm: bytes, ms: int = 300) -> bytes:
+    """Speech as the endpointer hands it over: a little silence either side."""
+    return bytes(ms * 16) + pcm + bytes(ms * 16)
+
+
+# --- models ------------------------------------------------------------------
+
+
+def test_bundled_models_pass_their_checks() -> None:
+    assert check_whisper_dir(bundled_whisper_dir()) == bundled_whisper_dir()
+    assert check_piper_voice(bundled_piper_voice()) == bundled_piper_voice()
+
+
+def _whisper_copy(tmp_path: Path, skip: str) -> Path:
+    """The bundled model linked file by file into tmp_path/skip-<name>, without `skip`."""
+    target = tmp_path / f"skip-{skip}"
+    target.mkdir()
+    for f in bundled_whisper_dir().iterdir():
+        if f.name != skip:
+            (target / f.name).symlink_to(f)
+    return target
+
+
+def test_missing_tokenizer_is_named_with_the_hub_risk(tmp_path: Path) -> None:
+    target = _whisper_copy(tmp_path, skip="tokenizer.json")
+    with pytest.raises(ModelError, match=r"model file .*tokenizer\.json: missing.*Hub") as err:
+        check_whisper_dir(target)
+    assert err.value.path == target / "tokenizer.json"
+    with pytest.raises(ModelError):
+        Transcriber(target)  # refuses before faster-whisper could try a download
+
+
+def test_truncated_whisper_weights_and_bad_json_are_reported(tmp_path: Path) -> None:
+    target = _whisper_copy(tmp_path, skip="model.bin")
+    (target / "model.bin").write_bytes(b"\x00" * 100)
+    with pytest.raises(ModelError, match=r"model\.bin: only 100 bytes"):
+        check_whisper_dir(target)
+    target2 = _whisper_copy(tmp_path, skip="config.json")
+    (target2 / "config.json").write_text("{broken")
+    with pytest.raises(ModelError, match=r"config\.json: unreadable or invalid JSON"):
+        check_whisper_dir(target2)
+    with pytest.raises(ModelError, match="not a directory"):
+        check_whisper_dir(tmp_path / "nowhere")
+
+
+def test_piper_voice_problems_are_reported(tmp_path: Path) -> None:
+    empty = tmp_path / "voice.onnx"
+    empty.write_bytes(b"")
+    with pytest.raises(ModelError, match=r"voice\.onnx: only 0 bytes"):
+        check_piper_voice(empty)
+    lone = tmp_path / "lone.onnx"
+    lone.symlink_to(bundled_piper_voice())
+    with pytest.raises(ModelError, match=r"lone\.onnx\.json: missing"):
+        check_piper_voice(lone)
+    shutil.copy(f"{bundled_piper_voice()}.json", tmp_path / "lone.onnx.json")
+    assert check_piper_voice(lone) == lone
+    with pytest.raises(ModelError, match=r"model file .*absent\.onnx: missing.*hint"):
+        Synthesizer(tmp_path / "absent.onnx")
+
+
+# --- clause splitting ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "clauses"),
+    [
+        ("Yes.", ["Yes."]),
+        ("", []),
+        ("Hi! How can I help you today?", ["Hi! How can I help you today?"]),
+        (
+            "Sure, I can help with that. Our office is open Monday to Friday, from 8:30 to 5, and on Saturdays until noon.",
+            ["Sure, I can help with that.", "Our office is open Monday to Friday,", "from 8:30 to 5,",
+             "and on Saturdays until noon."],
+        ),
+        (
+            "Dr. Smith charges $120.50 for a cleaning, e.g. the standard one. We open at 8 a.m. Call us!",
+            ["Dr. Smith charges $120.50 for a cleaning,", "e.g. the standard one.", "We open at 8 a.m. Call us!"],
+        ),
+        ("Please note: bring your insurance card; it is required for every visit.",
+         ["Please note: bring your insurance card;", "it is required for every visit."]),
+        ("John F. Kennedy Airport is 1,000 miles away. Thanks.", ["John F. Kennedy Airport is 1,000 miles away. Thanks."]),
+        ("Well, hello there, my friend, how are you?", ["Well, hello there, my friend, how are you?"]),
+        ("Is that right?  Okay,\nthen we will call you back tomorrow.", ["Is that right?", "Okay, then we will call you back tomorrow."]),
+    ],
+)
+def test_split_clauses(text: str, clauses: list[str]) -> None:
+    assert split_clauses(text) == clauses
+
+
+# --- text to speech ------------------------------------------------------------
+
+
+def test_synthesize_gives_plausible_8khz_speech(synth: Synthesizer) -> None:
+    assert synth.sample_rate == 22050
+    pcm = synth.synthesize(BOOKING)
+    seconds = len(pcm) / 2 / audio.SAMPLE_RATE
+    assert 0.25 * len(BOOKING.split()) < seconds < 0.7 * len(BOOKING.split())
+    assert audio.rms_dbfs(pcm) > -30
+    x = audio.pcm_to_float(pcm)
+    assert abs(x[0]) < 0.01 and abs(x[-1]) < 0.01  # faded: no click at either end
+    # Telephone band: nothing left above 4 kHz to alias, and real voice energy below it.
+    spectrum = np.abs(np.fft.rfft(x))
+    assert spectrum[: len(spectrum) // 2].sum() > 5 * spectrum[len(spectrum) // 2 :].sum()
+
+
+async def test_stream_yields_one_chunk_per_clause_with_a_pause_between(synth: Synthesizer) -> None:
+    text = "Thanks for calling the clinic. How can I help you today?"
+    chunks = [c async for c in synth.stream(text)]
+    assert len(chunks) == 2 == len(split_clauses(text))
+    first = audio.pcm_to_float(chunks[0])
+    tail = first[-int(0.1 * audio.SAMPLE_RATE) :]
+    assert np.abs(tail).max() < 0.01  # at least 100 ms of pause between the sentences
+    assert audio.rms_dbfs(chunks[1][-800:]) < audio.rms_dbfs(chunks[1]) - 20  # no pause padded after the end
+
+
+def _rendered(caplog: pytest.LogCaptureFixture) -> int:
+    return sum(1 for r in caplog.records if r.getMessage().startswith("tts clause"))
+
+
+async def _pool_idle(synth: Synthesizer) -> None:
+    await asyncio.get_running_loop().run_in_executor(synth._pool, lambda: None)
+
+
+LONG = ("One two three four, five six seven eight, nine ten eleven twelve. Then some more words here. "
+        "And a fourth clause follows. Finally a fifth clause ends it.")
+
+
+async def test_closing_the_stream_stops_synthesis(synth: Synthesizer, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="speech.tts")
+    assert len(split_clauses(LONG)) >= 5
+    async with contextlib.aclosing(synth.stream(LONG)) as stream:
+        async for _ in stream:
+            break
+    await _pool_idle(synth)
+    assert 1 <= _rendered(caplog) <= 2  # the clause played and at most the one synthesised ahead
+
+
+async def test_cancelling_the_consumer_stops_synthesis(synth: Synthesizer, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="speech.tts")
+    got: list[bytes] = []
+
+    async def consume() -> None:
+        async for pcm in synth.stream(LONG):
+            got.append(pcm)
+            await asyncio.sleep(3600)  # the "playback" that barge-in interrupts
+
+    task = asyncio.create_task(consume())
+    while not got:
+        await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await _pool_idle(synth)
+    assert len(got) == 1 and 1 <= _rendered(caplog) <= 2
+
+
+async def test_prepared_phrases_come_from_the_cache(synth: Synthesizer) -> None:
+    phrase = "Thank you for calling, please hold while I connect you."
+    assert synth.cached(phrase) is None
+    await synth.prepare([phrase, phrase, "  "])
+    pcm = synth.cached(phrase)
+    assert pcm is not None and audio.rms_dbfs(pcm) > -30
+    assert synth.cached("  Thank you for calling,\n please hold  while I connect you. ") is pcm
+    assert [c async for c in synth.stream(phrase)] == [pcm]  # whole, at once
+    assert synth.synthesize(phrase) is pcm
+
+
+# --- speech to text --------------------------------------------------------------
+
+
+def test_round_trip_finds_the_key_words(synth: Synthesizer, transcriber: Transcriber) -> None:
+    pcm = padded(synth.synthesize(BOOKING))
+    result = transcriber.transcribe(pcm)
+    words = normalize_text(result.text).split()
+    assert "tuesday" in words and "cleaning" in words
+    assert result.audio_ms == len(pcm) // 16
+    assert result.elapsed_ms > 0 and result.avg_logprob is not None and result.avg_logprob > -1.0
+    assert result.no_speech_prob is not None and result.no_speech_prob < 0.5
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "What time do you close today?",
+        "Hello, I would like to book a cleaning appointment for Tuesday.",
+        "Thank you so much.",
+        "Can you tell me when the office opens on Saturday morning, and whether I need to bring my insurance card?",
+        "I called last week about the invoice, but nobody got back to me, so I am calling again about the payment.",
+    ],
+)
+def test_fitted_window_matches_the_standard_30s_path(
+    text: str, synth: Synthesizer, transcriber: Transcriber, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="speech.stt")
+    pcm = padded(synth.synthesize(text))
+    fast = transcriber.transcribe(pcm)
+    full = transcriber.transcribe(pcm, full_window=True)
+    paths = [r.getMessage().split("path=")[1].split()[0] for r in caplog.records if "stt done" in r.getMessage()]
+    assert paths == ["window", "full"]
+    # Identical in 41 of 42 measured runs; Piper's random prosody can make one word
+    # ambiguous ("card"/"car"), and the two windows may then resolve it differently.
+    assert full.text and word_edits(fast.text, full.text) <= 1
+    assert len(set(normalize_text(text).split()) & set(normalize_text(fast.text).split())) >= 3
+
+
+def test_utterance_over_28s_uses_the_standard_path(synth: Synthesizer, transcriber: Transcriber) -> None:
+    first = synth.synthesize("My name is Robert Jones.")
+    filler = synth.synthesize("I am calling about the appointment I made last month for my son.")
+    last = synth.synthesize("Please call me back on Friday.")
+    pcm = first + b"".join(filler + bytes(8000) for _ in range(8)) + last
+    assert len(pcm) > 29 * 16000
+    words = normalize_text(transcriber.transcribe(pcm).text).split()
+    assert "robert" in words and "friday" in words
+
+
+@pytest.mark.parametrize("kind", ["silence", "noise"])
+def test_silence_and_noise_give_no_text(kind: str, transcriber: Transcriber) -> None:
+    if kind == "silence":
+        pcm = bytes(2 * 16000)
+    else:
+        x = np.random.default_rng(40).normal(0.0, 1.0, 2 * audio.SAMPLE_RATE)
+        pcm = audio.float_to_pcm(x / np.sqrt(np.mean(x**2)) * 10 ** (-40 / 20))
+        assert abs(audio.rms_dbfs(pcm) + 40) < 0.5
+    assert transcriber.transcribe(pcm).text == ""
+
+
+def test_real_thank_you_is_not_mistaken_for_a_phantom(synth: Synthesizer, transcriber: Transcriber) -> None:
+    # "Thank you." is Whisper's favourite hallucination, and also what callers say.
+    text = transcriber.transcribe(padded(synth.synthesize("Thank you."))).text
+    assert normalize_text(text) == "thank you"
+
+
+async def test_async_transcription_and_health_check(synth: Synthesizer, transcriber: Transcriber) -> None:
+    pcms = [padded(synth.synthesize(t)) for t in ("Is anybody there?", "What time do you close today?")]
+    results = await asyncio.gather(*(transcriber.transcribe_async(p) for p in pcms))
+    assert "anybody" in normalize_text(results[0].text)
+    assert "close" in normalize_text(results[1].text)
+    assert transcriber.health_check() > 0
+    assert transcriber.transcribe(b"").text == ""
