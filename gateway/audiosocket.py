@@ -353,8 +353,6 @@ class AudioSocketServer:
         self._handler = handler
         self._uuid_timeout_s = uuid_timeout_s
         self._idle_timeout_s = idle_timeout_s
-        self._in_read = False  # events() is waiting on the socket: it must do any draining
-        self._drain: asyncio.Future[None] | None = None
         self._max_calls = max_calls
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
@@ -413,12 +411,10 @@ class AudioSocketServer:
             log.warning("audiosocket call rejected peer=%s reason=max_calls limit=%d",
                         peer, self._max_calls)
             writer.write(encode(Kind.HANGUP))
-            writer.write_eof()
             await _drain_and_close(reader, writer)
             return
         call_id = await self._read_uuid(reader, peer)
         if call_id is None:
-            writer.write_eof()
             await _drain_and_close(reader, writer)
             return
         call = AudioSocketCall(call_id, reader, writer, idle_timeout_s=self._idle_timeout_s)
@@ -473,13 +469,14 @@ async def _closed(writer: asyncio.StreamWriter) -> None:
 
 
 async def _drain_and_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """After our half-close, discard input until the peer closes too, then close.
+    """Half-close, discard input until the peer closes too, then close.
 
     Closing at once would answer Asterisk's in-flight audio with RST, and an RST can destroy
     our 00 00 00 before Asterisk reads it: the app would then hang up instead of continuing
     the dialplan (hand-off).
     """
     try:
+        writer.write_eof()
         async with asyncio.timeout(CLOSE_TIMEOUT_S):
             while await reader.read(65536):
                 pass

@@ -339,15 +339,17 @@ MALFORMED = [
      bad_then_wait, "protocol: peer sent error message code=02"),
     ("bad-dtmf", uuid_msg(BAD_ID) + encode(Kind.DTMF, b"55"), bad_then_wait,
      "protocol: bad dtmf payload b'55'"),
-    ("truncated-then-eof", uuid_msg(BAD_ID) + encode(Kind.AUDIO_8K, AUDIO) + encode(Kind.AUDIO_8K, AUDIO)[:100],
-     bad_then_eof, "protocol: truncated payload kind=0x10 (97 of 320 bytes)"),
+    ("truncated-then-eof",
+     uuid_msg(BAD_ID) + encode(Kind.AUDIO_8K, AUDIO) + encode(Kind.AUDIO_8K, AUDIO)[:100], bad_then_eof, "protocol: truncated payload kind=0x10 (97 of 320 bytes)"),
     ("no-uuid-in-time", b"", bad_then_wait, None),
     ("silent-after-uuid", uuid_msg(BAD_ID), bad_then_wait, "timeout"),
     ("reset", uuid_msg(BAD_ID) + encode(Kind.AUDIO_8K, AUDIO), bad_then_reset, "eof"),
 ]
 
 
-@pytest.mark.parametrize(("data", "behave", "reason"), [m[1:] for m in MALFORMED], ids=[m[0] for m in MALFORMED])
+@pytest.mark.parametrize(
+    ("data", "behave", "reason"), [m[1:] for m in MALFORMED], ids=[m[0] for m in MALFORMED]
+)
 async def test_malformed_peer_ends_only_its_call(
     start_server: StartServer,
     data: bytes,
