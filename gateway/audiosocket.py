@@ -373,6 +373,11 @@ class AudioSocketServer:
         self._server = await asyncio.start_server(self._on_connect, self.host, self._port)
         log.info("audiosocket listening addr=%s:%d max_calls=%d", self.host, self.port, self._max_calls)
 
+    def stop_accepting(self) -> None:
+        """Refuse new calls while the running ones are wound down (daemon shutdown)."""
+        if self._server is not None:
+            self._server.close()
+
     async def stop(self, grace_s: float = 5.0) -> None:
         """Stop accepting, give running calls ``grace_s`` to finish, then cancel them."""
         if self._server is None:

@@ -60,7 +60,8 @@ class CallerClient:
                 kind, length = _HEADER.unpack(await self._reader.readexactly(3))
                 payload = await self._reader.readexactly(length) if length else b""
                 self.received.append(ReceivedFrame(time.monotonic(), kind, payload))
-                if kind == KIND_HANGUP:
+                if kind == KIND_HANGUP:  # Asterisk leaves the app and closes the socket
+                    self._writer.close()
                     break
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
@@ -69,12 +70,13 @@ class CallerClient:
 
     async def _mic(self) -> None:
         """One frame per 20 ms against a monotonic schedule, as Asterisk's RTP stream would."""
+        silence = _HEADER.pack(KIND_AUDIO, len(SILENCE_FRAME)) + SILENCE_FRAME
         due = time.monotonic()
         while not self.hung_up.is_set():
             try:
                 frame, done = self._outgoing.get_nowait()
             except asyncio.QueueEmpty:
-                frame, done = SILENCE_FRAME, None
+                frame, done = silence, None
             try:
                 self._writer.write(frame)
             except (ConnectionError, RuntimeError):

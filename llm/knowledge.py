@@ -55,6 +55,7 @@ yet you your yours
 two three four five six seven eight nine ten eleven twelve
 monday tuesday wednesday thursday friday saturday sunday next last week put
 husband wife mom mother dad father partner friend people
+interrupt interrupting excuse pardon bother question questions
 """.split())
 
 # Phone-speech synonyms. Each line is one concept; any member (a word or a phrase) in the

@@ -30,8 +30,14 @@ async def heard(services, reply: Reply) -> str:  # type: ignore[no-untyped-def]
     return normalize((await services.transcriber.transcribe_async(reply.pcm)).text)
 
 
-async def events(services, client: CallerClient) -> list:  # type: ignore[no-untyped-def]
-    return await services.store.events(client.call_id)
+async def events(services, client: CallerClient, wait_for: str | None = None) -> list:  # type: ignore[no-untyped-def]
+    """The call's stored events; with `wait_for`, poll (bounded) until an event of that kind is there."""
+    for _ in range(100):
+        found = await services.store.events(client.call_id)
+        if wait_for is None or any(e.kind == wait_for for e in found):
+            return found
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"no {wait_for!r} event for call {client.call_id}: {found}")
 
 
 async def test_greeting_is_heard(gateway, services) -> None:
@@ -65,7 +71,7 @@ async def test_named_staff_member_is_a_transfer_decision(gateway, services, spea
         reply = await ask(client, speak, "Hi, could I speak to Doctor Chen please?")
         assert "chen" in await heard(services, reply)
         await asyncio.wait_for(client.hung_up.wait(), 10)  # leg ended so the dialplan continues
-        kinds = {(e.kind, e.data.get("extension")) for e in await events(services, client)}
+        kinds = {(e.kind, e.data.get("extension")) for e in await events(services, client, "transfer_done")}
         assert ("transfer", "202") in kinds
         assert ("transfer_done", "202") in kinds
     finally:
@@ -78,7 +84,7 @@ async def test_emergency_transfers_without_a_model(gateway, services, speak) -> 
         reply = await ask(client, speak, "My son fell and his tooth got knocked out, it's an emergency!")
         text = await heard(services, reply)
         assert "emergency" in text or "9 1 1" in text or "911" in text
-        evs = await events(services, client)
+        evs = await events(services, client, "transfer")
         transfer = next(e for e in evs if e.kind == "transfer")
         assert transfer.data["source"] == "rule:emergency" and transfer.data["extension"] == "200"
     finally:
@@ -90,7 +96,7 @@ async def test_dtmf_zero_transfers_to_the_front_desk(gateway, services) -> None:
     try:
         client.dtmf("0")
         await asyncio.wait_for(client.hung_up.wait(), 15)
-        transfer = next(e for e in await events(services, client) if e.kind == "transfer")
+        transfer = next(e for e in await events(services, client, "transfer") if e.kind == "transfer")
         assert transfer.data == {"source": "rule:dtmf0", "target": "the front desk", "extension": "200"}
     finally:
         await client.close()
