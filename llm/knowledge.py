@@ -56,6 +56,7 @@ two three four five six seven eight nine ten eleven twelve
 monday tuesday wednesday thursday friday saturday sunday next last week put
 husband wife mom mother dad father partner friend people
 interrupt interrupting excuse pardon bother question questions
+clinic clinics practice
 """.split())
 
 # Phone-speech synonyms. Each line is one concept; any member (a word or a phrase) in the
@@ -70,7 +71,7 @@ SYNONYMS: tuple[tuple[str, ...], ...] = (
     ("insurance", "insurer", "coverage", "cover", "covered", "plan", "dental plan",
      "in network"),
     ("where", "address", "located", "location", "directions", "get to", "get there",
-     "street", "find you"),
+     "street", "find you", "near", "nearby"),
     ("cancel", "cancellation", "reschedule", "move my appointment", "miss", "missed",
      "no show"),
     ("kid", "child", "children", "son", "daughter", "pediatric", "paediatric",
