@@ -3,15 +3,17 @@
 faster-whisper pads every input to Whisper's 30 s window (3000 mel frames), which
 costs ~0.5-1 s per call on 2 cores even for "yes". The CTranslate2 encoder also
 accepts a shorter window, so utterances up to ~28 s are encoded in a window sized
-to the audio: ~0.1 s for a 2 s utterance, same text. Windows below ~10 s made
+to the audio: ~0.1 s for a 2 s utterance, same text. Windows below ~10 s often made
 tiny.en loop ("Is anybody there? Is anybody there? ...") in our measurements, so
-the window never goes below `_MIN_WINDOW`; a capped token budget and a repetition
-check catch any loop that slips through and redo that utterance the normal way.
+the window never goes below `_MIN_WINDOW`; loops still happen now and then (noise,
+a lone "No."), so a capped token budget and a repetition check catch them and redo
+that utterance the standard way.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import re
@@ -45,7 +47,7 @@ _MAX_LENGTH = 448  # Whisper decoder context
 _TOKENS_BASE, _TOKENS_PER_S = 16, 8
 _MAX_COMPRESSION = 2.4  # faster-whisper's own "too repetitive" threshold
 
-# What Whisper says to silence, hum and line noise (normalized: lowercase, letters only).
+# What Whisper says to silence, hum and line noise (in normalize_text form).
 HALLUCINATIONS = frozenset(
     {
         "you", "thank you", "thank you very much", "thank you so much", "thanks",
@@ -56,8 +58,9 @@ HALLUCINATIONS = frozenset(
     }
 )
 _HALLUCINATION_PREFIXES = ("subtitles by", "captions by", "transcribed by", "translated by")
-# A listed phrase is only believed when it was audibly spoken with some confidence.
-_QUIET_DBFS = -50.0  # loudest 100 ms below this: nobody spoke
+_QUIET_DBFS = -50.0  # loudest 100 ms below this: nobody spoke, whatever the text
+# A listed phrase (or an echo of the prompt) is only believed when audibly spoken with
+# some confidence.
 _SHORT_SPEECH_MS = 150  # less audio near the peak level than this cannot be a word
 _NO_SPEECH_PROB = 0.8
 # Whisper's own rule for "this segment is silence", applied to any text.
@@ -92,28 +95,36 @@ def _loudness(x: np.ndarray) -> tuple[float, int]:
 
 
 def _is_phantom(
-    text: str, x: np.ndarray, avg_logprob: float | None, no_speech_prob: float | None
+    text: str, x: np.ndarray, avg_logprob: float | None, no_speech_prob: float | None, prompt: str
 ) -> bool:
+    """Text Whisper made up: for silence, noise, or by echoing the site prompt."""
     words = normalize_text(text)
-    if not re.search(r"[a-z]", words):
+    if not words:  # "", "...", "-": nothing a caller said ("5" is kept)
+        return True
+    peak_db, audible_ms = _loudness(x)
+    if peak_db < _QUIET_DBFS:
         return True
     if no_speech_prob is None or avg_logprob is None:
         return False
-    if no_speech_prob > _SILENCE_NO_SPEECH_PROB and avg_logprob < _SILENCE_LOGPROB:
+    if no_speech_prob > _SILENCE_NO_SPEECH_PROB and (avg_logprob < _SILENCE_LOGPROB or _looks_looped(text)):
         return True
-    if words not in HALLUCINATIONS and not words.startswith(_HALLUCINATION_PREFIXES):
+    echo = set(words.split()) <= set(normalize_text(prompt).split())
+    if not echo and words not in HALLUCINATIONS and not words.startswith(_HALLUCINATION_PREFIXES):
         return False
-    peak_db, audible_ms = _loudness(x)
-    return peak_db < _QUIET_DBFS or audible_ms < _SHORT_SPEECH_MS or no_speech_prob >= _NO_SPEECH_PROB
+    return audible_ms < _SHORT_SPEECH_MS or no_speech_prob >= _NO_SPEECH_PROB
 
 
 def _looks_looped(text: str) -> bool:
-    """Whisper's failure mode, not speech: highly compressible, or ending in a repeated run
-    (a run of 3+ words twice, or of 1-2 words three times; "bye bye" is fine)."""
+    """Whisper's failure mode, not speech: highly compressible text, a 4-word run said
+    twice anywhere, or a tail that repeats (3+ words twice, 1-2 words three times;
+    "bye bye" is fine). A false alarm only costs a standard-path decode."""
     data = text.encode()
     if data and len(data) / len(zlib.compress(data)) > _MAX_COMPRESSION:
         return True
     words = normalize_text(text).split()
+    grams = [tuple(words[i : i + 4]) for i in range(len(words) - 3)]
+    if len(grams) != len(set(grams)):
+        return True
     for unit in range(1, len(words) // 2 + 1):
         repeats = 2 if unit >= 3 else 3
         if unit * repeats <= len(words) and all(
@@ -124,7 +135,14 @@ def _looks_looped(text: str) -> bool:
 
 
 class Transcriber:
-    """One faster-whisper model shared by all calls; `transcribe` is thread-safe."""
+    """One faster-whisper model shared by all calls; `transcribe` is thread-safe.
+
+    A call may pass `prompt`, its site's vocabulary as plain text (business, staff and
+    insurer names: "Bright Smile Dental. Dr. Chen. Aetna, MetLife."). Whisper reads it
+    as preceding text, which helps with names tiny.en would otherwise mishear. On
+    silence Whisper tends to echo the prompt back ("Dr. Nguyen."); such echoes are
+    dropped like the other phantoms when no_speech_prob is high.
+    """
 
     def __init__(
         self, model_dir: Path, *, cpu_threads: int = 2, workers: int = 1, language: str = "en"
@@ -141,29 +159,33 @@ class Transcriber:
             self._model.hf_tokenizer, multilingual, task="transcribe",
             language=language if multilingual else "en",
         )
-        self._prompt = [*self._tokenizer.sot_sequence, self._tokenizer.no_timestamps]
+        self._prompts: dict[str, list[int]] = {}  # prompt text -> tokens; one per site
         self._suppress = list(get_suppressed_tokens(self._tokenizer, [-1]))
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="stt")
         log.info("stt loaded model=%s ms=%d", model_dir, (time.monotonic() - started) * 1000)
 
-    def transcribe(self, pcm8k: bytes, *, full_window: bool = False) -> Transcript:
+    def transcribe(
+        self, pcm8k: bytes, *, prompt: str | None = None, full_window: bool = False
+    ) -> Transcript:
         """Transcribe one utterance; full_window=True forces faster-whisper's standard
         30 s path (to compare against and for benchmarks)."""
+        prompt = prompt.strip() if prompt else ""
         started = time.perf_counter()
         audio_ms = len(pcm8k) * 1000 // (2 * SAMPLE_RATE)
         x = pcm_to_float(resample(pcm8k, SAMPLE_RATE, WHISPER_RATE))
         text, avg_logprob, no_speech_prob, path = "", None, None, "empty"
         if x.size:
-            text, avg_logprob, no_speech_prob, path = self._decode(x, full_window)
-            if _is_phantom(text, x, avg_logprob, no_speech_prob):
+            text, avg_logprob, no_speech_prob, path = self._decode(x, prompt, full_window)
+            if _is_phantom(text, x, avg_logprob, no_speech_prob, prompt):
                 log.info("stt dropped phantom text=%r no_speech=%.2f", text, no_speech_prob or 0)
                 text = ""
         elapsed = (time.perf_counter() - started) * 1000
         log.info("stt done audio_ms=%d ms=%.0f path=%s chars=%d", audio_ms, elapsed, path, len(text))
         return Transcript(text, audio_ms, elapsed, avg_logprob, no_speech_prob)
 
-    async def transcribe_async(self, pcm8k: bytes) -> Transcript:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, self.transcribe, pcm8k)
+    async def transcribe_async(self, pcm8k: bytes, *, prompt: str | None = None) -> Transcript:
+        job = functools.partial(self.transcribe, pcm8k, prompt=prompt)
+        return await asyncio.get_running_loop().run_in_executor(self._pool, job)
 
     def health_check(self) -> float:
         """Transcribe 0.5 s of silence; returns elapsed ms (raises if the model is broken)."""
@@ -172,31 +194,43 @@ class Transcriber:
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
+    def _prompt_tokens(self, prompt: str) -> list[int]:
+        """Decoder prompt, built the way faster-whisper builds it for initial_prompt."""
+        tokens = self._prompts.get(prompt)
+        if tokens is None:
+            context = []
+            if prompt:
+                words = self._tokenizer.encode(" " + prompt)
+                context = [self._tokenizer.sot_prev, *words[-(_MAX_LENGTH // 2 - 1) :]]
+            tokens = [*context, *self._tokenizer.sot_sequence, self._tokenizer.no_timestamps]
+            self._prompts[prompt] = tokens
+        return tokens
+
     def _decode(
-        self, x: np.ndarray, full_window: bool = False
+        self, x: np.ndarray, prompt: str, full_window: bool
     ) -> tuple[str, float | None, float | None, str]:
         features = self._model.feature_extractor(x)
         content = features.shape[-1] - 1  # the extractor appends one frame of padding
         if content <= _SHORT_PATH_MAX_FRAMES and not full_window:
-            result = self._decode_window(features[:, :content], content)
+            result = self._decode_window(features[:, :content], content, self._prompt_tokens(prompt))
             if result is not None:
                 return (*result, "window")
-        return (*self._decode_full(x), "full")
+        return (*self._decode_full(x, prompt), "full")
 
     def _decode_window(
-        self, features: np.ndarray, content: int
+        self, features: np.ndarray, content: int, prompt: list[int]
     ) -> tuple[str, float, float] | None:
         """Greedy decode in a window fitted to the audio; None if the output looks looped."""
         window = min(_FULL_WINDOW, max(_MIN_WINDOW, -(-(content + _WINDOW_MARGIN) // 100) * 100))
         padded = np.zeros((features.shape[0], window), dtype=np.float32)
         padded[:, :content] = features
         budget = min(
-            _MAX_LENGTH - len(self._prompt),
+            _MAX_LENGTH - len(prompt),
             _TOKENS_BASE + _TOKENS_PER_S * content // _FRAMES_PER_S,
         )
         encoded = self._model.model.encode(ctranslate2.StorageView.from_array(padded[None]), to_cpu=False)
         result = self._model.model.generate(
-            encoded, [self._prompt], beam_size=1, max_length=len(self._prompt) + budget,
+            encoded, [prompt], beam_size=1, max_length=len(prompt) + budget,
             return_scores=True, return_no_speech_prob=True,
             suppress_blank=True, suppress_tokens=self._suppress,
         )[0]
@@ -209,10 +243,11 @@ class Transcriber:
         avg_logprob = result.scores[0] * len(tokens) / (len(tokens) + 1)
         return text, avg_logprob, result.no_speech_prob
 
-    def _decode_full(self, x: np.ndarray) -> tuple[str, float | None, float | None]:
+    def _decode_full(self, x: np.ndarray, prompt: str) -> tuple[str, float | None, float | None]:
         segments, _ = self._model.transcribe(
             x, language=self.language, beam_size=1, without_timestamps=True,
             condition_on_previous_text=False, temperature=0.0, vad_filter=False,
+            initial_prompt=prompt or None,
         )
         segments = list(segments)  # decoding is lazy: do it here, in this thread
         text = "".join(s.text for s in segments).strip()

@@ -153,11 +153,12 @@ class Synthesizer:
             return loop.run_in_executor(self._pool, self._render, clauses[i], i == len(clauses) - 1)
 
         ahead = submit(0) if clauses else None
+        done = 0
         try:
-            for i in range(len(clauses)):
-                assert ahead is not None
+            while ahead is not None:
                 pcm = await ahead
-                ahead = submit(i + 1) if i + 1 < len(clauses) else None
+                done += 1
+                ahead = submit(done) if done < len(clauses) else None
                 yield pcm
         finally:
             if ahead is not None:

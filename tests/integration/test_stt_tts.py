@@ -20,7 +20,7 @@ from speech.models import (
     check_piper_voice,
     check_whisper_dir,
 )
-from speech.stt import Transcriber, normalize_text
+from speech.stt import Transcriber, _looks_looped, normalize_text
 from speech.tts import Synthesizer, split_clauses
 
 pytestmark = pytest.mark.models
@@ -51,6 +51,13 @@ def word_edits(a: str, b: str) -> int:
         for j, wy in enumerate(y, 1):
             prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (wx != wy))
     return row[-1]
+
+
+def noise_pcm(dbfs: float, seconds: float = 2.0) -> bytes:
+    x = np.random.default_rng(40).normal(0.0, 1.0, int(seconds * audio.SAMPLE_RATE))
+    pcm = audio.float_to_pcm(x / np.sqrt(np.mean(x**2)) * 10 ** (dbfs / 20))
+    assert abs(audio.rms_dbfs(pcm) - dbfs) < 0.5
+    return pcm
 
 
 def padded(pcm: bytes, ms: int = 300) -> bytes:
@@ -268,14 +275,33 @@ def test_utterance_over_28s_uses_the_standard_path(synth: Synthesizer, transcrib
     assert "robert" in words and "friday" in words
 
 
+def test_site_vocabulary_prompt_spells_names(synth: Synthesizer, transcriber: Transcriber) -> None:
+    vocabulary = "Brightsmile Dental. Staff: Dr. Nguyen, Dr. Kowalczyk, Siobhan. Insurers: Aetna, MetLife."
+    pcm = padded(synth.synthesize("I would like to see doctor Kowalczyk."))
+    # tiny.en alone writes "Dr. Carl clip" / "Dr. Kyle Cid"; with the site's names it spells it.
+    for full in (False, True):
+        assert "kowalczyk" in normalize_text(transcriber.transcribe(pcm, prompt=vocabulary, full_window=full).text)
+    # On silence and noise Whisper echoes the prompt ("Dr. Nguyen."); that must not pass.
+    assert transcriber.transcribe(bytes(16000), prompt=vocabulary).text == ""
+    assert transcriber.transcribe(noise_pcm(-35.0), prompt=vocabulary).text == ""
+
+
+@pytest.mark.parametrize(
+    ("text", "looped"),
+    [
+        ("No.", False), ("Bye bye.", False), ("Thank you, thank you.", False),
+        ("I need to cancel my appointment.", False),
+        ("No. No. No.", True), ("Is anybody there? Is anybody there?", True),
+        ("Dr. Nguyen, and today is Dr. Nguyen and today.", True), ("car, " * 40, True),
+    ],
+)
+def test_loop_detection(text: str, looped: bool) -> None:
+    assert _looks_looped(text) is looped
+
+
 @pytest.mark.parametrize("kind", ["silence", "noise"])
 def test_silence_and_noise_give_no_text(kind: str, transcriber: Transcriber) -> None:
-    if kind == "silence":
-        pcm = bytes(2 * 16000)
-    else:
-        x = np.random.default_rng(40).normal(0.0, 1.0, 2 * audio.SAMPLE_RATE)
-        pcm = audio.float_to_pcm(x / np.sqrt(np.mean(x**2)) * 10 ** (-40 / 20))
-        assert abs(audio.rms_dbfs(pcm) + 40) < 0.5
+    pcm = bytes(2 * 16000) if kind == "silence" else noise_pcm(-40.0)
     assert transcriber.transcribe(pcm).text == ""
 
 
