@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Awaitable, Protocol
 
 from gateway.audiosocket import AudioIn, AudioSocketCall, Dtmf, Hangup
 from gateway.pacer import MediaClock, OutputStream
@@ -107,6 +107,9 @@ class CallSession:
         await self._say_and_hang_up(self.services.config.site.wording.shutting_down)
 
     async def _cleanup(self) -> None:
+        if self._reply is not None and not self._reply_interruptible:
+            # A transfer or goodbye ends the call itself: let it finish recording its outcome.
+            await asyncio.wait([self._reply], timeout=5)
         await self._cancel_reply()
         if self._speculation:
             self._speculation.task.cancel()
@@ -158,7 +161,7 @@ class CallSession:
                 asyncio.ensure_future(self._cancel_reply())
         elif isinstance(event, TentativeEnd):
             self._speculation = _Speculation(
-                event.seq, asyncio.ensure_future(self.services.transcriber.transcribe_async(event.pcm)))
+                event.seq, asyncio.ensure_future(self._transcribe(event.pcm)))
         elif isinstance(event, SpeechResumed):
             self._drop_speculation()
         elif isinstance(event, Utterance):
@@ -171,6 +174,9 @@ class CallSession:
                 log.info("utterance ignored call=%s reason=transfer in progress", self.call.call_id)
                 return
             self._start_reply(self._turn(event, speculation, turn))
+
+    def _transcribe(self, pcm: bytes) -> Awaitable[Transcript]:
+        return self.services.transcriber.transcribe_async(pcm, prompt=self.services.config.site.speech_prompt)
 
     def _drop_speculation(self) -> None:
         if self._speculation is not None:
@@ -207,7 +213,7 @@ class CallSession:
             transcript = await speculation.task
             turn.timings["stt_speculative"] = 1.0
         else:
-            transcript = await self.services.transcriber.transcribe_async(utterance.pcm)
+            transcript = await self._transcribe(utterance.pcm)
         turn.timings["stt"] = transcript.elapsed_ms
         turn.timings["stt_wait"] = (time.perf_counter() - t0) * 1000
         text = f"{self._unheard_text} {transcript.text}".strip() if transcript.text else ""

@@ -25,10 +25,7 @@ class ReceivedFrame:
     at: float  # time.monotonic() on arrival
     kind: int
     payload: bytes
-
-    @property
-    def voiced(self) -> bool:
-        return self.kind == KIND_AUDIO and rms(self.payload) > VOICED_RMS
+    voiced: bool = False  # computed once on arrival: many calls share this event loop
 
 
 @dataclass
@@ -59,7 +56,8 @@ class CallerClient:
             while True:
                 kind, length = _HEADER.unpack(await self._reader.readexactly(3))
                 payload = await self._reader.readexactly(length) if length else b""
-                self.received.append(ReceivedFrame(time.monotonic(), kind, payload))
+                voiced = kind == KIND_AUDIO and any(payload) and rms(payload) > VOICED_RMS
+                self.received.append(ReceivedFrame(time.monotonic(), kind, payload, voiced))
                 if kind == KIND_HANGUP:  # Asterisk leaves the app and closes the socket
                     self._writer.close()
                     break
@@ -101,13 +99,16 @@ class CallerClient:
         """The gateway's next utterance after `after`: voiced frames until `quiet_s` without voice."""
         deadline = time.monotonic() + timeout_s
         first = last = None
+        scanned = 0
         while time.monotonic() < deadline:
-            voiced = [f for f in self.received if f.at > after and f.voiced]
-            if voiced:
-                first, last = voiced[0].at, voiced[-1].at
-                if time.monotonic() - last >= quiet_s or self.hung_up.is_set():
-                    return Reply(first, last, self.audio_between(first - 0.001, last + 0.001))
-            elif self.hung_up.is_set():
+            for frame in self.received[scanned:]:
+                if frame.voiced and frame.at > after:
+                    first = first or frame.at
+                    last = frame.at
+            scanned = len(self.received)
+            if last is not None and (time.monotonic() - last >= quiet_s or self.hung_up.is_set()):
+                return Reply(first, last, self.audio_between(first - 0.001, last + 0.001))
+            if last is None and self.hung_up.is_set():
                 break
             await asyncio.sleep(0.05)
         raise TimeoutError(f"no reply from the gateway within {timeout_s} s (call {self.call_id})")

@@ -87,7 +87,8 @@ async def load_services(config: Config, *, progress: bool = True) -> Services:
         transcriber, synthesizer, engine = await asyncio.gather(
             _timed("stt", timings, Transcriber, stt_dir, cpu_threads=config.models.stt.threads,
                    workers=config.models.stt.workers),
-            _timed("tts", timings, Synthesizer, voice, workers=config.models.tts.workers),
+            _timed("tts", timings, Synthesizer, voice, workers=config.models.tts.workers,
+                   cache_dir=config.data_dir / "tts-cache"),
             _timed("llm", timings, LlmEngine, llm_path, threads=config.models.llm.threads,
                    context=config.models.llm.context),
         )

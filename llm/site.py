@@ -139,6 +139,8 @@ class Site(Strict):
     hours: Hours
     holidays: tuple[Holiday, ...] = ()
     emergency_phrases: tuple[str, ...] = ()
+    # Names callers say that a small speech model may not know (insurers, products, streets).
+    vocabulary: tuple[str, ...] = ()
     wording: Wording = Wording()
     directory: Directory
 
@@ -150,6 +152,12 @@ class Site(Strict):
         except (ZoneInfoNotFoundError, ValueError):
             raise ValueError(f"unknown time zone {v!r} (use an IANA name such as 'America/New_York')") from None
         return v
+
+    @property
+    def speech_prompt(self) -> str:
+        """Words to bias speech recognition towards: the business, its people, its vocabulary."""
+        names = [self.name, *(m.name for m in self.directory.staff), *self.vocabulary]
+        return ", ".join(names) + "."
 
     @property
     def tz(self) -> ZoneInfo:

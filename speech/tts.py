@@ -9,6 +9,7 @@ one plays.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import re
 import time
@@ -116,42 +117,51 @@ def _fade(x: np.ndarray) -> np.ndarray:
 
 
 class Synthesizer:
-    """One Piper voice shared by all calls (Piper's phonemiser is locked, ONNX runs are thread-safe)."""
+    """One Piper voice shared by all calls (Piper's phonemiser is locked, ONNX runs are thread-safe).
 
-    def __init__(self, voice_path: Path, *, workers: int = 1) -> None:
+    Audio is cached per clause, so a fixed phrase that ends a reply ("Is there anything else ...")
+    and a knowledge answer at its start are both ready whatever else the reply says. With a
+    `cache_dir`, prepared clauses persist across restarts (keyed by voice file and text).
+    """
+
+    def __init__(self, voice_path: Path, *, workers: int = 1, cache_dir: Path | None = None) -> None:
         voice_path = check_piper_voice(voice_path)
         started = time.monotonic()
         self._voice = PiperVoice.load(str(voice_path))
         self.sample_rate: int = self._voice.config.sample_rate
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="tts")
         self._cache: dict[str, bytes] = {}
+        stat = voice_path.stat()
+        self._voice_id = f"{voice_path.name}:{stat.st_size}:{stat.st_mtime_ns}"
+        self._cache_dir = cache_dir
+        self._live = 0  # streams in progress: warm-up waits for them
         log.info("tts loaded voice=%s rate=%d ms=%d", voice_path, self.sample_rate,
                  (time.monotonic() - started) * 1000)
 
     def synthesize(self, text: str) -> bytes:
         """The whole text as 8 kHz pcm (the same audio `stream` yields, joined)."""
-        cached = self.cached(text)
-        if cached is not None:
-            return cached
         clauses = split_clauses(text)
-        return b"".join(self._render(c, last=i == len(clauses) - 1) for i, c in enumerate(clauses))
+        return b"".join(self.cached(c) or self._render(c, last=i == len(clauses) - 1) for i, c in enumerate(clauses))
 
     async def stream(self, text: str) -> AsyncIterator[bytes]:
         """Yield 8 kHz pcm clause by clause, synthesising at most one clause ahead.
 
-        Close the generator (or use contextlib.aclosing) when abandoning it: the clause
-        in flight is then cancelled if it has not started, and nothing further is queued.
+        Cached clauses come at once. Close the generator (or use contextlib.aclosing) when
+        abandoning it: the clause in flight is then cancelled if it has not started, and
+        nothing further is queued.
         """
-        cached = self.cached(text)
-        if cached is not None:
-            yield cached
-            return
         clauses = split_clauses(text)
         loop = asyncio.get_running_loop()
 
         def submit(i: int) -> asyncio.Future[bytes]:
+            hit = self.cached(clauses[i])
+            if hit is not None:
+                future: asyncio.Future[bytes] = loop.create_future()
+                future.set_result(hit)
+                return future
             return loop.run_in_executor(self._pool, self._render, clauses[i], i == len(clauses) - 1)
 
+        self._live += 1
         ahead = submit(0) if clauses else None
         done = 0
         try:
@@ -161,20 +171,51 @@ class Synthesizer:
                 ahead = submit(done) if done < len(clauses) else None
                 yield pcm
         finally:
+            self._live -= 1
             if ahead is not None:
                 ahead.cancel()
 
     async def prepare(self, texts: Iterable[str]) -> None:
-        """Synthesise fixed phrases into the cache, one at a time so calls are not starved."""
+        """Synthesise the clauses of fixed phrases into the cache (from disk when stored before).
+
+        One clause at a time, and only while no call is waiting for speech, so warm-up never
+        delays a live reply.
+        """
         loop = asyncio.get_running_loop()
         for text in texts:
-            key = cache_key(text)
-            if key and key not in self._cache:
-                self._cache[key] = await loop.run_in_executor(self._pool, self.synthesize, text)
-        log.info("tts cache phrases=%d", len(self._cache))
+            for clause in split_clauses(text):
+                key = cache_key(clause)
+                if key in self._cache:
+                    continue
+                while self._live:
+                    await asyncio.sleep(0.05)
+                # Rendered with its trailing pause, so the clause fits anywhere in a reply.
+                self._cache[key] = await loop.run_in_executor(self._pool, self._load_or_render, clause)
+        log.info("tts cache clauses=%d", len(self._cache))
 
     def cached(self, text: str) -> bytes | None:
         return self._cache.get(cache_key(text))
+
+    def _disk_path(self, clause: str) -> Path | None:
+        if self._cache_dir is None:
+            return None
+        digest = hashlib.sha256(f"{self._voice_id}\n{cache_key(clause)}".encode()).hexdigest()[:32]
+        return self._cache_dir / f"{digest}.pcm"
+
+    def _load_or_render(self, clause: str) -> bytes:
+        path = self._disk_path(clause)
+        if path is not None and path.is_file():
+            return path.read_bytes()
+        pcm = self._render(clause, last=False)
+        if path is not None:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_suffix(".tmp")
+                tmp.write_bytes(pcm)
+                tmp.replace(path)  # atomic: a crash never leaves a half clause behind
+            except OSError as exc:
+                log.warning("tts cache not written path=%s error=%s", path, exc.strerror)
+        return pcm
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)

@@ -169,7 +169,7 @@ async def test_malformed_input_and_abrupt_disconnects_end_only_that_call(gateway
 
 async def test_twenty_concurrent_calls_without_cross_talk(gateway, services, speak) -> None:
     questions = {
-        "Do you take Cigna insurance?": ("cigna",),
+        "Do you accept Delta Dental?": ("delta",),
         "Where can I park my car?": ("park",),
         "How much does teeth whitening cost?": ("350", "three hundred fifty"),
         "What's your address?": ("harbour", "harbor"),

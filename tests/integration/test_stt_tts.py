@@ -218,13 +218,33 @@ async def test_cancelling_the_consumer_stops_synthesis(synth: Synthesizer, caplo
 
 async def test_prepared_phrases_come_from_the_cache(synth: Synthesizer) -> None:
     phrase = "Thank you for calling, please hold while I connect you."
-    assert synth.cached(phrase) is None
+    clauses = split_clauses(phrase)
+    assert len(clauses) == 2 and synth.cached(clauses[0]) is None
     await synth.prepare([phrase, phrase, "  "])
-    pcm = synth.cached(phrase)
-    assert pcm is not None and audio.rms_dbfs(pcm) > -30
-    assert synth.cached("  Thank you for calling,\n please hold  while I connect you. ") is pcm
-    assert [c async for c in synth.stream(phrase)] == [pcm]  # whole, at once
-    assert synth.synthesize(phrase) is pcm
+    pcms = [synth.cached(c) for c in clauses]
+    assert all(p is not None and audio.rms_dbfs(p) > -30 for p in pcms)
+    assert synth.cached("  Thank you for\n calling,  ") is pcms[0]
+    assert [c async for c in synth.stream(phrase)] == pcms  # clause by clause, at once
+    assert synth.synthesize(phrase) == b"".join(pcms)
+
+
+async def test_cached_clauses_start_any_reply_and_persist_on_disk(tmp_path: Path) -> None:
+    answer = "We accept Delta Dental, Cigna and MetLife."
+    closing = "Is there anything else I can help you with?"
+    first = Synthesizer(bundled_piper_voice(), cache_dir=tmp_path)
+    await first.prepare([answer, closing])
+    stored = sorted(tmp_path.glob("*.pcm"))
+    assert len(stored) == 2
+    # A reply made of both phrases is served from the clause cache, nothing synthesised.
+    parts = [c async for c in first.stream(f"{answer} {closing}")]
+    assert parts == [first.cached(answer), first.cached(closing)]
+    first.close()
+    second = Synthesizer(bundled_piper_voice(), cache_dir=tmp_path)
+    mtimes = [p.stat().st_mtime_ns for p in stored]
+    await second.prepare([answer, closing])  # read back, not rendered again
+    assert second.cached(answer) == first.cached(answer)
+    assert [p.stat().st_mtime_ns for p in stored] == mtimes
+    second.close()
 
 
 # --- speech to text --------------------------------------------------------------

@@ -1,0 +1,110 @@
+"""N simultaneous calls: outbound frame-interval jitter, and voice-to-voice latency under that load.
+
+Each media-only call connects, hears the greeting and then the gateway's idle silence; every
+frame's arrival time is recorded and jitter is |interval - 20 ms|. Meanwhile one more call asks
+questions so latency under load is measured too. The gateway runs in its own process.
+
+    .venv/bin/python bench/concurrency.py [--calls 200] [--seconds 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import struct
+import time
+import uuid
+
+from common import gateway_process, peak_rss_mb, percentile, table
+from latency import QUESTIONS, measure_latency
+
+from speech.audio import SILENCE_FRAME
+from speech.models import bundled_piper_voice
+from speech.tts import Synthesizer
+
+_HEADER = struct.Struct("!BH")
+
+
+class MediaOnlyCall(asyncio.Protocol):
+    """A lightweight listener: records arrival times of whole frames; sends the caller's silence."""
+
+    def __init__(self) -> None:
+        self.buffer = bytearray()
+        self.arrivals: list[float] = []
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.transport.write(_HEADER.pack(0x01, 16) + uuid.uuid4().bytes)
+
+    def data_received(self, data: bytes) -> None:
+        now = time.monotonic()
+        self.buffer += data
+        while len(self.buffer) >= 3:
+            kind, length = _HEADER.unpack_from(self.buffer)
+            if len(self.buffer) < 3 + length:
+                break
+            del self.buffer[:3 + length]
+            if kind == 0x10:
+                self.arrivals.append(now)
+
+
+async def caller_silence(calls: list[MediaOnlyCall], stop: asyncio.Event) -> None:
+    """Asterisk sends the caller's audio continuously; one paced loop for all media-only calls."""
+    frame = _HEADER.pack(0x10, len(SILENCE_FRAME)) + SILENCE_FRAME
+    due = time.monotonic()
+    while not stop.is_set():
+        for call in calls:
+            if call.transport and not call.transport.is_closing():
+                call.transport.write(frame)
+        due += 0.02
+        await asyncio.sleep(max(0.0, due - time.monotonic()))
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--calls", type=int, default=200)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    args = parser.parse_args()
+    synth = Synthesizer(bundled_piper_voice())
+    speech = {q: synth.synthesize(q) for q in QUESTIONS[:4]}
+    loop = asyncio.get_running_loop()
+    async with gateway_process(calls={"max_concurrent_dialogs": args.calls + 10}) as (port, proc, _):
+        calls: list[MediaOnlyCall] = []
+        stop = asyncio.Event()
+        sender = asyncio.create_task(caller_silence(calls, stop))
+        for _ in range(args.calls):
+            _, protocol = await loop.create_connection(MediaOnlyCall, "127.0.0.1", port)
+            calls.append(protocol)
+            await asyncio.sleep(0.005)
+        window_start = time.monotonic()
+        latencies = await measure_latency(port, speech, calls=1)
+        await asyncio.sleep(max(0.0, args.seconds - (time.monotonic() - window_start)))
+        window_end = time.monotonic()
+        stop.set()
+        await sender
+        rss = peak_rss_mb(proc.pid)
+        for call in calls:
+            if call.transport:
+                call.transport.close()
+    jitter: list[float] = []
+    gaps = 0
+    for call in calls:
+        times = [t for t in call.arrivals if window_start <= t <= window_end]
+        for a, b in zip(times, times[1:]):
+            jitter.append(abs((b - a) * 1000 - 20))
+        expected = (window_end - window_start) / 0.02
+        gaps += max(0, int(expected * 0.98) - len(times))
+    v2v = [ms for _, ms, _ in latencies]
+    rows = [
+        (f"frame jitter, {args.calls} calls (ms)", f"{percentile(jitter, 50):.1f}", f"{percentile(jitter, 99):.1f}",
+         str(len(jitter))),
+        ("voice-to-voice under load (ms)", f"{percentile(v2v, 50):.0f}", f"{percentile(v2v, 90):.0f}", str(len(v2v))),
+    ]
+    print(table(rows, ("measure", "p50", "p99 (jitter) / p90 (latency)", "n")))
+    print(f"\nconnected calls: {sum(1 for c in calls if c.arrivals)}/{args.calls}; "
+          f"calls short of frames in the window: {gaps}; gateway peak RSS: {rss:.0f} MB")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
