@@ -157,7 +157,8 @@ class Dialog:
             "properties": {
                 "action": {"type": "string", "enum": [a.value for a in Action]},
                 "target": {"type": "string", "enum": ["", *names]},
-                "reply": {"type": "string"},
+                # Bounded so the grammar always closes the object within max_reply_tokens.
+                "reply": {"type": "string", "maxLength": 300},
             },
             "required": ["action", "target", "reply"],
         }

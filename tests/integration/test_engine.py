@@ -16,7 +16,7 @@ SCHEMA = {
     "properties": {
         "action": {"type": "string", "enum": ["answer", "transfer", "take_message", "escalate", "end_call"]},
         "target": {"type": "string", "enum": ["", "Dr. Maria Lopez", "the front desk"]},
-        "reply": {"type": "string"},
+        "reply": {"type": "string", "maxLength": 80},
     },
     "required": ["action", "target", "reply"],
 }
@@ -34,10 +34,11 @@ async def test_bundled_base_model_loads_and_is_not_for_dialog(services) -> None:
 @pytest.mark.parametrize("caller", ["Put me through to Doctor Lopez.", "What's the price of a filling?", "Bye!"])
 async def test_constrained_output_is_always_a_valid_action(services, caller: str) -> None:  # type: ignore[no-untyped-def]
     prompt = f"Phone assistant. Caller: {caller}\nDecision as JSON:"
-    decision, gen = await services.engine.complete_json(prompt, SCHEMA, max_tokens=120)
+    decision, gen = await services.engine.complete_json(prompt, SCHEMA, max_tokens=200)
     assert set(decision) == {"action", "target", "reply"}
     assert decision["action"] in SCHEMA["properties"]["action"]["enum"]
     assert decision["target"] in SCHEMA["properties"]["target"]["enum"]
+    assert len(decision["reply"]) <= 80
     assert gen.tokens > 0
 
 
