@@ -56,7 +56,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     setup_logging("WARNING" if not args.verbose else "INFO")
     from gateway.demo import run_demo
 
-    return asyncio.run(run_demo(config, args.wav, args.out))
+    if (args.wav is None) == (args.say is None):
+        print("switchboard demo: give either CALLER.wav or --say TEXT", file=sys.stderr)
+        return 2
+    return asyncio.run(run_demo(config, args.out, wav=args.wav, say=args.say))
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
@@ -76,7 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--port", type=int, default=None, help="override audiosocket.port (0: any free port)")
     run.set_defaults(func=cmd_run)
     demo = sub.add_parser("demo", help="play a WAV as a caller through a real AudioSocket connection")
-    demo.add_argument("wav", type=Path, help="the caller's speech (WAV, 16-bit, any rate, mono or stereo)")
+    demo.add_argument("wav", type=Path, nargs="?", help="the caller's speech (WAV, 16-bit, any rate, mono or stereo)")
+    demo.add_argument("--say", metavar="TEXT", help="instead of a WAV: the caller's words, spoken by the bundled voice")
     demo.add_argument("--out", type=Path, default=Path("demo-reply.wav"), help="where to write the gateway's audio")
     demo.add_argument("-v", "--verbose", action="store_true", help="show the gateway's log")
     demo.set_defaults(func=cmd_demo)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import tempfile
 import time
@@ -23,25 +24,28 @@ def speech_end_offset(pcm: bytes) -> float:
     return (last + 1) * 0.02
 
 
-async def run_demo(config: Config, wav: Path, out: Path) -> int:
-    try:
-        pcm, rate = read_wav(wav)
-    except (OSError, ValueError) as exc:
-        print(f"switchboard demo: cannot read {wav}: {exc}")
-        return 2
-    caller_pcm = resample(pcm, rate, SAMPLE_RATE) if rate != SAMPLE_RATE else pcm
+async def run_demo(config: Config, out: Path, *, wav: Path | None = None, say: str | None = None) -> int:
+    if wav is not None:
+        try:
+            pcm, rate = read_wav(wav)
+        except (OSError, ValueError) as exc:
+            print(f"switchboard demo: cannot read {wav}: {exc}")
+            return 2
+        caller_pcm = resample(pcm, rate, SAMPLE_RATE) if rate != SAMPLE_RATE else pcm
     with tempfile.TemporaryDirectory(prefix="switchboard-demo-") as tmp:
         # A throw-away database: a demo call must not land in the site's records.
         config = dataclasses.replace(config, database=Path(tmp) / "demo.db")
         print("loading models ...", flush=True)
         services = await load_services(config)
+        if say is not None:
+            caller_pcm = bytes(3200) + await asyncio.to_thread(services.synthesizer.synthesize, say) + bytes(3200)
         gateway = Gateway(services, host="127.0.0.1", port=0)
         await gateway.start()
         client = await CallerClient("127.0.0.1", gateway.port).connect()
         try:
             connected = time.monotonic()
             greeting = await client.wait_reply(connected)
-            heard = await services.transcriber.transcribe_async(greeting.pcm)
+            heard = await services.transcriber.transcribe_async(greeting.pcm, prompt=config.site.speech_prompt)
             print(f"\nassistant: {heard.text}")
             print(f"           (greeting audio after {(greeting.first_voiced_at - connected) * 1000:.0f} ms)")
             sent_at = await client.say(caller_pcm)
@@ -50,7 +54,7 @@ async def run_demo(config: Config, wav: Path, out: Path) -> int:
             turns = await services.store.turns(client.call_id)
             said = next((t.text for t in turns if t.speaker == "caller"), "(nothing recognised)")
             print(f"caller:    {said}")
-            answer = await services.transcriber.transcribe_async(reply.pcm)
+            answer = await services.transcriber.transcribe_async(reply.pcm, prompt=config.site.speech_prompt)
             print(f"assistant: {answer.text}")
             print(f"\nvoice-to-voice latency: {(reply.first_voiced_at - speech_end) * 1000:.0f} ms "
                   "(end of caller speech -> first reply audio)")

@@ -1,0 +1,102 @@
+"""The `switchboard` commands an admin runs: demo (real models, real AudioSocket) and doctor."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from speech.audio import read_wav, write_wav
+
+ROOT = Path(__file__).resolve().parents[2]
+AMI_BANNER = (ROOT.parent / "shared" / "fixtures" / "asterisk" / "ami_received.txt").read_bytes().split(b"\r\n")[0]
+
+
+def switchboard(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "gateway.cli", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+
+
+@pytest.mark.models
+async def test_demo_plays_a_wav_as_a_caller(tmp_path: Path, speak, data_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    caller = tmp_path / "caller.wav"
+    write_wav(caller, bytes(4000) + await speak("Do you see children at the clinic?") + bytes(4000), 8000)
+    out = tmp_path / "reply.wav"
+    proc = await asyncio.to_thread(switchboard, "--data-dir", str(data_dir), "demo", str(caller), "--out", str(out))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.lower()
+    assert "caller:    do you see children" in lines
+    assert "voice-to-voice latency" in lines
+    answer = next(line for line in lines.splitlines() if line.startswith("assistant:") and ("child" in line or "kids" in line))
+    assert answer
+    pcm, rate = read_wav(out)
+    assert rate == 8000 and len(pcm) > 8000 * 2 * 4  # greeting and answer: several seconds
+
+
+def test_demo_refuses_a_missing_wav(tmp_path: Path) -> None:
+    proc = switchboard("demo", str(tmp_path / "nope.wav"))
+    assert proc.returncode == 2 and "cannot read" in proc.stdout + proc.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def etc(tmp_path: Path) -> Path:
+    for name in ("switchboard.yaml", "directory.yaml", "knowledge.yaml"):
+        shutil.copy(ROOT / "etc" / name, tmp_path / name)
+    return tmp_path
+
+
+def _set(etc: Path, old: str, new: str) -> None:
+    path = etc / "switchboard.yaml"
+    path.write_text(path.read_text().replace(old, new, 1))
+
+
+async def test_doctor_passes_with_asterisk_reachable(etc: Path, tmp_path: Path) -> None:
+    async def banner(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(AMI_BANNER + b"\r\n")  # what Asterisk 22 sends first (fixture)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(banner, "127.0.0.1", 0)
+    ami_port = server.sockets[0].getsockname()[1]
+    _set(etc, "ami_port: 5038", f"ami_port: {ami_port}")
+    _set(etc, "port: 9092", f"port: {_free_port()}")
+    async with server:
+        proc = await asyncio.to_thread(switchboard, "--config", str(etc / "switchboard.yaml"), "--data-dir",
+                                       str(tmp_path / "data"), "doctor", timeout=60)
+    assert proc.returncode == 0, proc.stdout
+    assert "Asterisk Call Manager" in proc.stdout and "all checks passed" in proc.stdout
+
+
+def test_doctor_says_what_is_wrong_and_how_to_fix_it(etc: Path, tmp_path: Path) -> None:
+    _set(etc, "ami_port: 5038", f"ami_port: {_free_port()}")  # nothing listens there
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    _set(etc, "port: 9092", f"port: {busy.getsockname()[1]}")
+    try:
+        proc = switchboard("--config", str(etc / "switchboard.yaml"), "--data-dir", str(tmp_path / "data"), "doctor",
+                           timeout=60)
+    finally:
+        busy.close()
+    assert proc.returncode == 1
+    assert "[FAIL] AudioSocket port" in proc.stdout and "in use" in proc.stdout
+    assert "[FAIL] Asterisk AMI" in proc.stdout and "fix:" in proc.stdout
+    assert "2 problem(s) found" in proc.stdout
+
+
+def test_doctor_reports_a_config_error(etc: Path) -> None:
+    _set(etc, "barge_in: true", "barge_in: sometimes")
+    proc = switchboard("--config", str(etc / "switchboard.yaml"), "doctor", timeout=60)
+    assert proc.returncode == 1 and "calls.barge_in" in proc.stdout
