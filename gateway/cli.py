@@ -1,4 +1,4 @@
-"""`switchboard` command: run | demo | doctor | models."""
+"""`switchboard` command: run | demo | doctor | models | questions."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pathlib import Path
 
 from gateway.config import DEFAULT_CONFIG, Config, ConfigError, load_config
 from gateway.models_cmd import add_models_parser
+from gateway.questions_cmd import add_questions_parser
 
 log = logging.getLogger("switchboard")
 
@@ -87,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     doctor = sub.add_parser("doctor", help="check config, models, ports and Asterisk; say how to fix problems")
     doctor.set_defaults(func=cmd_doctor)
     add_models_parser(sub)
+    add_questions_parser(sub)
     return parser
 
 

@@ -100,3 +100,34 @@ def test_doctor_reports_a_config_error(etc: Path) -> None:
     _set(etc, "barge_in: true", "barge_in: sometimes")
     proc = switchboard("--config", str(etc / "switchboard.yaml"), "doctor", timeout=60)
     assert proc.returncode == 1 and "calls.barge_in" in proc.stdout
+
+
+async def test_staff_answer_teaches_the_next_caller(tmp_path: Path, config) -> None:  # type: ignore[no-untyped-def]
+    """A question nobody could answer is listed for staff; their answer is spoken to the next caller."""
+    from llm.dialog import Dialog
+    from llm.knowledge import Retriever
+    from models.store import Store
+
+    data = tmp_path / "data"
+    store = await Store.open(data / "switchboard.db")
+    await store.replace_admin_knowledge(config.knowledge)
+    first = Dialog(config.site, Retriever(store), store, call_id="c1", caller="+15550100")
+    assert (await first.respond("Do you sell gift vouchers?")).action.value == "escalate"
+    await store.close()
+
+    listed = await asyncio.to_thread(switchboard, "--data-dir", str(data), "questions", "list", timeout=60)
+    assert "+15550100" in listed.stdout and "Do you sell gift vouchers?" in listed.stdout
+    qid = listed.stdout.split()[0].lstrip("#")
+    answered = await asyncio.to_thread(switchboard, "--data-dir", str(data), "questions", "answer", qid,
+                                       "Yes, gift vouchers are sold at the front desk.", timeout=60)
+    assert answered.returncode == 0, answered.stdout
+    missing = await asyncio.to_thread(switchboard, "--data-dir", str(data), "questions", "answer", "999", "x", timeout=60)
+    assert missing.returncode == 1 and "no question #999" in missing.stdout
+
+    store = await Store.open(data / "switchboard.db")
+    try:
+        later = Dialog(config.site, Retriever(store), store, call_id="c2", caller="+15550111")
+        reply = await later.respond("do you sell gift vouchers")
+        assert reply.text.startswith("Yes, gift vouchers are sold at the front desk.")
+    finally:
+        await store.close()
