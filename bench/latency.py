@@ -24,7 +24,7 @@ from speech.models import bundled_piper_voice
 from speech.tts import Synthesizer
 
 QUESTIONS = [
-    "Do you take Cigna insurance?",
+    "Do you accept Delta Dental?",
     "How much does teeth whitening cost?",
     "Is there parking at the clinic?",
     "What's your address?",
@@ -46,14 +46,15 @@ def speech_start_offset(pcm: bytes) -> float:
     return first * 0.02
 
 
-async def measure_latency(port: int, speech: dict[str, bytes], calls: int) -> list[tuple[str, float, str]]:
+async def measure_latency(port: int, speech: dict[str, bytes], questions: list[str],
+                          calls: int) -> list[tuple[str, float, str]]:
     results = []
-    per_call = max(1, len(QUESTIONS) // calls)
+    per_call = max(1, len(questions) // calls)
     for c in range(calls):
         client = await CallerClient("127.0.0.1", port).connect()
         try:
             await client.wait_reply(time.monotonic() - 1)  # the greeting
-            for question in QUESTIONS[c * per_call:(c + 1) * per_call]:
+            for question in questions[c * per_call:(c + 1) * per_call]:
                 pcm = speech[question]
                 sent = await client.say(pcm)
                 speech_end = sent - (len(pcm) / 2 / SAMPLE_RATE - speech_end_offset(pcm))
@@ -105,7 +106,7 @@ async def main() -> None:
     synth = Synthesizer(bundled_piper_voice())
     speech = {q: synth.synthesize(q) for q in [*QUESTIONS, BARGE_IN]}
     async with gateway_process() as (port, proc, data):
-        latencies = await measure_latency(port, speech, args.calls)
+        latencies = await measure_latency(port, speech, QUESTIONS, args.calls)
         reactions = await measure_barge_in(port, speech[BARGE_IN], args.barge_in_trials)
         rss = peak_rss_mb(proc.pid)
         split = split_timings(data / "switchboard.db", sorted({c for _, _, c in latencies}))
