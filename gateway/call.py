@@ -96,7 +96,7 @@ class CallSession:
                     await self._read_events()
             except TimeoutError:
                 self._end_reason = "max duration"
-                await self._say_and_hang_up(cfg.site.wording.goodbye)
+                await self._say_goodbye(cfg.site.wording.goodbye, "rule:max_duration")
         finally:
             await self._cleanup()
 
@@ -104,7 +104,12 @@ class CallSession:
         """Daemon stopping: tell the caller politely, then hang up (bounded by the caller's grace)."""
         self._end_reason = "shutdown"
         await self._cancel_reply()
-        await self._say_and_hang_up(self.services.config.site.wording.shutting_down)
+        await self._say_goodbye(self.services.config.site.wording.shutting_down, "rule:shutdown")
+
+    async def _say_goodbye(self, text: str, source: str) -> None:
+        self._start_reply(self._deliver(Reply(text, Action.END_CALL, source=source)))
+        assert self._reply is not None
+        await asyncio.wait([self._reply], timeout=15)
 
     async def _cleanup(self) -> None:
         if self._reply is not None and not self._reply_interruptible:
@@ -265,7 +270,8 @@ class CallSession:
         if reply.action is Action.TRANSFER and reply.target is not None:
             await self._transfer(reply.target, reply.source)
         elif reply.action is Action.END_CALL:
-            self._end_reason = "goodbye"
+            if self._end_reason == "eof":  # not already ending for a reason of our own
+                self._end_reason = "goodbye"
             await self.call.hangup()
 
     async def _transfer(self, member: StaffMember, source: str) -> None:
@@ -275,12 +281,3 @@ class CallSession:
         log.info("transfer call=%s to=%s extension=%s ok=%s", self.call.call_id, member.name, member.extension, ok)
         if ok:
             self._end_reason = "transferred"
-
-    async def _say_and_hang_up(self, text: str) -> None:
-        try:
-            async for pcm in self.services.synthesizer.stream(text):
-                self.out.enqueue(pcm)
-            await asyncio.wait_for(self.out.mark(), timeout=10)
-        except (TimeoutError, ConnectionError):
-            pass
-        await self.call.hangup()
