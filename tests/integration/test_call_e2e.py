@@ -190,3 +190,31 @@ async def test_twenty_concurrent_calls_without_cross_talk(gateway, services, spe
     results = await asyncio.gather(*(one_call(q) for q in asked))
     for question, text in results:
         assert any(word in text for word in questions[question]), (question, text)
+
+
+async def test_silent_caller_is_prompted_then_told_goodbye(services, config) -> None:  # type: ignore[no-untyped-def]
+    import dataclasses
+
+    from gateway.app import Gateway
+
+    quick = dataclasses.replace(config, calls=config.calls.model_copy(update={"no_speech_timeout_s": 1.5}))
+    gateway = Gateway(dataclasses.replace(services, config=quick), host="127.0.0.1", port=0)
+    await gateway.start()
+    client = await CallerClient("127.0.0.1", gateway.port).connect()
+    try:
+        await client.wait_reply(time.monotonic() - 1)  # greeting
+        prompt = await client.wait_reply(time.monotonic(), quiet_s=0.8)
+        assert "still there" in await heard(services, prompt)
+        goodbye = await client.wait_reply(time.monotonic(), quiet_s=0.8)
+        assert "goodbye" in await heard(services, goodbye)
+        await asyncio.wait_for(client.hung_up.wait(), 10)
+        call = await services.store.call(client.call_id)
+        for _ in range(50):  # the session records the end just after hanging up
+            if call and call["end_reason"]:
+                break
+            await asyncio.sleep(0.1)
+            call = await services.store.call(client.call_id)
+        assert call["end_reason"] == "goodbye"
+    finally:
+        await client.close()
+        await gateway.stop(grace_s=1.0)
