@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, with_config
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator, with_config
 
 from llm.knowledge import load_knowledge_yaml
 from llm.site import Directory, Site
@@ -85,6 +85,48 @@ class AsteriskSettings(Section):
     ami_port: int = Field(5038, ge=1, le=65535)
 
 
+class AmiSettings(Section):
+    """The AMI control plane (transfers, call correlation, outbound calls); off unless enabled."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(5038, ge=1, le=65535)
+    username: str = "switchboard"
+    secret: SecretStr | None = None  # SecretStr: never shown in logs, reprs or errors
+    secret_env: str | None = None  # or: the name of an environment variable holding the secret
+    connect_timeout_s: float = Field(3.0, gt=0)  # TCP connect + login (a bad login takes ~1 s)
+    action_timeout_s: float = Field(5.0, gt=0)
+    ping_interval_s: float = Field(5.0, gt=0)
+    ping_timeout_s: float = Field(3.0, gt=0)
+    reconnect_min_s: float = Field(0.25, gt=0)
+    reconnect_max_s: float = Field(2.0, gt=0)  # keeps reconnection within ~2 s of Asterisk being back
+    correlation_wait_ms: int = Field(300, ge=0)  # the VarSet event and the AudioSocket connection race
+    transfer_context: str = "switchboard-transfer"
+    transfer_ring_s: int = Field(20, ge=1)  # staff phone rings this long before the caller comes back
+    outbound_channel: str = "PJSIP/{number}"  # how a number or extension is dialled; {number} is replaced
+    outbound_context: str = "switchboard-outbound"
+    outbound_caller_id: str = '"Switchboard" <1000>'
+    outbound_ring_s: int = Field(30, ge=1)
+    outbound_retries: int = Field(1, ge=0)  # extra attempts after busy / no answer / failure
+    outbound_retry_delay_s: float = Field(60.0, ge=0)
+    # Where Asterisk reaches the AudioSocket listener of `switchboard call` (default: audiosocket.host).
+    outbound_audiosocket_host: str | None = None
+
+    @model_validator(mode="after")
+    def _one_secret(self) -> "AmiSettings":
+        if self.enabled and (self.secret is None) == (self.secret_env is None):
+            raise ValueError("give exactly one of secret or secret_env when enabled")
+        return self
+
+    def resolved_secret(self) -> str:
+        if self.secret is not None:
+            return self.secret.get_secret_value()
+        value = os.environ.get(self.secret_env or "")
+        if not value:
+            raise ValueError(f"ami.secret_env: environment variable {self.secret_env!r} is not set")
+        return value
+
+
 class FileConfig(Section):
     """The top-level keys of etc/switchboard.yaml."""
 
@@ -98,6 +140,7 @@ class FileConfig(Section):
     models: ModelSettings = ModelSettings()
     calls: CallSettings = CallSettings()
     asterisk: AsteriskSettings = AsteriskSettings()
+    ami: AmiSettings = AmiSettings()
     log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
 
 
@@ -114,6 +157,7 @@ class Config:
     calls: CallSettings
     asterisk: AsteriskSettings
     log_level: str
+    ami: AmiSettings = AmiSettings()
 
     @property
     def models_dir(self) -> Path:
@@ -188,4 +232,5 @@ def load_config(path: Path | str = DEFAULT_CONFIG, *, data_dir: Path | None = No
         calls=top.calls,
         asterisk=top.asterisk,
         log_level=top.log_level,
+        ami=top.ami,
     )
