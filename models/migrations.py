@@ -82,7 +82,38 @@ def _v1_initial(db: Database) -> None:
     )
 
 
-MIGRATIONS: list[Callable[[Database], None]] = [_v1_initial]
+def _v2_outbox(db: Database) -> None:
+    # Every outgoing text is a row here before any channel sees it. The unique key makes
+    # enqueueing idempotent; CHECK keeps a bug from inventing a state the worker ignores.
+    db.execute("""
+        CREATE TABLE outbox (
+            id INTEGER PRIMARY KEY,
+            idempotency_key TEXT NOT NULL UNIQUE,
+            channel TEXT NOT NULL,
+            recipient TEXT NOT NULL,
+            subject TEXT,
+            body TEXT NOT NULL,
+            html TEXT,
+            state TEXT NOT NULL DEFAULT 'queued'
+                CHECK (state IN ('queued', 'sending', 'sent', 'delivered', 'failed')),
+            attempts INTEGER NOT NULL DEFAULT 0,
+            last_error TEXT,
+            next_attempt_at REAL NOT NULL,
+            provider_ref TEXT,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            sent_at REAL
+        )""")
+    db.execute("CREATE INDEX idx_outbox_due ON outbox (channel, state, next_attempt_at)")
+    db.execute("CREATE INDEX idx_outbox_provider_ref ON outbox (channel, provider_ref)")
+    # A reply in a text thread points at the outbox row that carries it.
+    db.execute("ALTER TABLE messages ADD COLUMN outbox_id INTEGER REFERENCES outbox(id)")
+    # contacts.number holds a normalised phone number or, for a contact known only by
+    # email, a lower-cased email address. Opt-out (STOP) is per contact.
+    db.execute("ALTER TABLE contacts ADD COLUMN opted_out_at REAL")
+
+
+MIGRATIONS: list[Callable[[Database], None]] = [_v1_initial, _v2_outbox]
 LATEST_VERSION = len(MIGRATIONS)
 
 

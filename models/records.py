@@ -66,3 +66,37 @@ class CallEvent:
     kind: str  # e.g. "transfer", "message", "escalate", "hangup"
     at: float
     data: dict[str, Any] = field(default_factory=dict)
+
+
+OUTBOX_STATES = ("queued", "sending", "sent", "delivered", "failed")
+
+
+@dataclass
+class OutboxRecord:
+    id: int
+    idempotency_key: str
+    channel: str
+    recipient: str
+    body: str
+    subject: str | None
+    html: str | None
+    state: str  # one of OUTBOX_STATES
+    attempts: int  # attempts started, including one in flight
+    last_error: str | None
+    next_attempt_at: float
+    provider_ref: str | None
+    created_at: float
+    updated_at: float
+    sent_at: float | None
+
+
+@dataclass
+class ThreadMessage:
+    id: int
+    thread_id: int | None
+    channel: str  # "voice" (taken during a call), "sms", "sip", "email"
+    direction: str  # "in" | "out"
+    body: str
+    status: str
+    at: float
+    outbox_id: int | None = None

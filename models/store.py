@@ -23,7 +23,7 @@ from sqlite_utils import Database
 
 from models.migrations import migrate
 from models.records import (
-    CallEvent, CallRecord, HelpRequest, KnowledgeEntry, TakenMessage, Turn,
+    CallEvent, CallRecord, HelpRequest, KnowledgeEntry, OutboxRecord, TakenMessage, ThreadMessage, Turn,
 )
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,22 @@ def normalize_number(number: str) -> str | None:
     number to call back ("anonymous", "unknown", "" from a withheld caller ID)."""
     normalized = _NUMBER_SEPARATORS.sub("", number)
     return normalized if any(c.isdigit() for c in normalized) else None
+
+
+def normalize_address(address: str) -> str | None:
+    """The contact key for any channel's sender: a phone number (a SIP URI's user part when it
+    is a number) or a lower-cased email address; None if there is nothing to reply to."""
+    text = address.strip().strip("<>")
+    lowered = text.lower()
+    if lowered.startswith(("sip:", "sips:")):
+        user = text.split(":", 1)[1].split("@", 1)[0].split(";", 1)[0]
+        number = normalize_number(user)
+        return number if number else lowered
+    if lowered.startswith("mailto:"):
+        lowered = lowered[len("mailto:"):]
+    if "@" in lowered:
+        return lowered
+    return normalize_number(text)
 
 
 class Store:
@@ -140,6 +156,55 @@ class Store:
                        [name, number])
         return db.execute("SELECT id FROM contacts WHERE number = ?", [number]).fetchone()[0]
 
+    async def thread_for_address(self, address: str, name: str | None = None) -> int:
+        """Thread for a sender on any channel: phone number, SIP URI or email address."""
+        return await self._run(self._thread_for_address, address, name)
+
+    def _thread_for_address(self, address: str, name: str | None = None) -> int:
+        key = normalize_address(address)
+        if key is None:
+            raise ValueError(f"not a phone number, SIP URI or email address: {address!r}")
+        if "@" not in key:
+            return self._thread_for(key, name)
+        db = self._writer_db
+        with db.atomic():
+            db.execute("INSERT INTO contacts (number, name, created_at) VALUES (?, ?, ?)"
+                       " ON CONFLICT(number) DO NOTHING", [key, name, time.time()])
+            contact_id = db.execute("SELECT id FROM contacts WHERE number = ?", [key]).fetchone()[0]
+            db.execute("INSERT INTO threads (contact_id, created_at) VALUES (?, ?)"
+                       " ON CONFLICT(contact_id) DO NOTHING", [contact_id, time.time()])
+            return db.execute("SELECT id FROM threads WHERE contact_id = ?", [contact_id]).fetchone()[0]
+
+    async def set_opted_out(self, address: str, opted_out: bool) -> None:
+        """STOP / START from a sender; the contact is created if new so the opt-out sticks."""
+        await self._run(self._set_opted_out, address, opted_out)
+
+    def _set_opted_out(self, address: str, opted_out: bool) -> None:
+        thread_id = self._thread_for_address(address)
+        self._writer_db.execute(
+            "UPDATE contacts SET opted_out_at = ? WHERE id = (SELECT contact_id FROM threads WHERE id = ?)",
+            [time.time() if opted_out else None, thread_id])
+
+    async def is_opted_out(self, address: str) -> bool:
+        key = normalize_address(address)
+        if key is None:
+            return False
+        rows = await self._run(self._select, "SELECT opted_out_at FROM contacts WHERE number = ?", [key])
+        return bool(rows) and rows[0]["opted_out_at"] is not None
+
+    async def add_thread_message(self, thread_id: int, channel: str, direction: str, body: str, status: str,
+                                 outbox_id: int | None = None) -> int:
+        row = {"thread_id": thread_id, "channel": channel, "direction": direction, "body": body,
+               "status": status, "at": time.time(), "outbox_id": outbox_id}
+        return await self._run(lambda: self._writer_db["messages"].insert(row).last_pk)
+
+    async def thread_messages(self, thread_id: int) -> list[ThreadMessage]:
+        rows = await self._run(
+            self._select,
+            "SELECT id, thread_id, channel, direction, body, status, at, outbox_id FROM messages"
+            " WHERE thread_id = ? ORDER BY at, id", [thread_id])
+        return [ThreadMessage(**r) for r in rows]
+
     async def thread_for(self, number: str) -> int:
         return await self._run(self._thread_for, number)
 
@@ -215,14 +280,107 @@ class Store:
     def _take_message(self, message: TakenMessage) -> int:
         with self._writer_db.atomic():
             thread_id = None
-            if message.contact_number and normalize_number(message.contact_number):
-                thread_id = self._thread_for(message.contact_number, message.caller_name)
+            if message.contact_number and normalize_address(message.contact_number):
+                thread_id = self._thread_for_address(message.contact_number, message.caller_name)
             return self._writer_db["messages"].insert({
                 "thread_id": thread_id, "channel": "voice", "direction": "in",
                 "body": message.text, "status": "new", "at": message.at,
                 "call_id": message.call_id, "for_staff": message.for_staff,
                 "caller_name": message.caller_name,
             }).last_pk
+
+    # --- outbox (channels.outbox drives the state machine; each step is one commit) ---
+
+    async def outbox_enqueue(self, channel: str, recipient: str, body: str, subject: str | None,
+                             html: str | None, idempotency_key: str) -> tuple[int, bool]:
+        """(row id, created): an existing key returns its row untouched."""
+        return await self._run(self._outbox_enqueue, channel, recipient, body, subject, html, idempotency_key)
+
+    def _outbox_enqueue(self, channel: str, recipient: str, body: str, subject: str | None,
+                        html: str | None, key: str) -> tuple[int, bool]:
+        now = time.time()
+        cursor = self._writer_db.execute(
+            "INSERT INTO outbox (idempotency_key, channel, recipient, subject, body, html, next_attempt_at,"
+            " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT(idempotency_key) DO NOTHING",
+            [key, channel, recipient, subject, body, html, now, now, now])
+        row = self._writer_db.execute("SELECT id FROM outbox WHERE idempotency_key = ?", [key]).fetchone()
+        return row[0], cursor.rowcount == 1
+
+    async def outbox_claim(self, channel: str) -> OutboxRecord | None:
+        """Move the next due queued row of `channel` to sending (attempts + 1) and return it."""
+        return await self._run(self._outbox_claim, channel)
+
+    def _outbox_claim(self, channel: str) -> OutboxRecord | None:
+        now = time.time()
+        db = self._writer_db
+        # RETURNING gives the statement a result set, so sqlite-utils would not commit it itself.
+        with db.atomic():
+            cursor = db.execute(
+                "UPDATE outbox SET state = 'sending', attempts = attempts + 1, updated_at = ?"
+                " WHERE id = (SELECT id FROM outbox WHERE channel = ? AND state = 'queued'"
+                " AND next_attempt_at <= ? ORDER BY next_attempt_at, id LIMIT 1) RETURNING *",
+                [now, channel, now])
+            row = cursor.fetchone()
+            names = [d[0] for d in cursor.description]
+        return OutboxRecord(**dict(zip(names, row))) if row else None
+
+    async def outbox_sent(self, outbox_id: int, provider_ref: str | None, delivered: bool) -> None:
+        await self._run(self._outbox_update, outbox_id, "sending",
+                        {"state": "delivered" if delivered else "sent", "provider_ref": provider_ref,
+                         "sent_at": time.time(), "last_error": None})
+
+    async def outbox_retry(self, outbox_id: int, error: str, next_attempt_at: float) -> None:
+        await self._run(self._outbox_update, outbox_id, "sending",
+                        {"state": "queued", "last_error": error, "next_attempt_at": next_attempt_at})
+
+    async def outbox_failed(self, outbox_id: int, error: str) -> None:
+        await self._run(self._outbox_update, outbox_id, "sending", {"state": "failed", "last_error": error})
+
+    def _outbox_update(self, outbox_id: int, from_state: str, values: dict[str, Any]) -> None:
+        values = {**values, "updated_at": time.time()}
+        assignments = ", ".join(f"{k} = ?" for k in values)
+        cursor = self._writer_db.execute(
+            f"UPDATE outbox SET {assignments} WHERE id = ? AND state = ?",
+            [*values.values(), outbox_id, from_state])
+        if cursor.rowcount == 0:
+            raise NotFoundError(f"outbox row {outbox_id} is not {from_state!r} in {self.path}")
+
+    async def outbox_delivery(self, channel: str, provider_ref: str, ok: bool) -> int | None:
+        """A later delivery report: sent -> delivered / failed. The row id, or None if no sent row
+        of `channel` carries `provider_ref` (yet)."""
+        def run() -> int | None:
+            with self._writer_db.atomic():
+                row = self._writer_db.execute(
+                    "UPDATE outbox SET state = ?, last_error = ?, updated_at = ?"
+                    " WHERE channel = ? AND provider_ref = ? AND state = 'sent' RETURNING id",
+                    ["delivered" if ok else "failed", None if ok else "delivery report: not delivered",
+                     time.time(), channel, provider_ref]).fetchone()
+            return row[0] if row else None
+        return await self._run(run)
+
+    async def outbox_recover(self) -> int:
+        """After a crash: rows left in sending were maybe sent, maybe not; queue them again now."""
+        def run() -> int:
+            return self._writer_db.execute(
+                "UPDATE outbox SET state = 'queued', next_attempt_at = ?, updated_at = ?,"
+                " last_error = 'interrupted while sending' WHERE state = 'sending'",
+                [time.time(), time.time()]).rowcount
+        return await self._run(run)
+
+    async def outbox_next_due(self, channel: str) -> float | None:
+        rows = await self._run(self._select, "SELECT MIN(next_attempt_at) AS due FROM outbox"
+                               " WHERE channel = ? AND state = 'queued'", [channel])
+        return rows[0]["due"]
+
+    async def outbox_get(self, outbox_id: int) -> OutboxRecord | None:
+        rows = await self._run(self._select, "SELECT * FROM outbox WHERE id = ?", [outbox_id])
+        return OutboxRecord(**rows[0]) if rows else None
+
+    async def outbox_rows(self, state: str | None = None) -> list[OutboxRecord]:
+        where, params = ("WHERE state = ?", [state]) if state else ("", [])
+        rows = await self._run(self._select, f"SELECT * FROM outbox {where} ORDER BY id", params)
+        return [OutboxRecord(**r) for r in rows]
 
     # --- help requests ---
 
