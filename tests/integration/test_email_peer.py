@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import subprocess
+from collections.abc import Awaitable, Callable
 from email import policy
 from email.message import EmailMessage
 from email.parser import BytesParser
@@ -35,6 +36,8 @@ class SmtpPeer:
         self.mode, self.auth = mode, auth
         self.messages: list[EmailMessage] = []
         self.logins: list[str] = []
+        # Runs after a mail is stored and before the 250 reply: "received but not yet confirmed".
+        self.on_message: Callable[[EmailMessage], Awaitable[None]] | None = None
         self.arrived = asyncio.Condition()
         self._ctx: ssl.SSLContext | None = None
         if mode != "plain":
@@ -48,6 +51,8 @@ class SmtpPeer:
         async with self.arrived:
             self.messages.append(BytesParser(policy=policy.default).parsebytes(envelope.content))  # type: ignore[arg-type]
             self.arrived.notify_all()
+        if self.on_message is not None:
+            await self.on_message(self.messages[-1])
         return "250 OK"
 
     def _authenticate(self, server: SMTP, session: Session, envelope: Envelope, mechanism: str,
