@@ -1,0 +1,400 @@
+"""SMS through a GSM modem (python-gsmmodem-new 0.13.0, PDU mode) as a Channel.
+
+Threads: the library blocks (connect, sendSms up to ~35 s) and calls us back from its own threads
+(one new thread per unsolicited notification). Every command we issue runs on ONE worker thread,
+so the modem sees one command at a time; library callbacks hop onto the event loop with
+run_coroutine_threadsafe and wait for the handler, because the library deletes a received SMS from
+the SIM only when the callback returns without raising: an SMS the handler did not take stays on
+the SIM and is read again (processStoredSms) at the next connect.
+
+Modem problems (port missing, no SIM, PIN, no network, unplugged) are logged once per distinct
+reason; a supervisor task retries every `reconnect_s`, and `send` raises TemporaryError meanwhile
+so the outbox keeps the messages. A wrong PIN is never retried: each try burns one of three.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import time
+from collections import OrderedDict
+from collections.abc import Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from gsmmodem.exceptions import (
+    CmeError,
+    CmsError,
+    CommandError,
+    IncorrectPinError,
+    PinRequiredError,
+    PukRequiredError,
+    TimeoutException,
+)
+from gsmmodem.modem import GsmModem, ReceivedSms, StatusReport
+from gsmmodem.pdu import Concatenation
+from pydantic import BaseModel, ConfigDict, Field
+
+from channels.base import (
+    DeliveryHandler,
+    InboundHandler,
+    InboundMessage,
+    OutgoingMessage,
+    PermanentError,
+    SendResult,
+    TemporaryError,
+)
+from channels.sms_text import from_wire, segments, to_wire
+
+log = logging.getLogger(__name__)
+
+_NUMBER = re.compile(r"\+?\d{3,20}")
+# +CMS ERROR codes (3GPP TS 27.005 §3.2.5 / 24.011 E-2) that retrying will not fix:
+# unassigned number, barring, rejected, unidentified/unknown subscriber, facility rejected or
+# not subscribed, invalid message content, invalid PDU / text parameter.
+_PERMANENT_CMS = {1, 8, 10, 21, 28, 29, 30, 50, 96, 97, 98, 99, 304, 305}
+_CREG = {0: "not registered, not searching", 2: "searching for an operator", 3: "registration denied",
+         4: "unknown", 1: "registered", 5: "registered, roaming"}
+_PART_MAP_MAX = 1024
+
+
+class ModemSettings(BaseModel):
+    """One GSM modem (the `sms:` channel)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = "sms"  # the channel name the outbox routes by
+    port: str  # serial device; prefer a stable /dev/serial/by-id/... link
+    baudrate: int = Field(115200, gt=0)
+    pin_env: str | None = None  # name of the environment variable holding the SIM PIN, if any
+    network_timeout_s: float = Field(60.0, gt=0)  # wait this long for network registration at connect
+    reconnect_s: float = Field(30.0, gt=0)  # retry interval while the modem is unusable
+    multipart_timeout_s: float = Field(600.0, gt=0)  # then deliver a long SMS with its missing parts marked
+    max_parts: int = Field(6, ge=1, le=255)  # longer texts fail permanently instead of costing N SMS
+    handler_timeout_s: float = Field(30.0, gt=0)  # a received SMS stays on the SIM if not handled by then
+
+
+class ModemError(Exception):
+    """Why the modem cannot be used, phrased for the admin. `retry` False: retrying would do harm."""
+
+    def __init__(self, reason: str, *, retry: bool = True) -> None:
+        super().__init__(reason)
+        self.retry = retry
+
+
+class _Modem(GsmModem):
+    """GsmModem that remembers every +CMGS reference: sendSms returns only the last part's."""
+
+    timeout = 0.2  # serial read timeout (library default 1 s): close() waits this long for its reader
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.part_refs: list[int] = []
+
+    def write(self, data: str, *args: Any, **kwargs: Any) -> Any:
+        lines = super().write(data, *args, **kwargs)
+        for line in lines or ():
+            if line.startswith("+CMGS:"):
+                ref = int(line[6:].strip())
+                if ref not in self.part_refs:  # the library re-enters write() when retrying a busy modem
+                    self.part_refs.append(ref)
+        return lines
+
+
+@dataclass
+class _Multipart:
+    total: int
+    texts: dict[int, str] = field(default_factory=dict)
+    timer: asyncio.TimerHandle | None = None
+
+
+class ModemSmsChannel:
+    """Channel over one modem. `to` is a phone number (E.164 preferred); provider_ref is the modem's
+    message reference of the LAST part (0-255, it wraps: match delivery reports to the newest sent row)."""
+
+    def __init__(self, settings: ModemSettings) -> None:
+        self.settings = settings
+        self.name = settings.name
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._supervisor: asyncio.Task[None] | None = None
+        self._modem: _Modem | None = None  # the connected modem, owned by the loop
+        self._opened: _Modem | None = None  # the last one the worker thread opened, for cleanup
+        self._lost = asyncio.Event()
+        self._ready = asyncio.Event()
+        self._down_reason: str | None = None
+        self._multipart: dict[tuple[str, int, int], _Multipart] = {}
+        self._part_of: OrderedDict[int, int] = OrderedDict()  # earlier part ref -> last part ref
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._on_inbound: InboundHandler | None = None
+        self._on_delivery: DeliveryHandler | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    async def start(self, on_inbound: InboundHandler, on_delivery: DeliveryHandler) -> None:
+        """Return at once; the modem is connected (and reconnected) in the background."""
+        self._loop = asyncio.get_running_loop()
+        self._on_inbound, self._on_delivery = on_inbound, on_delivery
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"modem-{self.name}")
+        self._lost, self._ready = asyncio.Event(), asyncio.Event()
+        self._down_reason = None
+        self._supervisor = asyncio.create_task(self._supervise(), name=f"modem-{self.name}")
+
+    async def wait_ready(self, timeout: float) -> None:
+        """Wait until the modem is connected and registered; TemporaryError with the reason if not."""
+        try:
+            await asyncio.wait_for(self._ready.wait(), timeout)
+        except asyncio.TimeoutError:
+            raise TemporaryError(f"SMS modem not ready: {self._down_reason or 'connecting'}") from None
+
+    @property
+    def down_reason(self) -> str | None:
+        """Why the modem is unusable right now (None when it is ready)."""
+        return None if self._ready.is_set() else (self._down_reason or "connecting")
+
+    async def stop(self) -> None:
+        if self._supervisor:
+            self._supervisor.cancel()
+            await asyncio.gather(self._supervisor, return_exceptions=True)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._multipart:
+            log.warning("sms multipart dropped at stop channel=%s pending=%d", self.name, len(self._multipart))
+        for pending in self._multipart.values():
+            if pending.timer:
+                pending.timer.cancel()
+        self._multipart.clear()
+        self._modem = None
+        self._ready.clear()
+        if self._executor and self._loop:
+            # FIFO on one thread: runs after a connect still in progress, and closes what it opened.
+            await self._loop.run_in_executor(self._executor, self._close_opened)
+            self._executor.shutdown(wait=False)
+            self._executor = None
+
+    # -- connection supervision ----------------------------------------------------------------
+    async def _supervise(self) -> None:
+        assert self._loop and self._executor
+        while True:
+            self._lost.clear()
+            try:
+                modem = await self._loop.run_in_executor(self._executor, self._open)
+            except ModemError as exc:
+                self._down(str(exc))
+                if not exc.retry:
+                    return
+                await asyncio.sleep(self.settings.reconnect_s)
+                continue
+            self._modem, self._down_reason = modem, None
+            self._ready.set()
+            log.info("sms modem ready channel=%s port=%s", self.name, self.settings.port)
+            await self._lost.wait()
+            self._ready.clear()
+            self._modem = None
+            await self._loop.run_in_executor(self._executor, self._close_opened)
+
+    def _down(self, reason: str) -> None:
+        if reason != self._down_reason:
+            log.error("sms modem down channel=%s port=%s reason=%s retry_s=%.0f",
+                      self.name, self.settings.port, reason, self.settings.reconnect_s)
+        self._down_reason = reason
+
+    def _mark_lost(self, modem: _Modem, reason: str) -> None:
+        if modem is self._modem and not self._lost.is_set():
+            self._down(reason)
+            self._lost.set()
+
+    def _serial_failed(self, modem: _Modem, exc: BaseException) -> None:  # the library's read thread
+        if self._loop and not self._loop.is_closed():
+            reason = f"modem connection lost on {self.settings.port} (unplugged?): {exc}"
+            self._loop.call_soon_threadsafe(self._mark_lost, modem, reason)
+
+    # -- worker-thread side --------------------------------------------------------------------
+    def _open(self) -> _Modem:
+        s = self.settings
+        modem = _Modem(s.port, s.baudrate, smsReceivedCallbackFunc=self._sms_received,
+                       smsStatusReportCallback=self._status_report)
+        modem.fatalErrorCallback = lambda exc: self._serial_failed(modem, exc)
+        self._opened = modem
+        try:
+            modem.connect(pin=self._pin())
+            self._wait_for_network(modem)
+            modem.processStoredSms()  # what arrived while we were away
+        except Exception as exc:
+            self._close_opened()
+            raise self._explain(exc) from exc
+        return modem
+
+    def _close_opened(self) -> None:
+        modem, self._opened = self._opened, None
+        if modem is not None and modem.alive:
+            with contextlib.suppress(Exception):
+                modem.close()
+
+    def _pin(self) -> str | None:
+        if not self.settings.pin_env:
+            return None
+        pin = os.environ.get(self.settings.pin_env)
+        if not pin:
+            raise ModemError(f"SIM PIN variable {self.settings.pin_env} is not set in the environment")
+        return pin
+
+    def _wait_for_network(self, modem: _Modem) -> None:
+        """Poll +CREG until registered (our own loop: the library's leaves a Timer thread behind)."""
+        deadline = time.monotonic() + self.settings.network_timeout_s
+        while True:
+            lines = modem.write("AT+CREG?", parseError=False) or []
+            match = next((m for m in map(re.compile(r"\+CREG:\s*\d+,(\d+)").match, lines) if m), None)
+            if match is None or int(match.group(1)) in (1, 5):
+                return  # registered, or a modem without +CREG: let sending tell
+            stat = int(match.group(1))
+            if stat == 3 or time.monotonic() >= deadline:
+                raise ModemError(f"no mobile network: {_CREG.get(stat, 'unknown')} (+CREG stat {stat})")
+            time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+
+    def _explain(self, exc: BaseException) -> ModemError:
+        port, env = self.settings.port, self.settings.pin_env
+        if isinstance(exc, ModemError):
+            return exc
+        if isinstance(exc, IncorrectPinError):
+            return ModemError(f"SIM rejected the PIN from ${env}; not retrying (3 wrong PINs lock the SIM)",
+                              retry=False)
+        if isinstance(exc, PukRequiredError):
+            return ModemError("SIM is PUK-locked; unlock it in a phone", retry=False)
+        if isinstance(exc, PinRequiredError):
+            return ModemError("SIM needs a PIN: set sms pin_env to the name of a variable holding it")
+        if isinstance(exc, CmeError) and exc.code == 10:
+            return ModemError("no SIM card in the modem (+CME ERROR: 10)")
+        if isinstance(exc, CmeError) and exc.code in (13, 15):
+            return ModemError(f"SIM card failure (+CME ERROR: {exc.code})")
+        if isinstance(exc, TimeoutException):
+            return ModemError(f"modem on {port} does not answer AT commands")
+        if isinstance(exc, OSError):  # serial.SerialException is an OSError
+            if not os.path.exists(port):
+                return ModemError(f"modem port {port} does not exist (modem unplugged?)")
+            return ModemError(f"cannot use modem port {port}: {exc}")
+        if isinstance(exc, CommandError):
+            return ModemError(f"modem refused {exc.command!r} during setup: {exc}")
+        return ModemError(f"modem setup failed: {type(exc).__name__}: {exc}")
+
+    @staticmethod
+    def _send_blocking(modem: _Modem, to: str, text: str) -> list[int]:
+        # Hold the library's (reentrant) port lock for the whole AT+CMGS / "> " / PDU exchange, so a
+        # notification thread cannot slip its AT+CMGR between the prompt and the PDU.
+        with modem._txLock:
+            modem.part_refs = []
+            sent = modem.sendSms(to, text)
+            return modem.part_refs or [sent.reference]
+
+    # -- library callbacks (library threads) ---------------------------------------------------
+    def _run_on_loop(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run `coro` on the loop and wait: raising here keeps the SMS on the SIM for a later retry."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            coro.close()
+            raise RuntimeError("SMS channel is stopped")
+        asyncio.run_coroutine_threadsafe(coro, loop).result(self.settings.handler_timeout_s)
+
+    def _sms_received(self, sms: ReceivedSms | StatusReport) -> None:
+        if isinstance(sms, StatusReport):  # processStoredSms hands stored reports to this callback too
+            self._status_report(sms)
+            return
+        concat = next((ie for ie in sms.udh or () if isinstance(ie, Concatenation)), None)
+        self._run_on_loop(self._accept(sms.number, sms.text or "", concat))
+
+    def _status_report(self, report: StatusReport) -> None:
+        self._run_on_loop(self._report(int(report.reference), int(report.deliveryStatus)))
+
+    # -- loop side -----------------------------------------------------------------------------
+    async def _accept(self, sender: str, text: str, concat: Concatenation | None) -> None:
+        if concat is None or concat.parts <= 1:
+            await self._deliver(sender, text)
+            return
+        key = (sender, concat.reference, concat.parts)
+        pending = self._multipart.get(key)
+        if pending is None:
+            pending = self._multipart[key] = _Multipart(concat.parts)
+            assert self._loop
+            pending.timer = self._loop.call_later(self.settings.multipart_timeout_s, self._expire, key)
+        pending.texts[concat.number] = text
+        log.info("sms part channel=%s from=%s ref=%d part=%d/%d",
+                 self.name, sender, concat.reference, concat.number, concat.parts)
+        if len(pending.texts) == pending.total:
+            del self._multipart[key]
+            if pending.timer:
+                pending.timer.cancel()
+            await self._deliver(sender, "".join(pending.texts[i] for i in sorted(pending.texts)))
+
+    def _expire(self, key: tuple[str, int, int]) -> None:
+        pending = self._multipart.pop(key)
+        sender, ref, total = key
+        log.warning("sms multipart incomplete channel=%s from=%s ref=%d got=%d/%d",
+                    self.name, sender, ref, len(pending.texts), total)
+        text = "".join(pending.texts.get(i, "[...]") for i in range(1, total + 1))
+        task = asyncio.create_task(self._deliver(sender, text))
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception():
+            log.error("sms inbound handler failed channel=%s error=%s", self.name, task.exception())
+
+    async def _deliver(self, sender: str, text: str) -> None:
+        body = from_wire(text)
+        log.info("sms received channel=%s from=%s chars=%d", self.name, sender, len(body))
+        assert self._on_inbound
+        await self._on_inbound(InboundMessage(channel=self.name, sender=sender, body=body, at=time.time()))
+
+    async def _report(self, ref: int, status: int) -> None:
+        """TP-ST (3GPP TS 23.040 §9.2.3.15): <0x20 delivered, 0x20-0x3F still trying, else failed."""
+        if 0x20 <= status < 0x40:
+            log.info("sms delivery pending channel=%s ref=%d status=0x%02x", self.name, ref, status)
+            return
+        ok = status < 0x20
+        last = self._part_of.get(ref)
+        if last is not None:  # an earlier part of a long message: only its failure matters
+            if ok:
+                return
+            ref = last
+        log.info("sms delivery report channel=%s ref=%d status=0x%02x ok=%s", self.name, ref, status, ok)
+        assert self._on_delivery
+        await self._on_delivery(self.name, str(ref), ok)
+
+    async def send(self, message: OutgoingMessage) -> SendResult:
+        to = message.to.strip().replace(" ", "")
+        if not _NUMBER.fullmatch(to):
+            raise PermanentError(f"not a phone number: {message.to!r}")
+        seg = segments(message.body)
+        if seg.parts > self.settings.max_parts:
+            raise PermanentError(f"text needs {seg.parts} SMS parts ({seg.encoding}), more than "
+                                 f"max_parts={self.settings.max_parts}")
+        modem = self._modem
+        if modem is None or self._loop is None or self._executor is None:
+            raise TemporaryError(f"SMS modem not ready: {self.down_reason}")
+        try:
+            refs = await self._loop.run_in_executor(
+                self._executor, self._send_blocking, modem, to, to_wire(message.body))
+        except CmsError as exc:
+            if exc.code in _PERMANENT_CMS:
+                raise PermanentError(f"network rejected the SMS to {to}: +CMS ERROR: {exc.code}") from exc
+            raise TemporaryError(f"modem could not send: +CMS ERROR: {exc.code}") from exc
+        except TimeoutException as exc:
+            raise TemporaryError("modem did not confirm the SMS in time") from exc
+        except OSError as exc:
+            self._mark_lost(modem, f"modem port {self.settings.port} failed while sending: {exc}")
+            raise TemporaryError(f"SMS modem failed: {exc}") from exc
+        except CommandError as exc:
+            raise TemporaryError(f"modem refused the SMS: {exc}") from exc
+        for ref in refs[:-1]:
+            self._part_of[ref] = refs[-1]
+            while len(self._part_of) > _PART_MAP_MAX:
+                self._part_of.popitem(last=False)
+        self._part_of.pop(refs[-1], None)  # a reused reference is now a last part
+        log.info("sms sent channel=%s id=%d parts=%d encoding=%s ref=%d",
+                 self.name, message.id, len(refs), seg.encoding, refs[-1])
+        return SendResult(provider_ref=str(refs[-1]))
