@@ -126,6 +126,9 @@ class Outbox:
         if recovered:
             log.warning("outbox recovered rows=%d state=sending (re-sent, same idempotency key)", recovered)
         self._stopping = False
+        # One try here, so listeners are up when start returns; a failed channel is retried by its worker.
+        for name in self.channels:
+            await self._start_channel(name, on_inbound)
         self._workers = [asyncio.create_task(self._work(name, on_inbound), name=f"outbox-{name}")
                          for name in self.channels]
 
@@ -159,18 +162,24 @@ class Outbox:
             log.info("delivery report id=%d channel=%s ok=%s", row_id, channel, ok)
 
     # ---- worker ----------------------------------------------------------------------------------
+    async def _start_channel(self, name: str, on_inbound: InboundHandler) -> bool:
+        try:
+            await self.channels[name].start(on_inbound, self.on_delivery)
+        except Exception as exc:
+            # Messages stay queued, their attempts untouched, until the channel comes up.
+            log.error("channel start failed channel=%s error=%s retry_s=%.0f", name, exc, self.channel_restart_s)
+            return False
+        self._started.add(name)
+        return True
+
     async def _work(self, name: str, on_inbound: InboundHandler) -> None:
         channel, wake = self.channels[name], self._wake[name]
         while not self._stopping and name not in self._started:
-            try:
-                await channel.start(on_inbound, self.on_delivery)
-                self._started.add(name)
-            except Exception as exc:
-                # Messages stay queued, their attempts untouched, until the channel comes up.
-                log.error("channel start failed channel=%s error=%s retry_s=%.0f", name, exc, self.channel_restart_s)
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(wake.wait(), self.channel_restart_s)
-                wake.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(wake.wait(), self.channel_restart_s)
+            wake.clear()
+            if not self._stopping:
+                await self._start_channel(name, on_inbound)
         while not self._stopping:
             wake.clear()  # before looking, so an enqueue after the look still wakes us
             due = await self.store.outbox_next_due(name)

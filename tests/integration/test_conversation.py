@@ -1,0 +1,193 @@
+"""Two-way text conversations on the real dialog, store and knowledge: a recording SMS channel behind
+the real outbox, and the email path end to end through the SMTP listener and a real aiosmtpd relay."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiosmtplib
+import pytest
+from test_email_peer import SmtpPeer
+
+from channels.base import DeliveryHandler, InboundHandler, InboundMessage, OutgoingMessage, SendResult
+from channels.conversation import (
+    ConversationSettings, Conversations, confirm_taken_message, deliver_taken_message,
+)
+from channels.email import EmailChannel, EmailSettings
+from channels.outbox import Outbox
+from gateway.config import load_config
+from llm.knowledge import Retriever
+from models.records import CallRecord, TakenMessage
+from models.store import Store
+
+CFG = load_config(Path(__file__).resolve().parents[2] / "etc" / "switchboard.yaml")
+SITE = CFG.site
+CIGNA = next(e for e in CFG.knowledge if "Cigna" in e.answer)
+
+
+class RecordingChannel:
+    """A real in-process channel that accepts every message and remembers it."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.sent: list[OutgoingMessage] = []
+        self.arrived = asyncio.Condition()
+
+    async def start(self, on_inbound: InboundHandler, on_delivery: DeliveryHandler) -> None:
+        pass
+
+    async def send(self, message: OutgoingMessage) -> SendResult:
+        async with self.arrived:
+            self.sent.append(message)
+            self.arrived.notify_all()
+        return SendResult(provider_ref=f"{self.name}-{message.id}")
+
+    async def stop(self) -> None:
+        pass
+
+    async def wait_for(self, count: int, timeout: float = 20.0) -> list[OutgoingMessage]:
+        async with self.arrived:
+            await asyncio.wait_for(self.arrived.wait_for(lambda: len(self.sent) >= count), timeout)
+        return self.sent
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    s = await Store.open(tmp_path / "sb.db")
+    await s.replace_admin_knowledge(CFG.knowledge)
+    yield s
+    await s.close()
+
+
+@pytest.fixture
+async def sms_world(store: Store) -> AsyncIterator[tuple[Conversations, RecordingChannel, RecordingChannel]]:
+    sms, ops = RecordingChannel("sms"), RecordingChannel("ops")
+    outbox = Outbox(store, {"sms": sms, "ops": ops})
+    talk = Conversations(SITE, Retriever(store), store, outbox,
+                         ConversationSettings(buffer_s=0.3, operator_channel="ops", operator_to="+15550009999"))
+    await outbox.start(talk.on_inbound)
+    yield talk, sms, ops
+    await talk.close()
+    await outbox.stop()
+
+
+def text(body: str, sender: str = "+1 (555) 010-2030") -> InboundMessage:
+    return InboundMessage(channel="sms", sender=sender, body=body, at=time.time())
+
+
+async def test_rapid_texts_are_answered_once_from_the_knowledge_in_the_callers_thread(
+        store: Store, sms_world: tuple[Conversations, RecordingChannel, RecordingChannel]) -> None:
+    talk, sms, _ = sms_world
+    # The same person called earlier: their texts join the caller's thread.
+    await store.start_call(CallRecord("call-1", "+15550102030", "100", SITE.name, "audiosocket", time.time()))
+    await talk.on_inbound(text("hi there"))
+    await talk.on_inbound(text("do you take cigna?"))
+    [reply] = await sms.wait_for(1)
+    await asyncio.sleep(0.5)  # longer than the window: a second answer would have come by now
+    assert len(sms.sent) == 1
+    assert reply.to == "+1 (555) 010-2030" and reply.body.startswith(CIGNA.answer)
+    thread = await store.thread_for("+15550102030")
+    history = await store.thread_messages(thread)
+    assert [(m.direction, m.body) for m in history] == [
+        ("in", "hi there"), ("in", "do you take cigna?"), ("out", reply.body)]
+    assert history[-1].outbox_id == reply.id
+
+
+async def test_stop_and_start_are_respected_and_stored(
+        store: Store, sms_world: tuple[Conversations, RecordingChannel, RecordingChannel]) -> None:
+    talk, sms, _ = sms_world
+    await talk.on_inbound(text("STOP"))
+    [confirmation] = await sms.wait_for(1)
+    assert "no more messages" in confirmation.body
+    assert await store.is_opted_out("+15550102030")
+    await talk.on_inbound(text("do you take cigna?"))
+    await asyncio.sleep(0.5)
+    assert len(sms.sent) == 1  # opted out: stored, not answered
+    await talk.on_inbound(text("start"))
+    await talk.on_inbound(text("do you take cigna?"))
+    messages = await sms.wait_for(3)
+    assert "messages again" in messages[1].body and messages[2].body.startswith(CIGNA.answer)
+    assert not await store.is_opted_out("+15550102030")
+    history = await store.thread_messages(await store.thread_for("+15550102030"))
+    assert [m.body for m in history if m.direction == "in"] == ["STOP", "do you take cigna?", "start",
+                                                                 "do you take cigna?"]
+
+
+async def test_an_unanswerable_question_notifies_the_operator(
+        store: Store, sms_world: tuple[Conversations, RecordingChannel, RecordingChannel]) -> None:
+    talk, sms, ops = sms_world
+    await talk.on_inbound(text("can my parrot get a root canal"))
+    [reply] = await sms.wait_for(1)
+    [note] = await ops.wait_for(1)
+    assert reply.body.startswith(SITE.wording.unknown_answer)
+    assert note.to == "+15550009999" and "parrot" in note.body and "+1 (555) 010-2030" in note.body
+    [request] = await store.help_requests("open")
+    assert request.question == "can my parrot get a root canal"
+
+
+async def test_a_message_left_by_text_reaches_the_staff_member(
+        store: Store, sms_world: tuple[Conversations, RecordingChannel, RecordingChannel]) -> None:
+    talk, sms, _ = sms_world
+    site = SITE.model_copy(update={"directory": SITE.directory.model_copy(update={"staff": tuple(
+        m.model_copy(update={"message_via": "sms", "mobile": "+15550007777"}) if m.name == "Tom Becker" else m
+        for m in SITE.directory.staff)})})
+    talk.site = site
+    await talk.on_inbound(text("I'd like to leave a message for Tom"))
+    await sms.wait_for(1)
+    await talk.on_inbound(text("please call me about my invoice"))
+    messages = await sms.wait_for(3)
+    to_tom = [m for m in messages if m.to == "+15550007777"]
+    assert len(to_tom) == 1 and "please call me about my invoice" in to_tom[0].body
+
+
+async def test_deliver_and_confirm_a_message_taken_during_a_call(store: Store) -> None:
+    sms, email = RecordingChannel("sms"), RecordingChannel("email")
+    outbox = Outbox(store, {"sms": sms, "email": email})
+    staff = tuple(m.model_copy(update={"message_via": "email", "email": "lopez@clinic.test"})
+                  if m.name == "Dr. Maria Lopez" else m for m in SITE.directory.staff)
+    site = SITE.model_copy(update={"directory": SITE.directory.model_copy(update={"staff": staff})})
+    taken = TakenMessage(call_id="c9", contact_number="+15550102030", for_staff="Dr. Maria Lopez",
+                         caller_name="Jane Doe", text="My crown came off.", at=time.time())
+    row_id = await deliver_taken_message(outbox, site, taken)
+    assert row_id is not None and row_id == await deliver_taken_message(outbox, site, taken)  # once only
+    row = await store.outbox_get(row_id)
+    assert row is not None and row.recipient == "lopez@clinic.test" and row.subject == \
+        "Message for Dr. Maria Lopez from Jane Doe"
+    assert "My crown came off." in row.body and row.html and "+15550102030" in row.body
+    front_desk = TakenMessage(call_id="c9", contact_number=None, for_staff="the front desk", caller_name=None,
+                              text="x", at=time.time())
+    assert await deliver_taken_message(outbox, site, front_desk) is None  # message_via: store
+    confirm = await confirm_taken_message(outbox, site, taken)
+    assert confirm is not None
+    confirmation = await store.outbox_get(confirm)
+    assert confirmation is not None and confirmation.channel == "sms" and "Dr. Maria Lopez" in confirmation.body
+    assert await confirm_taken_message(outbox, site, front_desk) is None
+
+
+async def test_email_in_through_the_listener_and_the_answer_out_through_smtp(store: Store) -> None:
+    relay = SmtpPeer()
+    await relay.start()
+    channel = EmailChannel(EmailSettings.model_validate({
+        "smtp": {"host": "127.0.0.1", "port": relay.port, "security": "none", "from_address": "desk@clinic.test"},
+        "listener": {"enabled": True, "port": 0}}))
+    outbox = Outbox(store, {"email": channel})
+    talk = Conversations(SITE, Retriever(store), store, outbox, ConversationSettings(buffer_s=0.1))
+    await outbox.start(talk.on_inbound)
+    try:
+        await aiosmtplib.send(
+            b"From: Jane <jane@example.test>\nTo: desk@clinic.test\nSubject: Insurance\n\n"
+            b"Hello, do you take Cigna?\n\n-- \nJane\n",
+            sender="jane@example.test", recipients=["desk@clinic.test"], hostname="127.0.0.1",
+            port=channel.listener_port, start_tls=False, timeout=10)
+        [mail] = await relay.wait_for(1)
+    finally:
+        await talk.close()
+        await outbox.stop()
+        await relay.stop()
+    assert mail["To"] == "jane@example.test" and mail["Subject"] == "Re: Insurance"
+    assert mail.get_body(("plain",)).get_content().startswith(CIGNA.answer)
+    history = await store.thread_messages(await store.thread_for_address("Jane@Example.test"))
+    assert [m.direction for m in history] == ["in", "out"] and history[0].body == "Hello, do you take Cigna?"
