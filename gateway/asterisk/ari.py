@@ -116,7 +116,12 @@ class _Ended(Exception):
 
 
 class AriController:
-    """One events websocket and REST session per Asterisk; one AriCall per caller in the app."""
+    """One events websocket and REST session per Asterisk; one AriCall per caller in the app.
+
+    `on_call_started(call)` (plain or async) runs once caller and media channel are bridged. The
+    gateway's AudioSocket connection arrives earlier, during externalMedia, so a session should look
+    its caller up with `call(uuid)` when it starts rather than wait for this callback.
+    """
 
     def __init__(self, settings: AriSettings, *,
                  on_call_started: Callable[[AriCall], Awaitable[None] | None] | None = None) -> None:

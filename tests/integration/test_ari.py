@@ -192,6 +192,15 @@ async def test_websocket_drop_reconnects_and_catches_up_on_missed_hang_ups(serve
         assert (await h.live_call()).media_channel_id in server.channels  # and new calls work
 
 
+async def test_half_open_websocket_is_noticed_by_heartbeat_and_replaced(server: AriTestServer) -> None:
+    server.answer_pings = False
+    async with Harness(server, heartbeat_s=0.2) as h:
+        await eventually(lambda: not h.ctl.connected.is_set(), "missing pong noticed")
+        server.answer_pings = True
+        await eventually(lambda: h.ctl.connected.is_set() and server.ws_connections >= 2, "reconnected")
+        await h.live_call()
+
+
 async def test_stop_tears_down_live_calls_and_hands_callers_to_the_dialplan(server: AriTestServer) -> None:
     h = Harness(server)
     await h.__aenter__()

@@ -89,6 +89,7 @@ class AriTestServer:
         self.media: dict[str, CallerClient] = {}  # AudioSocket connections by channel id
         self.ws_connections = 0
         self.accept_websockets = True
+        self.answer_pings = True
         self._failures: dict[str, tuple[int, str]] = {}
         self._holds: dict[str, asyncio.Event] = {}
         self._sockets: set[web.WebSocketResponse] = set()
@@ -211,7 +212,7 @@ class AriTestServer:
             return _error(400, "Invalid application provided in param [app].")  # not captured
         if not self.accept_websockets:
             return _error(503, "Service Unavailable")
-        ws = web.WebSocketResponse()
+        ws = web.WebSocketResponse(autoping=self.answer_pings)  # Asterisk answers pings; a half-open link does not
         await ws.prepare(request)
         self.ws_connections += 1
         self._sockets.add(ws)
