@@ -59,9 +59,12 @@ class TtsSettings(Section):
 
 class LlmSettings(Section):
     path: Path | None = None  # None: the bundled Gemma 3 270M base (health-checked, never spoken)
+    # llama.cpp chat format (e.g. "chatml", "llama-3") for an instruction-tuned GGUF without an
+    # embedded chat template; setting it declares the model fit for dialog.
+    chat_format: str | None = None
     threads: int = Field(2, ge=1)
     context: int = Field(4096, ge=512)
-    max_reply_tokens: int = Field(160, ge=16)
+    max_reply_tokens: int = Field(256, ge=96)
 
 
 class ModelSettings(Section):

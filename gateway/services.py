@@ -90,7 +90,7 @@ async def load_services(config: Config, *, progress: bool = True) -> Services:
             _timed("tts", timings, Synthesizer, voice, workers=config.models.tts.workers,
                    cache_dir=config.data_dir / "tts-cache"),
             _timed("llm", timings, LlmEngine, llm_path, threads=config.models.llm.threads,
-                   context=config.models.llm.context),
+                   context=config.models.llm.context, chat_format=config.models.llm.chat_format),
         )
     except BaseException:
         await store.close()

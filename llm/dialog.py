@@ -52,7 +52,7 @@ class Dialog:
     """Per-call state; `respond` is called once per caller turn, in order."""
 
     def __init__(self, site: Site, retriever: Retriever, store: Store, *, call_id: str, caller: str | None,
-                 engine: LlmEngine | None = None, max_reply_tokens: int = 160,
+                 engine: LlmEngine | None = None, max_reply_tokens: int = 256,
                  now: Callable[[], dt.datetime] | None = None) -> None:
         self.site, self.retriever, self.store, self.engine = site, retriever, store, engine
         self.call_id, self.caller = call_id, caller
@@ -157,8 +157,9 @@ class Dialog:
             "properties": {
                 "action": {"type": "string", "enum": [a.value for a in Action]},
                 "target": {"type": "string", "enum": ["", *names]},
-                # Bounded so the grammar always closes the object within max_reply_tokens.
-                "reply": {"type": "string", "maxLength": 300},
+                # Bounded so the grammar closes the object within max_reply_tokens even at one
+                # token per character; the rest of the object takes under 48 tokens.
+                "reply": {"type": "string", "maxLength": max(40, self.max_reply_tokens - 48)},
             },
             "required": ["action", "target", "reply"],
         }

@@ -38,7 +38,8 @@ class Generation:
 
 
 class LlmEngine:
-    def __init__(self, model_path: Path, *, threads: int = 2, context: int = 4096) -> None:
+    def __init__(self, model_path: Path, *, threads: int = 2, context: int = 4096,
+                 chat_format: str | None = None) -> None:
         path = Path(model_path)
         if not path.is_file():
             raise LlmError(f"model file {path}: not found (set models.llm.path in etc/switchboard.yaml)")
@@ -47,7 +48,7 @@ class LlmEngine:
         try:
             self._llm = Llama(
                 model_path=str(path), n_ctx=context, n_threads=threads, n_threads_batch=threads,
-                verbose=False,
+                chat_format=chat_format, verbose=False,
             )
         except (ValueError, RuntimeError) as exc:
             raise LlmError(f"model file {path}: cannot be loaded by llama.cpp ({exc}); is it a complete GGUF?") from None
@@ -55,7 +56,8 @@ class LlmEngine:
         meta = self._llm.metadata
         self.name = meta.get("general.name", path.stem)
         # Only an instruction-tuned model ships a chat template; a base model's free text is not fit for callers.
-        self.chat_template: str | None = meta.get("tokenizer.chat_template")
+        # `chat_format` is for instruction-tuned GGUFs converted without their template: the admin vouches.
+        self.chat_template: str | None = meta.get("tokenizer.chat_template") or chat_format
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llm")
 
     @property
@@ -116,7 +118,7 @@ class LlmEngine:
     async def health_check(self) -> Generation:
         return await self._run(self._health)
 
-    async def chat_json(self, messages: list[dict[str, str]], schema: dict[str, Any], *, max_tokens: int = 160,
+    async def chat_json(self, messages: list[dict[str, str]], schema: dict[str, Any], *, max_tokens: int = 256,
                         cancel: threading.Event | None = None) -> tuple[dict[str, Any], Generation]:
         """Grammar-constrained chat completion: the result always parses and matches `schema`'s enums."""
         if not self.instruction_tuned:
