@@ -39,6 +39,7 @@ class ConversationSettings(Strict):
     max_buffer_s: float = Field(15.0, gt=0)  # ... but a steady stream is answered after this at the latest
     operator_channel: str | None = None  # where escalations go, e.g. "email"
     operator_to: str | None = None
+    staff_sms_channel: str = "sms"  # the channel for staff whose message_via is sms ("sip" for a SIP gateway)
     opted_out_reply: str = "You will get no more messages from us. Reply START to resume."
     opted_in_reply: str = "You will get our messages again. Reply STOP to opt out."
     transfer_reply: str = "I've asked {name} to get back to you as soon as possible."
@@ -151,7 +152,7 @@ class Conversations:
             member = self._message_for.pop(thread_id)
             await deliver_taken_message(self.outbox, self.site, TakenMessage(
                 call_id=None, contact_number=message.sender, for_staff=member.name, caller_name=None,
-                text=text, at=message.at))
+                text=text, at=message.at), sms_channel=self.settings.staff_sms_channel)
         if reply.action is Action.TRANSFER and reply.target is not None:
             emergency = reply.source == "rule:emergency"
             await self._notify_operator(message, row_id, text, "emergency" if emergency else
@@ -202,21 +203,24 @@ def _message_key(message: TakenMessage, purpose: str) -> str:
     return f"{purpose}-{digest}"
 
 
-async def deliver_taken_message(outbox: Outbox, site: Site, message: TakenMessage) -> int | None:
-    """Queue a taken message to its staff member by their `message_via`; the outbox row id, or None
-    when it stays in the store only (message_via: store, or no address/channel for it)."""
+async def deliver_taken_message(outbox: Outbox, site: Site, message: TakenMessage,
+                                sms_channel: str = "sms") -> int | None:
+    """Queue a taken message to its staff member by their `message_via` (`sms` goes out on
+    `sms_channel`, e.g. "sip" for a SIP SMS gateway); the outbox row id, or None when it stays in
+    the store only (message_via: store, or no address/channel for it)."""
     member = _staff(site, message.for_staff)
     caller = message.caller_name or message.contact_number or "A caller with a withheld number"
     if member.message_via == "store":
         return None
-    channel, to = ("email", member.email) if member.message_via == "email" else ("sms", member.mobile)
+    channel, to = ("email", member.email) if member.message_via == "email" else (sms_channel, member.mobile)
     if not to or channel not in outbox.channels:
         log.error("taken message not forwarded staff=%s via=%s reason=%s", member.name, member.message_via,
                   "no address in directory" if not to else f"channel {channel} not configured")
         return None
+    callback = message.contact_number or "(number withheld)"
     mail = render("taken_message", site=site.name, staff=member.name, caller=caller, when=_when(site, message.at),
-                  text=message.text, callback=message.contact_number or "(number withheld)")
-    body = mail.text if channel == "email" else f"{mail.subject}: {message.text}"
+                  text=message.text, callback=callback)
+    body = mail.text if channel == "email" else f"{mail.subject} ({callback}): {message.text}"
     return await outbox.enqueue(channel, to, body, subject=mail.subject, html=mail.html if channel == "email" else None,
                                 idempotency_key=_message_key(message, "taken"))
 

@@ -141,6 +141,7 @@ async def test_a_message_left_by_text_reaches_the_staff_member(
     messages = await sms.wait_for(3)
     to_tom = [m for m in messages if m.to == "+15550007777"]
     assert len(to_tom) == 1 and "please call me about my invoice" in to_tom[0].body
+    assert "+1 (555) 010-2030" in to_tom[0].body  # Tom can call back
 
 
 async def test_deliver_and_confirm_a_message_taken_during_a_call(store: Store) -> None:
