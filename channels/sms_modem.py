@@ -224,6 +224,8 @@ class ModemSmsChannel:
             modem.connect(pin=self._pin())
             self._wait_for_network(modem)
             modem.processStoredSms()  # what arrived while we were away
+            if not modem.alive:  # the port died during setup, before anyone listened for it
+                raise ModemError(f"modem connection lost on {s.port} during setup (unplugged?)")
         except Exception as exc:
             self._close_opened()
             raise self._explain(exc) from exc
@@ -266,7 +268,7 @@ class ModemSmsChannel:
         if isinstance(exc, PukRequiredError):
             return ModemError("SIM is PUK-locked; unlock it in a phone", retry=False)
         if isinstance(exc, PinRequiredError):
-            return ModemError("SIM needs a PIN: set sms pin_env to the name of a variable holding it")
+            return ModemError("SIM needs a PIN: set pin_env to the name of an environment variable holding it")
         if isinstance(exc, CmeError) and exc.code == 10:
             return ModemError("no SIM card in the modem (+CME ERROR: 10)")
         if isinstance(exc, CmeError) and exc.code in (13, 15):
