@@ -150,6 +150,16 @@ async def test_receive_single_and_multipart_out_of_order(fake: FakeModem, harnes
     assert fake.stored == 0
 
 
+async def test_concurrent_sends_and_inbound_share_the_port(fake: FakeModem, harness_factory) -> None:  # type: ignore[no-untyped-def]
+    h = await ready(harness_factory)
+    fake.receive_sms("+31600000003", "arriving while we send")
+    results = await asyncio.gather(*(h.send(f"message {i}", id=i) for i in range(4)))
+    msg = await asyncio.wait_for(h.inbound.get(), WAIT_S)
+    assert msg.body == "arriving while we send"
+    assert sorted(p.text for p in fake.sent) == [f"message {i}" for i in range(4)]
+    assert len({r.provider_ref for r in results}) == 4
+
+
 async def test_unhandled_sms_stays_on_sim_and_is_read_at_reconnect(fake: FakeModem, port: Path, harness_factory) -> None:  # type: ignore[no-untyped-def]
     h = await ready(harness_factory)
     h.fail_inbound = 1
