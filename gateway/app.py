@@ -8,6 +8,10 @@ import signal
 import time
 
 from gateway import sdnotify
+from gateway.asterisk.ami import AmiClient
+from gateway.asterisk.correlation import CallDirectory
+from gateway.asterisk.outbound import OutboundCalls, OutboundMessageSession
+from gateway.asterisk.transfer import RETURN_STATUSES, AmiTransferer
 from gateway.audiosocket import AudioSocketCall, AudioSocketServer
 from gateway.call import CallSession, Transferer
 from gateway.config import Config
@@ -21,11 +25,14 @@ class Gateway:
     """Accepts AudioSocket calls and runs one CallSession per call, all sharing one media clock."""
 
     def __init__(self, services: Services, *, host: str | None = None, port: int | None = None,
-                 transferer: Transferer | None = None) -> None:
+                 transferer: Transferer | None = None, calls: CallDirectory | None = None,
+                 outbound: OutboundCalls | None = None) -> None:
         cfg = services.config.audiosocket
         self.services = services
         self.clock = MediaClock()
         self.transferer = transferer
+        self.calls, self.outbound = calls, outbound  # the AMI control plane, when enabled
+        self._ami_hangups: set[asyncio.Task[None]] = set()
         self.sessions: set[CallSession] = set()
         self.server = AudioSocketServer(
             host if host is not None else cfg.host, cfg.port if port is None else port, self._handle,
@@ -49,12 +56,41 @@ class Gateway:
         log.info("phrases prepared count=%d ms=%.0f", len(phrases), (time.perf_counter() - t0) * 1000)
 
     async def _handle(self, call: AudioSocketCall) -> None:
-        session = CallSession(call, self.services, self.clock, self.transferer)
+        job = self.outbound.claim(call.call_id) if self.outbound else None
+        if job is not None:
+            await OutboundMessageSession(call, self.services, self.clock, job).run()
+            return
+        session = CallSession(call, self.services, self.clock, self.transferer, **await self._correlate(call))
         self.sessions.add(session)
         try:
             await session.run()
         finally:
             self.sessions.discard(session)
+            if self.calls is not None:
+                self.calls.forget(call.call_id)
+
+    async def _correlate(self, call: AudioSocketCall) -> dict:
+        """Caller, dialled number and a failed transfer's target, from AMI (waiting briefly: the event races us)."""
+        if self.calls is None:
+            return {}
+        info = await self.calls.lookup(call.call_id, self.services.config.ami.correlation_wait_ms / 1000)
+        if info is None:
+            log.info("call not correlated call=%s (no AS_UUID VarSet seen)", call.call_id)
+            return {}
+
+        def hung_up() -> None:
+            task = asyncio.ensure_future(call.hangup("ami hangup"))
+            self._ami_hangups.add(task)
+            task.add_done_callback(self._ami_hangups.discard)
+
+        self.calls.watch_hangup(call.call_id, hung_up)
+        unavailable = None
+        if info.transfer_result in RETURN_STATUSES:
+            unavailable = next((m for m in self.services.config.site.directory.everyone()
+                                if m.extension == info.transfer_target), None)
+            log.info("transfer returned call=%s status=%s extension=%s", call.call_id, info.transfer_result,
+                     info.transfer_target)
+        return {"caller": info.channel.caller, "dialled": info.channel.dialled, "unavailable": unavailable}
 
     async def stop(self, grace_s: float = 8.0) -> None:
         """Stop accepting, tell every caller goodbye (bounded by grace), then stop the clock."""
@@ -72,13 +108,18 @@ async def serve(config: Config) -> int:
     """`switchboard run`: returns the process exit code."""
     sdnotify.notify("STATUS=loading models")
     services = await load_services(config)
-    gateway = Gateway(services)
+    ami = AmiClient(config.ami) if config.ami.enabled else None
+    calls = CallDirectory(ami) if ami else None
+    transferer = AmiTransferer(ami, calls, services.store, config.ami) if ami and calls else None
+    gateway = Gateway(services, transferer=transferer, calls=calls)
     try:
         await gateway.start()
     except OSError as exc:
         log.error("cannot listen on %s:%s: %s", config.audiosocket.host, config.audiosocket.port, exc.strerror)
         await services.close()
         return 2
+    if ami is not None:
+        await ami.start()  # in the background: calls are served meanwhile, transfers wait for AMI
     log.info("ready audiosocket=%s:%d database=%s", config.audiosocket.host, gateway.port, config.database)
     sdnotify.notify(f"READY=1\nSTATUS=listening on {config.audiosocket.host}:{gateway.port}")
     stop = asyncio.Event()
@@ -91,6 +132,8 @@ async def serve(config: Config) -> int:
     log.info("stopping signal received calls=%d", len(gateway.sessions))
     sdnotify.notify("STOPPING=1\nSTATUS=ending calls")
     await gateway.stop()
+    if ami is not None:
+        await ami.close()
     if watchdog:
         watchdog.cancel()
     await services.close()

@@ -57,10 +57,12 @@ class _Turn:
 
 class CallSession:
     def __init__(self, call: AudioSocketCall, services: Services, clock: MediaClock,
-                 transferer: Transferer | None = None, *, caller: str | None = None, dialled: str | None = None) -> None:
+                 transferer: Transferer | None = None, *, caller: str | None = None, dialled: str | None = None,
+                 unavailable: StaffMember | None = None) -> None:
         self.call, self.services, self.clock = call, services, clock
         self.transferer = transferer or DialplanTransferer()
         self.caller, self.dialled = caller, dialled
+        self.unavailable = unavailable  # back from a transfer this person did not take
         cfg = services.config
         self.out = OutputStream(call.send_audio, name=call.call_id)
         self.endpointer = Endpointer(cfg.vad)
@@ -89,6 +91,8 @@ class CallSession:
             if not self.services.admit():
                 self._start_reply(self._deliver(Reply(cfg.site.wording.busy, Action.TRANSFER,
                                                       cfg.site.directory.front_desk, source="rule:busy")))
+            elif self.unavailable is not None:
+                self._start_reply(self._deliver(self._offer_message(self.unavailable)))
             else:
                 self._start_reply(self._deliver(self.dialog.greeting()))
             try:
@@ -99,6 +103,12 @@ class CallSession:
                 await self._say_goodbye(cfg.site.wording.goodbye, "rule:max_duration")
         finally:
             await self._cleanup()
+
+    def _offer_message(self, member: StaffMember) -> Reply:
+        # Dialog has no public hook for this yet: its next turn then stores the caller's words as the message.
+        self.dialog._message_for = member
+        return Reply(self.services.config.site.wording.transfer_unavailable.format(name=member.name),
+                     Action.TAKE_MESSAGE, member, source="rule:transfer_returned")
 
     async def shutdown(self) -> None:
         """Daemon stopping: tell the caller politely, then hang up (bounded by the caller's grace)."""

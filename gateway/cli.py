@@ -1,4 +1,4 @@
-"""`switchboard` command: run | demo | doctor | models | questions."""
+"""`switchboard` command: run | demo | doctor | call | models | questions."""
 
 from __future__ import annotations
 
@@ -69,6 +69,26 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return asyncio.run(run_doctor(args.config, args.data_dir))
 
 
+def cmd_call(args: argparse.Namespace) -> int:
+    config = _load(args)
+    if config is None:
+        return 2
+    if not config.ami.enabled:
+        print(f"switchboard call: needs the AMI control plane: set ami.enabled and its credentials in {config.path}",
+              file=sys.stderr)
+        return 2
+    if not args.text and args.code is None:
+        print("switchboard call: give a TEXT to say, --code DIGITS, or both", file=sys.stderr)
+        return 2
+    if args.code is not None and not args.code.isdigit():
+        print("switchboard call: --code must be digits only", file=sys.stderr)
+        return 2
+    setup_logging(config.log_level if args.verbose else "WARNING")
+    from gateway.asterisk.outbound import run_outbound_call
+
+    return asyncio.run(run_outbound_call(config, args.number, args.text, args.code))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="switchboard", description="On-premise AI voice gateway for Asterisk.")
     parser.add_argument("-c", "--config", type=Path, default=Path(os.environ.get("SWITCHBOARD_CONFIG", DEFAULT_CONFIG)),
@@ -87,6 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
     doctor = sub.add_parser("doctor", help="check config, models, ports and Asterisk; say how to fix problems")
     doctor.set_defaults(func=cmd_doctor)
+    call = sub.add_parser("call", help="place an outbound call over AMI that speaks a message or a one-time code")
+    call.add_argument("number", help="number or extension, dialled as ami.outbound_channel")
+    call.add_argument("text", nargs="?", default="", help="what to say")
+    call.add_argument("--code", metavar="DIGITS", help="a one-time code, read digit by digit, twice")
+    call.add_argument("-v", "--verbose", action="store_true", help="show the log (codes are masked)")
+    call.set_defaults(func=cmd_call)
     add_models_parser(sub)
     add_questions_parser(sub)
     return parser

@@ -121,6 +121,11 @@ class Wording(Strict):
         "and someone will get back to you."
     )
     transfer: str = "One moment please, I'm putting you through to {name}."
+    # Said to a caller who comes back from a transfer that was busy or not answered.
+    transfer_unavailable: str = (
+        "I'm sorry, {name} can't take your call right now. If you'd like to leave a message, "
+        "please say it after this, and I'll pass it on."
+    )
     take_message_prompt: str = "Of course. Please say your message after this, and I'll pass it on to {name}."
     message_taken: str = "Thank you, I've taken your message for {name}."
     emergency: str = (
@@ -128,6 +133,9 @@ class Wording(Strict):
         "I'm putting you through to our staff right now."
     )
     busy: str = "Sorry, all our lines are busy right now. I'm putting you through to our staff."
+    # Outbound calls (switchboard call): a one-time code is read digit by digit, twice.
+    code_message: str = "Your code is {digits}. Again, your code is {digits}."
+    press_to_repeat: str = "To hear this again, press 1."
     shutting_down: str = "I'm sorry, I have to end this call now. Please call us back in a moment. Goodbye."
 
 

@@ -21,6 +21,7 @@ connection's life is ours, because the library's own handling is unsafe for a te
 from __future__ import annotations
 
 import asyncio
+import base64
 import codecs
 import logging
 import time
@@ -36,6 +37,7 @@ from gateway.config import AmiSettings
 
 log = logging.getLogger(__name__)
 
+MAX_MESSAGE_BYTES = 1300  # MessageSend's Base64Body is decoded into a 1301-byte buffer (main/message.c)
 EventCallback = Callable[[Message], Awaitable[None] | None]
 
 
@@ -250,6 +252,10 @@ class AmiClient:
     # ---- actions ----------------------------------------------------------------------------------
     async def action(self, fields: dict[str, Any], *, timeout: float | None = None) -> Message:
         """Send one action and return its single response; raises TimeoutError, AmiNotConnected."""
+        for key, value in fields.items():
+            for v in value if isinstance(value, list) else [value]:
+                if "\r" in str(v) or "\n" in str(v):  # would end the header and inject others
+                    raise ValueError(f"AMI {fields.get('Action')}: {key} contains a line break")
         manager = self._manager
         if manager is None or not self._connected.is_set() or manager.protocol is None:
             raise AmiNotConnected(f"AMI not connected, {fields.get('Action')} not sent")
@@ -274,3 +280,29 @@ class AmiClient:
         log.info("ami action ok action=%s %s", fields.get("Action"),
                  " ".join(f"{k}={v}" for k, v in _masked(fields).items() if k in ("Channel", "Exten", "Context")))
         return reply
+
+    async def message_send(self, to: str, body: str, *, sender: str | None = None,
+                           destination: str | None = None, content_type: str | None = None) -> Message:
+        """SIP MESSAGE through Asterisk; success only means it was queued and sent, not delivered."""
+        return await self.checked(message_send_action(to, body, sender=sender, destination=destination,
+                                                      content_type=content_type))
+
+
+def message_send_action(to: str, body: str, *, sender: str | None = None, destination: str | None = None,
+                        content_type: str | None = None) -> dict[str, Any]:
+    """A MessageSend action: `Body` must be one line, so text with line breaks goes as Base64Body."""
+    data = body.encode("utf-8")
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise ValueError(f"message body is {len(data)} bytes; Asterisk's MessageSend takes at most {MAX_MESSAGE_BYTES}")
+    fields: dict[str, Any] = {"Action": "MessageSend", "To": to}
+    if destination:
+        fields["Destination"] = destination
+    if sender:
+        fields["From"] = sender
+    if "\r" in body or "\n" in body:
+        fields["Base64Body"] = base64.b64encode(data).decode("ascii")
+    else:
+        fields["Body"] = body
+    if content_type:
+        fields["Variable"] = f"Content-Type={content_type}"
+    return fields

@@ -1,0 +1,93 @@
+"""Transfers to staff over AMI (gateway.call.Transferer), with outcomes and timings stored.
+
+By the time `transfer` runs the caller has heard "putting you through to X". Then:
+- a call inside the `AudioSocket()` app is moved with `Redirect` to the transfer context
+  (etc/asterisk/extensions.conf) at the staff extension; the app sees the async goto, closes the
+  socket and the channel continues there;
+- a call bridged to a `Dial(AudioSocket/...)` channel is moved with `BlindTransfer` on that
+  AudioSocket channel, which transfers its bridged peer (the caller); Redirect would only pull one
+  leg out of the bridge.
+The transfer context rings the extension for `transfer_ring_s` (set on the channel with Setvar
+first) and, on BUSY / NOANSWER / CHANUNAVAIL / CONGESTION, sends the caller back to AudioSocket
+with SB_TRANSFER_RESULT / SB_TRANSFER_TARGET set: the gateway then offers to take a message.
+`DialEnd` for the transferred channel records how the staff phone answered.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from panoramisk.message import Message
+
+from gateway.asterisk.ami import AmiClient, AmiError
+from gateway.asterisk.correlation import CallDirectory
+from gateway.audiosocket import AudioSocketCall
+from gateway.config import AmiSettings
+from llm.site import StaffMember
+from models.records import CallEvent
+from models.store import Store
+
+log = logging.getLogger(__name__)
+
+# DIALSTATUS values for which the transfer context returns the caller to the assistant.
+RETURN_STATUSES = ("BUSY", "NOANSWER", "CHANUNAVAIL", "CONGESTION")
+
+
+class AmiTransferer:
+    def __init__(self, ami: AmiClient, calls: CallDirectory, store: Store, settings: AmiSettings) -> None:
+        self.ami, self.calls, self.store, self.settings = ami, calls, store, settings
+        self._pending: dict[str, tuple[str, str, float]] = {}  # Uniqueid -> (call_id, extension, started)
+        ami.on_event("DialEnd", self._on_dial_end)
+
+    async def transfer(self, call: AudioSocketCall, member: StaffMember) -> bool:
+        info = self.calls.get(call.call_id)
+        if info is None:
+            log.warning("transfer impossible call=%s reason=no AMI channel for this call (see AS_UUID in the README)",
+                        call.call_id)
+            await self._event(call.call_id, "transfer_error", {"extension": member.extension,
+                                                               "error": "call not correlated"})
+            return False
+        s, channel = self.settings, info.channel
+        bridged = channel.audiosocket_channel or (channel.channel if channel.channel.startswith("AudioSocket/")
+                                                   else None)
+        t0 = time.perf_counter()
+        try:
+            if not channel.channel.startswith("AudioSocket/"):
+                await self.ami.checked({"Action": "Setvar", "Channel": channel.channel,
+                                        "Variable": "SB_TRANSFER_RING", "Value": str(s.transfer_ring_s)})
+            if bridged is not None:
+                action = {"Action": "BlindTransfer", "Channel": bridged, "Context": s.transfer_context,
+                          "Exten": member.extension}
+            else:
+                action = {"Action": "Redirect", "Channel": channel.channel, "Context": s.transfer_context,
+                          "Exten": member.extension, "Priority": "1"}
+            await self.ami.checked(action)
+        except (AmiError, TimeoutError) as exc:
+            log.warning("transfer failed call=%s channel=%s extension=%s error=%s", call.call_id, channel.channel,
+                        member.extension, exc or "timeout")
+            await self._event(call.call_id, "transfer_error", {"extension": member.extension,
+                                                               "error": str(exc) or "timeout"})
+            return False
+        ms = (time.perf_counter() - t0) * 1000
+        self._pending[channel.uniqueid] = (call.call_id, member.extension, time.monotonic())
+        await self._event(call.call_id, "ami_transfer", {"action": action["Action"], "channel": channel.channel,
+                                                         "extension": member.extension, "ms": round(ms)})
+        log.info("transfer sent call=%s action=%s channel=%s extension=%s ms=%.0f", call.call_id, action["Action"],
+                 channel.channel, member.extension, ms)
+        await call.hangup("transferred")  # the app has already left via the async goto; this only ends our side
+        return True
+
+    async def _on_dial_end(self, event: Message) -> None:
+        pending = self._pending.pop(event.get("Uniqueid", ""), None)
+        if pending is None:
+            return
+        call_id, extension, started = pending
+        status = event.get("DialStatus", "")
+        log.info("transfer outcome call=%s extension=%s status=%s", call_id, extension, status)
+        await self._event(call_id, "transfer_outcome", {"extension": extension, "dial_status": status,
+                                                        "after_ms": round((time.monotonic() - started) * 1000),
+                                                        "returned": status in RETURN_STATUSES})
+
+    async def _event(self, call_id: str, kind: str, data: dict) -> None:
+        await self.store.add_event(CallEvent(call_id, kind, time.time(), data))

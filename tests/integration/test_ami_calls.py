@@ -1,0 +1,144 @@
+"""Whole calls with the AMI control plane: real Gateway, real models, AudioSocket and AMI over loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import pytest
+
+from gateway.app import Gateway
+from gateway.asterisk.ami import AmiClient
+from gateway.asterisk.correlation import CallDirectory
+from gateway.asterisk.transfer import AmiTransferer
+from gateway.caller import CallerClient
+from gateway.config import AmiSettings
+from support.ami_server import AmiTestServer
+
+pytestmark = pytest.mark.models
+
+CHANNEL, UNIQUEID = "PJSIP/caller-00000022", "1795252835.44"
+
+
+@dataclass
+class Rig:
+    server: AmiTestServer
+    ami: AmiClient
+    calls: CallDirectory
+    gateway: Gateway
+
+
+@pytest.fixture
+async def rig(services) -> AsyncIterator[Rig]:  # type: ignore[no-untyped-def]
+    server = await AmiTestServer().start()
+    settings = AmiSettings(enabled=True, port=server.port, username="gateway", secret="secret", transfer_ring_s=15)
+    ami = AmiClient(settings)
+    calls = CallDirectory(ami)
+    gateway = Gateway(services, host="127.0.0.1", port=0, calls=calls,
+                      transferer=AmiTransferer(ami, calls, services.store, settings))
+    await ami.start()
+    await ami.wait_connected(5)
+    await gateway.start()
+    yield Rig(server, ami, calls, gateway)
+    await gateway.stop(grace_s=0.5)
+    await ami.close()
+    await server.stop()
+
+
+async def voiced(client: CallerClient) -> None:
+    """Until the gateway's first voiced frame (its session is running and speaking)."""
+    for _ in range(200):
+        if any(f.voiced for f in client.received):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the gateway never spoke")
+
+
+async def events(services, call_id: str, wait_for: str) -> list:  # type: ignore[no-untyped-def]
+    for _ in range(100):
+        found = await services.store.events(call_id)
+        if any(e.kind == wait_for for e in found):
+            return found
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"no {wait_for!r} event for call {call_id}: {found}")
+
+
+async def test_caller_asks_for_doctor_chen_and_is_redirected(rig: Rig, services, speak) -> None:  # type: ignore[no-untyped-def]
+    client = CallerClient("127.0.0.1", rig.gateway.port)
+    # What Asterisk does before AudioSocket(): Set(AS_UUID=...) on the caller's channel -> VarSet.
+    await rig.server.call_events(channel=CHANNEL, uniqueid=UNIQUEID, caller="0612345678", exten="100",
+                                 variables={"AS_UUID": client.call_id})
+    await client.connect()
+    try:
+        client.say(await speak("Hi, could I speak to Doctor Chen please?"))  # over the greeting: barge-in
+        (redirect,) = await rig.server.wait_for("Redirect", timeout=20)
+        assert {k: redirect[k] for k in ("Channel", "Context", "Exten", "Priority")} == {
+            "Channel": CHANNEL, "Context": "switchboard-transfer", "Exten": "202", "Priority": "1"}
+        (setvar,) = rig.server.sent("Setvar")
+        assert (setvar["Channel"], setvar["Variable"], setvar["Value"]) == (CHANNEL, "SB_TRANSFER_RING", "15")
+        assert setvar.at <= redirect.at
+        await asyncio.wait_for(client.hung_up.wait(), 10)
+        found = await events(services, client.call_id, "transfer_done")
+        sent_event = next(e for e in found if e.kind == "ami_transfer")
+        assert sent_event.data["action"] == "Redirect" and sent_event.data["extension"] == "202"
+        record = await services.store.call(client.call_id)
+        assert (record["caller"], record["dialled"]) == ("0612345678", "100")
+        # The staff phone answers: DialEnd on the transferred channel records the outcome.
+        await rig.server.dial_end(CHANNEL, UNIQUEID, "ANSWER")
+        outcome = next(e for e in await events(services, client.call_id, "transfer_outcome")
+                       if e.kind == "transfer_outcome")
+        assert outcome.data["dial_status"] == "ANSWER" and outcome.data["returned"] is False
+    finally:
+        await client.close()
+
+
+async def test_busy_staff_returns_caller_who_is_offered_a_message(rig: Rig, services, speak) -> None:  # type: ignore[no-untyped-def]
+    # The transfer context's Dial() ended BUSY: it set the result and target, then a new AS_UUID.
+    client = CallerClient("127.0.0.1", rig.gateway.port)
+    await rig.server.call_events(channel="PJSIP/caller-00000030", uniqueid="1795252900.50", caller="0612345678",
+                                 exten="100", variables={"SB_TRANSFER_RESULT": "BUSY", "SB_TRANSFER_TARGET": "202",
+                                                         "AS_UUID": client.call_id})
+    await client.connect()
+    try:
+        await voiced(client)  # the offer has started; the caller answers over it
+        sent = await client.say(await speak("Please ask him to call me back about my crown."))
+        await client.wait_reply(sent)
+        turns = await services.store.turns(client.call_id)
+        assistant = [t.text for t in turns if t.speaker == "assistant"]
+        assert assistant[0].startswith("I'm sorry, Dr. James Chen can't take your call right now")
+        assert "taken your message for Dr. James Chen" in assistant[-1]
+        found = await services.store.events(client.call_id)
+        offer_event = next(e for e in found if e.kind == "take_message")
+        assert offer_event.data["source"] == "rule:transfer_returned" and offer_event.data["extension"] == "202"
+    finally:
+        await client.close()
+
+
+async def test_hangup_event_ends_the_session_and_stale_entries_are_reaped(rig: Rig) -> None:
+    client = CallerClient("127.0.0.1", rig.gateway.port)
+    await rig.server.call_events(channel="PJSIP/caller-00000031", uniqueid="1795252999.60", caller="caller",
+                                 exten="100", variables={"AS_UUID": client.call_id})
+    await client.connect()
+    try:
+        await voiced(client)
+        await rig.server.hangup_event("PJSIP/caller-00000031", "1795252999.60")
+        await asyncio.wait_for(client.hung_up.wait(), 10)  # the gateway ended its side on the AMI Hangup
+        assert rig.calls.get(client.call_id) is not None
+        rig.calls.hung_up_ttl_s = 0
+        rig.calls.reap()
+        assert rig.calls.get(client.call_id) is None
+    finally:
+        await client.close()
+
+
+async def test_uncorrelated_call_still_served_and_transfer_fails_cleanly(rig: Rig, services, speak) -> None:  # type: ignore[no-untyped-def]
+    client = await CallerClient("127.0.0.1", rig.gateway.port, call_id=str(uuid.uuid4())).connect()
+    try:
+        client.say(await speak("Hi, could I speak to Doctor Chen please?"))
+        found = await events(services, client.call_id, "transfer_failed")
+        assert any(e.kind == "transfer_error" and e.data["error"] == "call not correlated" for e in found)
+        assert rig.server.sent("Redirect") == []
+    finally:
+        await client.close()
