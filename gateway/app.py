@@ -110,7 +110,7 @@ async def serve(config: Config) -> int:
     services = await load_services(config)
     ami = AmiClient(config.ami) if config.ami.enabled else None
     calls = CallDirectory(ami) if ami else None
-    transferer = AmiTransferer(ami, calls, services.store, config.ami) if ami and calls else None
+    transferer = AmiTransferer(ami, calls, services.store, config.ami, site=config.site) if ami and calls else None
     gateway = Gateway(services, transferer=transferer, calls=calls)
     try:
         await gateway.start()
@@ -118,7 +118,10 @@ async def serve(config: Config) -> int:
         log.error("cannot listen on %s:%s: %s", config.audiosocket.host, config.audiosocket.port, exc.strerror)
         await services.close()
         return 2
-    if ami is not None:
+    if ami is not None and transferer is not None:
+        if config.ami.warm_transfer:  # staff legs of warm transfers come to this listener too
+            gateway.outbound = transferer.outbound = OutboundCalls(
+                ami, services.store, config.ami, site=config.site, audiosocket=f"{config.audiosocket.host}:{gateway.port}")
         await ami.start()  # in the background: calls are served meanwhile, transfers wait for AMI
     log.info("ready audiosocket=%s:%d database=%s", config.audiosocket.host, gateway.port, config.database)
     sdnotify.notify(f"READY=1\nSTATUS=listening on {config.audiosocket.host}:{gateway.port}")

@@ -106,6 +106,11 @@ class AmiSettings(Section):
     correlation_wait_ms: int = Field(300, ge=0)  # the VarSet event and the AudioSocket connection race
     transfer_context: str = "switchboard-transfer"
     transfer_ring_s: int = Field(20, ge=1)  # staff phone rings this long before the caller comes back
+    # Warm transfer: the staff phone is called first and hears a short summary, then is bridged to the caller.
+    warm_transfer: bool = False
+    staff_channel: str = "PJSIP/{extension}"  # how a staff extension is dialled for a warm transfer
+    warm_context: str = "switchboard-warm"
+    return_context: str = "switchboard-return"  # back to the assistant when the staff phone did not take the call
     outbound_channel: str = "PJSIP/{number}"  # how a number or extension is dialled; {number} is replaced
     outbound_context: str = "switchboard-outbound"
     outbound_caller_id: str = '"Switchboard" <1000>'

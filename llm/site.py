@@ -126,6 +126,8 @@ class Wording(Strict):
         "I'm sorry, {name} can't take your call right now. If you'd like to leave a message, "
         "please say it after this, and I'll pass it on."
     )
+    # Heard by the staff member before a warm transfer connects them.
+    warm_summary: str = "Call from {caller} for {name}. They said: {reason}. Connecting you now."
     take_message_prompt: str = "Of course. Please say your message after this, and I'll pass it on to {name}."
     message_taken: str = "Thank you, I've taken your message for {name}."
     emergency: str = (

@@ -37,6 +37,7 @@ class ChannelInfo:
     channel: str
     uniqueid: str
     caller: str | None
+    caller_name: str | None
     dialled: str | None  # the extension first seen: the number the caller dialled
     variables: dict[str, str] = field(default_factory=dict)
     audiosocket_channel: str | None = None  # Dial(AudioSocket/...) mode: the bridged media channel
@@ -86,7 +87,7 @@ class CallDirectory:
         if info is None:
             info = self._channels[uniqueid] = ChannelInfo(
                 channel=event.get("Channel", ""), uniqueid=uniqueid, caller=_number(event.get("CallerIDNum", "")),
-                dialled=_number(event.get("Exten", "")))
+                caller_name=_number(event.get("CallerIDName", "")), dialled=_number(event.get("Exten", "")))
         value = event.get("Value", "")
         if name in KEPT_VARS:
             info.variables[name] = value

@@ -47,7 +47,7 @@ class OutboundJob:
     uuid: str
     number: str
     text: str  # what is spoken (may contain the code: never logged)
-    repeat_wait_s: float
+    repeat_wait_s: float  # 0: say it once, no "press 1"
     played: asyncio.Future[int] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
@@ -102,12 +102,23 @@ class OutboundCalls:
                 await asyncio.sleep(s.outbound_retry_delay_s)
             job = OutboundJob(str(uuid.uuid4()), number, spoken, self.repeat_wait_s)
             ids.append(job.uuid)
-            result, error, repeats = await self._attempt(job, attempt, shown)
+            result, error, repeats = await self._attempt(
+                job, attempt, shown, s.outbound_channel.format(number=number), s.outbound_context, s.outbound_ring_s)
             if result == "answered":
                 return OutboundResult(number, result, attempt, ids, repeats)
         return OutboundResult(number, result, len(ids), ids, error=error)
 
-    async def _attempt(self, job: OutboundJob, attempt: int, shown: dict) -> tuple[str, str | None, int]:
+    async def announce(self, extension: str, text: str, variables: dict[str, str]) -> str:
+        """Warm transfer: call a staff phone into warm_context, say `text` once; the result as in `call`."""
+        s = self.settings
+        job = OutboundJob(str(uuid.uuid4()), extension, text, 0.0)
+        result, _, _ = await self._attempt(job, 1, {"number": extension, "code": None, "chars": len(text)},
+                                          s.staff_channel.format(extension=extension), s.warm_context,
+                                          s.transfer_ring_s, variables)
+        return result
+
+    async def _attempt(self, job: OutboundJob, attempt: int, shown: dict, channel: str, context: str, ring_s: int,
+                       variables: dict[str, str] | None = None) -> tuple[str, str | None, int]:
         s = self.settings
         await self.store.start_call(CallRecord(call_id=job.uuid, caller=None, dialled=job.number, site=self.site.name,
                                                transport="ami-outbound", started_at=time.time()))
@@ -119,12 +130,13 @@ class OutboundCalls:
         result, error, repeats = "failed", None, 0
         try:
             await self.ami.checked({
-                "Action": "Originate", "ActionID": action_id, "Channel": s.outbound_channel.format(number=job.number),
-                "Context": s.outbound_context, "Exten": "s", "Priority": "1", "CallerID": s.outbound_caller_id,
-                "Timeout": str(s.outbound_ring_s * 1000), "Async": "true", "ChannelId": job.uuid,
+                "Action": "Originate", "ActionID": action_id, "Channel": channel, "Context": context, "Exten": "s",
+                "Priority": "1", "CallerID": s.outbound_caller_id, "Timeout": str(ring_s * 1000), "Async": "true",
+                "ChannelId": job.uuid,
                 # One Variable header each: values in a single header would be split on commas.
-                "Variable": [f"SB_UUID={job.uuid}", f"SB_AUDIOSOCKET={self.audiosocket}"]})
-            event = await asyncio.wait_for(response, s.outbound_ring_s + s.action_timeout_s)
+                "Variable": [f"SB_UUID={job.uuid}", f"SB_AUDIOSOCKET={self.audiosocket}",
+                             *(f"{k}={v}" for k, v in (variables or {}).items())]})
+            event = await asyncio.wait_for(response, ring_s + s.action_timeout_s)
             reason = int(event.get("Reason", "0") or 0)
             result = REASONS.get(reason, "failed")
             if result == "answered":
@@ -159,7 +171,7 @@ class OutboundMessageSession:
         try:
             while not self._gone.is_set():
                 await self._speak()
-                if not await self._pressed_one() or repeats >= MAX_REPEATS:
+                if not self.job.repeat_wait_s or not await self._pressed_one() or repeats >= MAX_REPEATS:
                     break
                 repeats += 1
             await self.call.hangup()

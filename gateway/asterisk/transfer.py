@@ -11,20 +11,28 @@ The transfer context rings the extension for `transfer_ring_s` (set on the chann
 first) and, on BUSY / NOANSWER / CHANUNAVAIL / CONGESTION, sends the caller back to AudioSocket
 with SB_TRANSFER_RESULT / SB_TRANSFER_TARGET set: the gateway then offers to take a message.
 `DialEnd` for the transferred channel records how the staff phone answered.
+
+Warm transfer (`ami.warm_transfer`): the staff phone is originated into `warm_context` first and
+hears a summary (who calls, for whom, their last words) on its own AudioSocket leg; that context
+then `Bridge()`s the staff phone with the caller, which takes the caller out of our AudioSocket
+app. If the staff phone does not answer, the caller is sent through `return_context` with the same
+SB_TRANSFER_RESULT / SB_TRANSFER_TARGET variables as the cold path, and is offered a message.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
 from panoramisk.message import Message
 
 from gateway.asterisk.ami import AmiClient, AmiError
-from gateway.asterisk.correlation import CallDirectory
+from gateway.asterisk.correlation import CallDirectory, CallInfo
+from gateway.asterisk.outbound import OutboundCalls
 from gateway.audiosocket import AudioSocketCall
 from gateway.config import AmiSettings
-from llm.site import StaffMember
+from llm.site import Site, StaffMember
 from models.records import CallEvent
 from models.store import Store
 
@@ -32,11 +40,14 @@ log = logging.getLogger(__name__)
 
 # DIALSTATUS values for which the transfer context returns the caller to the assistant.
 RETURN_STATUSES = ("BUSY", "NOANSWER", "CHANUNAVAIL", "CONGESTION")
+_WARM_STATUS = {"busy": "BUSY", "no answer": "NOANSWER"}  # outbound result -> DIALSTATUS-like value
 
 
 class AmiTransferer:
-    def __init__(self, ami: AmiClient, calls: CallDirectory, store: Store, settings: AmiSettings) -> None:
+    def __init__(self, ami: AmiClient, calls: CallDirectory, store: Store, settings: AmiSettings, *,
+                 site: Site | None = None, outbound: OutboundCalls | None = None) -> None:
         self.ami, self.calls, self.store, self.settings = ami, calls, store, settings
+        self.site, self.outbound = site, outbound  # both needed for warm transfers
         self._pending: dict[str, tuple[str, str, float]] = {}  # Uniqueid -> (call_id, extension, started)
         ami.on_event("DialEnd", self._on_dial_end)
 
@@ -51,6 +62,8 @@ class AmiTransferer:
         s, channel = self.settings, info.channel
         bridged = channel.audiosocket_channel or (channel.channel if channel.channel.startswith("AudioSocket/")
                                                    else None)
+        if s.warm_transfer and bridged is None and self.outbound is not None and self.site is not None:
+            return await self._warm(call, info, member)
         t0 = time.perf_counter()
         try:
             if not channel.channel.startswith("AudioSocket/"):
@@ -77,6 +90,44 @@ class AmiTransferer:
                  channel.channel, member.extension, ms)
         await call.hangup("transferred")  # the app has already left via the async goto; this only ends our side
         return True
+
+    async def _warm(self, call: AudioSocketCall, info: CallInfo, member: StaffMember) -> bool:
+        assert self.outbound is not None and self.site is not None
+        s, channel = self.settings, info.channel
+        t0 = time.perf_counter()
+        turns = await self.store.turns(call.call_id)
+        reason = next((t.text for t in reversed(turns) if t.speaker == "caller"), "nothing yet").rstrip(".?! ")
+        summary = self.site.wording.warm_summary.format(
+            caller=channel.caller_name or channel.caller or "an unknown caller", name=member.name, reason=reason)
+        result = await self.outbound.announce(member.extension, summary, {"SB_CALLER": channel.channel})
+        bridged = result == "answered" and await self._left(call, s.action_timeout_s)
+        data = {"extension": member.extension, "result": result, "bridged": bridged,
+                "ms": round((time.perf_counter() - t0) * 1000)}
+        log.info("warm transfer call=%s extension=%s result=%s bridged=%s", call.call_id, member.extension, result,
+                 bridged)
+        if not bridged:  # staff did not take it (or hung up during the summary): back to the assistant
+            status = _WARM_STATUS.get(result, "CHANUNAVAIL") if result != "answered" else "NOANSWER"
+            try:
+                for name, value in (("SB_TRANSFER_TARGET", member.extension), ("SB_TRANSFER_RESULT", status)):
+                    await self.ami.checked({"Action": "Setvar", "Channel": channel.channel, "Variable": name,
+                                            "Value": value})
+                await self.ami.checked({"Action": "Redirect", "Channel": channel.channel,
+                                        "Context": s.return_context, "Exten": "s", "Priority": "1"})
+            except (AmiError, TimeoutError) as exc:
+                await self._event(call.call_id, "transfer_error", {**data, "error": str(exc) or "timeout"})
+                return False
+            data["returned"] = status
+        await self._event(call.call_id, "warm_transfer", data)
+        await call.hangup("transferred")
+        return True
+
+    @staticmethod
+    async def _left(call: AudioSocketCall, timeout: float) -> bool:
+        """True once Asterisk closed the caller's socket (Bridge() took the channel), within `timeout`."""
+        deadline = time.monotonic() + timeout
+        while not call.closed and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        return call.closed
 
     async def _on_dial_end(self, event: Message) -> None:
         pending = self._pending.pop(event.get("Uniqueid", ""), None)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import pytest
@@ -12,10 +13,11 @@ import pytest
 from gateway.app import Gateway
 from gateway.asterisk.ami import AmiClient
 from gateway.asterisk.correlation import CallDirectory
+from gateway.asterisk.outbound import OutboundCalls
 from gateway.asterisk.transfer import AmiTransferer
 from gateway.caller import CallerClient
 from gateway.config import AmiSettings
-from support.ami_server import AmiTestServer
+from support.ami_server import Action, AmiTestServer
 
 pytestmark = pytest.mark.models
 
@@ -30,21 +32,38 @@ class Rig:
     gateway: Gateway
 
 
-@pytest.fixture
-async def rig(services) -> AsyncIterator[Rig]:  # type: ignore[no-untyped-def]
+@asynccontextmanager
+async def running(services, **settings_kw) -> AsyncIterator[Rig]:  # type: ignore[no-untyped-def]
     server = await AmiTestServer().start()
-    settings = AmiSettings(enabled=True, port=server.port, username="gateway", secret="secret", transfer_ring_s=15)
+    settings = AmiSettings(enabled=True, port=server.port, username="gateway", secret="secret", transfer_ring_s=15,
+                           **settings_kw)
     ami = AmiClient(settings)
     calls = CallDirectory(ami)
-    gateway = Gateway(services, host="127.0.0.1", port=0, calls=calls,
-                      transferer=AmiTransferer(ami, calls, services.store, settings))
+    transferer = AmiTransferer(ami, calls, services.store, settings, site=services.config.site)
+    gateway = Gateway(services, host="127.0.0.1", port=0, calls=calls, transferer=transferer)
     await ami.start()
     await ami.wait_connected(5)
     await gateway.start()
-    yield Rig(server, ami, calls, gateway)
-    await gateway.stop(grace_s=0.5)
-    await ami.close()
-    await server.stop()
+    gateway.outbound = transferer.outbound = OutboundCalls(ami, services.store, settings, site=services.config.site,
+                                                           audiosocket=f"127.0.0.1:{gateway.port}")
+    try:
+        yield Rig(server, ami, calls, gateway)
+    finally:
+        await gateway.stop(grace_s=0.5)
+        await ami.close()
+        await server.stop()
+
+
+@pytest.fixture
+async def rig(services) -> AsyncIterator[Rig]:  # type: ignore[no-untyped-def]
+    async with running(services) as r:
+        yield r
+
+
+@pytest.fixture
+async def warm_rig(services) -> AsyncIterator[Rig]:  # type: ignore[no-untyped-def]
+    async with running(services, warm_transfer=True) as r:
+        yield r
 
 
 async def voiced(client: CallerClient) -> None:
@@ -57,7 +76,7 @@ async def voiced(client: CallerClient) -> None:
 
 
 async def events(services, call_id: str, wait_for: str) -> list:  # type: ignore[no-untyped-def]
-    for _ in range(100):
+    for _ in range(300):
         found = await services.store.events(call_id)
         if any(e.kind == wait_for for e in found):
             return found
@@ -133,12 +152,79 @@ async def test_hangup_event_ends_the_session_and_stale_entries_are_reaped(rig: R
         await client.close()
 
 
-async def test_uncorrelated_call_still_served_and_transfer_fails_cleanly(rig: Rig, services, speak) -> None:  # type: ignore[no-untyped-def]
+async def test_uncorrelated_call_still_served_and_transfer_fails_cleanly(rig: Rig, services) -> None:  # type: ignore[no-untyped-def]
     client = await CallerClient("127.0.0.1", rig.gateway.port, call_id=str(uuid.uuid4())).connect()
     try:
-        client.say(await speak("Hi, could I speak to Doctor Chen please?"))
+        client.dtmf("0")  # to the front desk, no speech needed
         found = await events(services, client.call_id, "transfer_failed")
         assert any(e.kind == "transfer_error" and e.data["error"] == "call not correlated" for e in found)
         assert rig.server.sent("Redirect") == []
+    finally:
+        await client.close()
+
+
+def variables(action: Action) -> dict[str, str]:
+    values = action["Variable"]
+    return dict(v.split("=", 1) for v in (values if isinstance(values, list) else [values]))
+
+
+async def test_warm_transfer_staff_hears_summary_then_is_bridged(warm_rig: Rig, services, speak) -> None:  # type: ignore[no-untyped-def]
+    client = CallerClient("127.0.0.1", warm_rig.gateway.port)
+    staff: list[CallerClient] = []
+
+    async def warm_context(action: Action, reason: int) -> None:
+        """AudioSocket(${SB_UUID},${SB_AUDIOSOCKET}), then Bridge(${SB_CALLER}) yanks the caller from its app."""
+        var = variables(action)
+        host, port = var["SB_AUDIOSOCKET"].rsplit(":", 1)
+        leg = await CallerClient(host, int(port), call_id=var["SB_UUID"]).connect()
+        staff.append(leg)
+        await asyncio.wait_for(leg.hung_up.wait(), 20)
+        assert var["SB_CALLER"] == CHANNEL
+        await client.close()
+
+    warm_rig.server.on_originate = warm_context
+    await warm_rig.server.call_events(channel=CHANNEL, uniqueid=UNIQUEID, caller="0612345678", exten="100",
+                                      variables={"AS_UUID": client.call_id})
+    await client.connect()
+    try:
+        client.say(await speak("Could I speak to Doctor Chen about my broken crown?"))
+        found = await events(services, client.call_id, "warm_transfer")
+        warm = next(e for e in found if e.kind == "warm_transfer")
+        assert warm.data["result"] == "answered" and warm.data["bridged"] is True
+        (originate,) = warm_rig.server.sent("Originate")
+        assert (originate["Channel"], originate["Context"], originate["Async"]) == (
+            "PJSIP/202", "switchboard-warm", "true")
+        assert warm_rig.server.sent("Redirect") == []
+        # The staff leg heard the summary: caller name from the AMI snapshot, the person, the caller's words.
+        said = [t.text for t in await services.store.turns(client.call_id) if t.speaker == "caller"][-1]
+        expected = services.config.site.wording.warm_summary.format(
+            caller="Test Caller", name="Dr. James Chen", reason=said.rstrip(".?! "))
+        reference = await asyncio.to_thread(services.synthesizer.synthesize, expected)
+        voiced = [f for f in staff[0].received if f.voiced]
+        heard_s = (voiced[-1].at - voiced[0].at)
+        assert 0.8 < heard_s / (len(reference) / 16000) < 1.2
+        heard = (await services.transcriber.transcribe_async(staff[0].audio_between(0, float("inf")))).text.lower()
+        assert heard.startswith("call from test caller"), heard
+    finally:
+        for leg in staff:
+            await leg.close()
+        await client.close()
+
+
+async def test_warm_transfer_to_busy_staff_returns_caller_to_the_assistant(warm_rig: Rig, services, speak) -> None:  # type: ignore[no-untyped-def]
+    warm_rig.server.originate_reasons = [5]
+    client = CallerClient("127.0.0.1", warm_rig.gateway.port)
+    await warm_rig.server.call_events(channel=CHANNEL, uniqueid=UNIQUEID, caller="0612345678", exten="100",
+                                      variables={"AS_UUID": client.call_id})
+    await client.connect()
+    try:
+        client.say(await speak("Could I speak to Doctor Chen please?"))
+        (redirect,) = await warm_rig.server.wait_for("Redirect", timeout=20)
+        assert {k: redirect[k] for k in ("Channel", "Context", "Exten", "Priority")} == {
+            "Channel": CHANNEL, "Context": "switchboard-return", "Exten": "s", "Priority": "1"}
+        setvars = {a["Variable"]: a["Value"] for a in warm_rig.server.sent("Setvar")}
+        assert setvars == {"SB_TRANSFER_TARGET": "202", "SB_TRANSFER_RESULT": "BUSY"}
+        warm = next(e for e in await events(services, client.call_id, "warm_transfer") if e.kind == "warm_transfer")
+        assert warm.data["returned"] == "BUSY" and warm.data["bridged"] is False
     finally:
         await client.close()

@@ -44,6 +44,14 @@ def test_incoming_and_outbound_contexts_use_the_variables_the_gateway_reads() ->
     assert "AudioSocket(${SB_UUID},${SB_AUDIOSOCKET})" in dialplan(AmiSettings().outbound_context)
 
 
+def test_warm_and_return_contexts_match_what_the_transferer_sends() -> None:
+    s = AmiSettings()
+    warm = dialplan(s.warm_context)
+    assert warm.index("AudioSocket(${SB_UUID},${SB_AUDIOSOCKET})") < warm.index("Bridge(${SB_CALLER})")
+    back = dialplan(s.return_context)
+    assert back.index("Set(AS_UUID=${UUID()})") < back.index("AudioSocket(${AS_UUID},${SWITCHBOARD_AUDIOSOCKET})")
+
+
 def test_manager_conf_grants_what_the_actions_need() -> None:
     conf = configparser.ConfigParser(inline_comment_prefixes=(";",), strict=False)
     conf.read(ETC / "asterisk" / "manager.conf")
