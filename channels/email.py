@@ -26,9 +26,9 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from pydantic import Field, model_validator
 
 from channels.base import (
-    DeliveryHandler, InboundHandler, InboundMessage, OutgoingMessage, PermanentError, SendResult, TemporaryError,
+    DeliveryHandler, InboundHandler, InboundMessage, OutgoingMessage, PermanentError, SendResult, Settings,
+    TemporaryError,
 )
-from llm.site import Strict
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ _QUOTE_START = re.compile(r"^(On .{5,200} wrote:|-{2,} ?Original Message ?-{2,}|
 _TAG = re.compile(r"<[^>]+>")
 
 
-class SmtpSettings(Strict):
+class SmtpSettings(Settings):
     host: str = "127.0.0.1"
     port: int = Field(25, ge=1, le=65535)
     security: Literal["none", "starttls", "tls"] = "starttls"
@@ -67,7 +67,7 @@ class SmtpSettings(Strict):
         return value
 
 
-class SmtpListenerSettings(Strict):
+class SmtpListenerSettings(Settings):
     enabled: bool = False
     host: str = "127.0.0.1"
     port: int = Field(2525, ge=0, le=65535)
@@ -75,7 +75,7 @@ class SmtpListenerSettings(Strict):
     max_message_bytes: int = Field(1_000_000, ge=1024)
 
 
-class EmailSettings(Strict):
+class EmailSettings(Settings):
     """The `email:` section of etc/switchboard.yaml."""
 
     smtp: SmtpSettings

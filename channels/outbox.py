@@ -23,8 +23,7 @@ from collections.abc import Callable, Mapping
 
 from pydantic import Field
 
-from channels.base import Channel, InboundHandler, OutgoingMessage, PermanentError
-from llm.site import Strict
+from channels.base import Channel, InboundHandler, OutgoingMessage, PermanentError, Settings
 from models.records import OutboxRecord
 from models.store import Store
 
@@ -34,19 +33,19 @@ _IDLE_RECHECK_S = 30.0  # also picks up rows another process (e.g. a CLI) enqueu
 _EARLY_REPORTS_MAX = 1000
 
 
-class RateLimit(Strict):
+class RateLimit(Settings):
     per_second: float = Field(gt=0)
     burst: int = Field(1, ge=1)
 
 
-class RetryPolicy(Strict):
+class RetryPolicy(Settings):
     base_s: float = Field(2.0, gt=0)
     cap_s: float = Field(600.0, gt=0)
     # With the defaults a channel may be down for about three hours before a message fails.
     max_attempts: int = Field(25, ge=1)
 
 
-class OutboxSettings(Strict):
+class OutboxSettings(Settings):
     """The `outbox:` section of etc/switchboard.yaml."""
 
     retry: RetryPolicy = RetryPolicy()

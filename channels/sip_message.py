@@ -21,13 +21,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from urllib.parse import unquote
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from channels.base import (
     DeliveryHandler,
     InboundHandler,
     InboundMessage,
     OutgoingMessage,
+    Settings,
     PermanentError,
     SendResult,
     TemporaryError,
@@ -45,10 +46,6 @@ _PARAM = re.compile(r'([\w-]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^,\s]+)')
 _URI_USER = re.compile(r"(?:sips?|tel):([^@;>?]+)")
 
 
-class _Settings(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
 # -- (a) through Asterisk: AMI MessageSend -----------------------------------------------------
 
 SendViaAmi = Callable[[str, str, str], Awaitable[None]]
@@ -58,7 +55,7 @@ the action (queued, not delivered). It may raise TemporaryError / PermanentError
 other exception (not connected, timeout, `Response: Error`) is taken as temporary."""
 
 
-class AmiMessageSettings(_Settings):
+class AmiMessageSettings(Settings):
     name: str = "sip"
     destination: str = "pjsip:{to}"  # MessageSend Destination; {to} is the recipient (endpoint or number)
     sender: str = '"Switchboard" <sip:switchboard@localhost>'  # the From header
@@ -98,7 +95,7 @@ class AmiMessageChannel:
 
 # -- (b) direct: RFC 3428 MESSAGE over UDP -----------------------------------------------------
 
-class SipMessageSettings(_Settings):
+class SipMessageSettings(Settings):
     name: str = "sip"
     gateway_host: str  # the SIP SMS gateway (or PBX) requests go to
     gateway_port: int = Field(5060, ge=1, le=65535)

@@ -37,13 +37,14 @@ from gsmmodem.exceptions import (
 )
 from gsmmodem.modem import GsmModem, ReceivedSms, StatusReport
 from gsmmodem.pdu import Concatenation
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from channels.base import (
     DeliveryHandler,
     InboundHandler,
     InboundMessage,
     OutgoingMessage,
+    Settings,
     PermanentError,
     SendResult,
     TemporaryError,
@@ -62,10 +63,8 @@ _CREG = {0: "not registered, not searching", 2: "searching for an operator", 3: 
 _PART_MAP_MAX = 1024
 
 
-class ModemSettings(BaseModel):
+class ModemSettings(Settings):
     """One GSM modem (the `sms:` channel)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = "sms"  # the channel name the outbox routes by
     port: str  # serial device; prefer a stable /dev/serial/by-id/... link

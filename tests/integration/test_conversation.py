@@ -13,7 +13,7 @@ import pytest
 from test_email_peer import SmtpPeer
 
 from channels.base import DeliveryHandler, InboundHandler, InboundMessage, OutgoingMessage, SendResult
-from channels.conversation import (
+from gateway.conversations import (
     ConversationSettings, Conversations, confirm_taken_message, deliver_taken_message,
 )
 from channels.email import EmailChannel, EmailSettings
