@@ -105,10 +105,8 @@ class CallSession:
             await self._cleanup()
 
     def _offer_message(self, member: StaffMember) -> Reply:
-        # Dialog has no public hook for this yet: its next turn then stores the caller's words as the message.
-        self.dialog._message_for = member
-        return Reply(self.services.config.site.wording.transfer_unavailable.format(name=member.name),
-                     Action.TAKE_MESSAGE, member, source="rule:transfer_returned")
+        return self.dialog.offer_message(member, self.services.config.site.wording.transfer_unavailable,
+                                         "rule:transfer_returned")
 
     async def shutdown(self) -> None:
         """Daemon stopping: tell the caller politely, then hang up (bounded by the caller's grace)."""

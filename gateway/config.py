@@ -81,11 +81,6 @@ class CallSettings(Section):
     max_concurrent_dialogs: int = Field(40, ge=1)  # admission control on AI work
 
 
-class AsteriskSettings(Section):
-    """Used by `doctor` now; the AMI/ARI control plane comes with its own issue."""
-
-    ami_host: str = "127.0.0.1"
-    ami_port: int = Field(5038, ge=1, le=65535)
 
 
 class AmiSettings(Section):
@@ -147,7 +142,6 @@ class FileConfig(Section):
     vad: EndpointerConfig = EndpointerConfig()
     models: ModelSettings = ModelSettings()
     calls: CallSettings = CallSettings()
-    asterisk: AsteriskSettings = AsteriskSettings()
     ami: AmiSettings = AmiSettings()
     log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
 
@@ -163,7 +157,6 @@ class Config:
     vad: EndpointerConfig
     models: ModelSettings
     calls: CallSettings
-    asterisk: AsteriskSettings
     log_level: str
     ami: AmiSettings = AmiSettings()
 
@@ -238,7 +231,6 @@ def load_config(path: Path | str = DEFAULT_CONFIG, *, data_dir: Path | None = No
         vad=top.vad,
         models=models,
         calls=top.calls,
-        asterisk=top.asterisk,
         log_level=top.log_level,
         ami=top.ami,
     )

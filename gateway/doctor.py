@@ -54,7 +54,7 @@ async def _check_ami(host: str, port: int) -> Finding:
     if banner.startswith("Asterisk Call Manager"):
         return Finding(True, f"Asterisk AMI reachable at {host}:{port} ({banner})")
     return Finding(False, f"{host}:{port} answered but is not Asterisk AMI (banner {banner!r})",
-                   "check asterisk.ami_host / ami_port")
+                   "check ami.host / ami.port")
 
 
 def _check_models(config) -> list[Finding]:  # type: ignore[no-untyped-def]
@@ -102,7 +102,7 @@ async def run_doctor(config_path: Path, data_dir: Path | None) -> int:
     findings.append(_check_data_dir(config.data_dir))
     findings += _check_models(config)
     findings.append(_check_port(config.audiosocket.host, config.audiosocket.port))
-    findings.append(await _check_ami(config.asterisk.ami_host, config.asterisk.ami_port))
+    findings.append(await _check_ami(config.ami.host, config.ami.port))
     for f in findings:
         _print(f)
     failed = sum(not f.ok for f in findings)

@@ -53,10 +53,10 @@ class Services:
         site = self.config.site
         w = site.wording
         phrases = [site.greeting, w.anything_else, w.not_understood, w.no_speech_prompt, w.goodbye, w.emergency,
-                   w.busy, w.shutting_down, w.unknown_answer]
+                   w.busy, w.shutting_down, w.unknown_answer, w.press_to_repeat]
         for member in site.directory.everyone():
             phrases += [w.transfer.format(name=member.name), w.take_message_prompt.format(name=member.name),
-                        w.message_taken.format(name=member.name)]
+                        w.message_taken.format(name=member.name), w.transfer_unavailable.format(name=member.name)]
         phrases += [entry.answer for entry in self.config.knowledge]
         return phrases
 

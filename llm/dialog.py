@@ -71,6 +71,11 @@ class Dialog:
             return self._transfer(self.site.directory.front_desk, "rule:dtmf0")
         return None
 
+    def offer_message(self, member: StaffMember, wording: str, source: str) -> Reply:
+        """Ask the caller for a message for `member`; their next turn is stored as that message."""
+        self._message_for = member
+        return Reply(wording.format(name=member.name), Action.TAKE_MESSAGE, member, source=source)
+
     def no_speech(self, prompts_so_far: int, max_prompts: int) -> Reply:
         if prompts_so_far < max_prompts:
             return Reply(self.site.wording.no_speech_prompt, source="rule:no_speech")

@@ -70,7 +70,7 @@ async def test_doctor_passes_with_asterisk_reachable(etc: Path, tmp_path: Path) 
 
     server = await asyncio.start_server(banner, "127.0.0.1", 0)
     ami_port = server.sockets[0].getsockname()[1]
-    _set(etc, "ami_port: 5038", f"ami_port: {ami_port}")
+    _set(etc, "log_level: INFO", f"log_level: INFO\nami:\n  port: {ami_port}")
     _set(etc, "port: 9092", f"port: {_free_port()}")
     async with server:
         proc = await asyncio.to_thread(switchboard, "--config", str(etc / "switchboard.yaml"), "--data-dir",
@@ -80,7 +80,7 @@ async def test_doctor_passes_with_asterisk_reachable(etc: Path, tmp_path: Path) 
 
 
 def test_doctor_says_what_is_wrong_and_how_to_fix_it(etc: Path, tmp_path: Path) -> None:
-    _set(etc, "ami_port: 5038", f"ami_port: {_free_port()}")  # nothing listens there
+    _set(etc, "log_level: INFO", f"log_level: INFO\nami:\n  port: {_free_port()}")  # nothing listens there
     busy = socket.socket()
     busy.bind(("127.0.0.1", 0))
     busy.listen()
