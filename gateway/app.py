@@ -9,12 +9,14 @@ import time
 
 from gateway import sdnotify
 from gateway.asterisk.ami import AmiClient
+from gateway.asterisk.ari import AriController, AriTransferer
 from gateway.asterisk.correlation import CallDirectory
 from gateway.asterisk.outbound import OutboundCalls, OutboundMessageSession
 from gateway.asterisk.transfer import RETURN_STATUSES, AmiTransferer
 from gateway.audiosocket import AudioSocketCall, AudioSocketServer
 from gateway.call import CallSession, Transferer
 from gateway.config import Config
+from gateway.messaging import Messaging
 from gateway.pacer import MediaClock
 from gateway.services import Services, load_services
 
@@ -26,12 +28,14 @@ class Gateway:
 
     def __init__(self, services: Services, *, host: str | None = None, port: int | None = None,
                  transferer: Transferer | None = None, calls: CallDirectory | None = None,
-                 outbound: OutboundCalls | None = None) -> None:
+                 outbound: OutboundCalls | None = None, ari: AriController | None = None,
+                 messaging: Messaging | None = None) -> None:
         cfg = services.config.audiosocket
         self.services = services
         self.clock = MediaClock()
         self.transferer = transferer
         self.calls, self.outbound = calls, outbound  # the AMI control plane, when enabled
+        self.ari, self.messaging = ari, messaging
         self._ami_hangups: set[asyncio.Task[None]] = set()
         self.sessions: set[CallSession] = set()
         self.server = AudioSocketServer(
@@ -60,7 +64,9 @@ class Gateway:
         if job is not None:
             await OutboundMessageSession(call, self.services, self.clock, job).run()
             return
-        session = CallSession(call, self.services, self.clock, self.transferer, **await self._correlate(call))
+        on_message = self.messaging.message_taken if self.messaging else None
+        session = CallSession(call, self.services, self.clock, self.transferer, on_message_taken=on_message,
+                              **await self._correlate(call))
         self.sessions.add(session)
         try:
             await session.run()
@@ -70,7 +76,10 @@ class Gateway:
                 self.calls.forget(call.call_id)
 
     async def _correlate(self, call: AudioSocketCall) -> dict:
-        """Caller, dialled number and a failed transfer's target, from AMI (waiting briefly: the event races us)."""
+        """Caller, dialled number and a failed transfer's target, from ARI or AMI (AMI's event races us)."""
+        ari_call = self.ari.call(call.call_id) if self.ari else None
+        if ari_call is not None:
+            return {"caller": ari_call.caller_number, "dialled": ari_call.dialled}
         if self.calls is None:
             return {}
         info = await self.calls.lookup(call.call_id, self.services.config.ami.correlation_wait_ms / 1000)
@@ -110,19 +119,34 @@ async def serve(config: Config) -> int:
     services = await load_services(config)
     ami = AmiClient(config.ami) if config.ami.enabled else None
     calls = CallDirectory(ami) if ami else None
-    transferer = AmiTransferer(ami, calls, services.store, config.ami, site=config.site) if ami and calls else None
-    gateway = Gateway(services, transferer=transferer, calls=calls)
+    transferer: Transferer | None = (
+        AmiTransferer(ami, calls, services.store, config.ami, site=config.site) if ami and calls else None)
+    ari = AriController(config.ari) if config.ari else None
+    if ari is not None:
+        transferer = AriTransferer(ari, fallback=transferer)
+    try:
+        messaging = Messaging(config.messaging, services, ami) if config.messaging.channels_configured else None
+    except ValueError as exc:
+        log.error("cannot start: %s", exc)
+        await services.close()
+        return 2
+    gateway = Gateway(services, transferer=transferer, calls=calls, ari=ari, messaging=messaging)
     try:
         await gateway.start()
     except OSError as exc:
         log.error("cannot listen on %s:%s: %s", config.audiosocket.host, config.audiosocket.port, exc.strerror)
         await services.close()
         return 2
-    if ami is not None and transferer is not None:
+    if ami is not None and isinstance(transferer, AmiTransferer):
         if config.ami.warm_transfer:  # staff legs of warm transfers come to this listener too
             gateway.outbound = transferer.outbound = OutboundCalls(
                 ami, services.store, config.ami, site=config.site, audiosocket=f"{config.audiosocket.host}:{gateway.port}")
+    if ami is not None:
         await ami.start()  # in the background: calls are served meanwhile, transfers wait for AMI
+    if ari is not None:
+        await ari.start()  # connects (and reconnects) in the background
+    if messaging is not None:
+        await messaging.start()
     log.info("ready audiosocket=%s:%d database=%s", config.audiosocket.host, gateway.port, config.database)
     sdnotify.notify(f"READY=1\nSTATUS=listening on {config.audiosocket.host}:{gateway.port}")
     stop = asyncio.Event()
@@ -134,7 +158,11 @@ async def serve(config: Config) -> int:
     await stop.wait()
     log.info("stopping signal received calls=%d", len(gateway.sessions))
     sdnotify.notify("STOPPING=1\nSTATUS=ending calls")
-    await gateway.stop()
+    await gateway.stop()  # callers hear goodbye before ARI hands them back to the dialplan
+    if ari is not None:
+        await ari.stop()
+    if messaging is not None:
+        await messaging.stop()
     if ami is not None:
         await ami.close()
     if watchdog:

@@ -13,14 +13,14 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Awaitable, Protocol
+from typing import Awaitable, Callable, Protocol
 
 from gateway.audiosocket import AudioIn, AudioSocketCall, Dtmf, Hangup
 from gateway.pacer import MediaClock, OutputStream
 from gateway.services import Services
 from llm.dialog import Action, Dialog, Reply
 from llm.site import StaffMember
-from models.records import CallEvent, CallRecord, Turn
+from models.records import CallEvent, CallRecord, TakenMessage, Turn
 from speech.stt import Transcript
 from speech.vad import Endpointer, SpeechResumed, SpeechStarted, TentativeEnd, Utterance
 
@@ -58,7 +58,8 @@ class _Turn:
 class CallSession:
     def __init__(self, call: AudioSocketCall, services: Services, clock: MediaClock,
                  transferer: Transferer | None = None, *, caller: str | None = None, dialled: str | None = None,
-                 unavailable: StaffMember | None = None) -> None:
+                 unavailable: StaffMember | None = None,
+                 on_message_taken: Callable[[TakenMessage], Awaitable[None]] | None = None) -> None:
         self.call, self.services, self.clock = call, services, clock
         self.transferer = transferer or DialplanTransferer()
         self.caller, self.dialled = caller, dialled
@@ -67,7 +68,8 @@ class CallSession:
         self.out = OutputStream(call.send_audio, name=call.call_id)
         self.endpointer = Endpointer(cfg.vad)
         self.dialog = Dialog(cfg.site, services.retriever, services.store, call_id=call.call_id, caller=caller,
-                             engine=services.dialog_engine, max_reply_tokens=cfg.models.llm.max_reply_tokens)
+                             engine=services.dialog_engine, max_reply_tokens=cfg.models.llm.max_reply_tokens,
+                             on_message_taken=on_message_taken)
         self._reply: asyncio.Task[None] | None = None
         self._reply_interruptible = True
         self._cancel_llm = threading.Event()

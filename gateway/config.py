@@ -14,6 +14,12 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator, with_config
 
+from channels.email import EmailSettings
+from channels.outbox import OutboxSettings
+from channels.sip_message import AmiMessageSettings, SipMessageSettings
+from channels.sms_modem import ModemSettings
+from gateway.asterisk.ari import AriSettings
+from gateway.conversations import ConversationSettings
 from llm.knowledge import load_knowledge_yaml
 from llm.site import Directory, Site
 from models.records import KnowledgeEntry
@@ -130,6 +136,29 @@ class AmiSettings(Section):
         return value
 
 
+class MessagingSettings(Section):
+    """The `messaging:` section; every channel is optional."""
+
+    email: EmailSettings | None = None
+    sms_modem: ModemSettings | None = None
+    sip_message: SipMessageSettings | None = None  # direct RFC 3428 to a SIP SMS gateway
+    sip_via_ami: AmiMessageSettings | None = None  # MessageSend through Asterisk (needs ami.enabled)
+    outbox: OutboxSettings = OutboxSettings()
+    conversations: ConversationSettings = ConversationSettings()
+    confirm_to_caller: bool = False  # text the caller that their message was passed on
+
+    @property
+    def channels_configured(self) -> bool:
+        return any(c is not None for c in (self.email, self.sms_modem, self.sip_message, self.sip_via_ami))
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> "MessagingSettings":
+        names = [c.name for c in (self.sms_modem, self.sip_message, self.sip_via_ami) if c is not None]
+        if len(names) != len(set(names)):
+            raise ValueError(f"two channels share the name {names!r}: give each a distinct `name`")
+        return self
+
+
 class FileConfig(Section):
     """The top-level keys of etc/switchboard.yaml."""
 
@@ -143,6 +172,8 @@ class FileConfig(Section):
     models: ModelSettings = ModelSettings()
     calls: CallSettings = CallSettings()
     ami: AmiSettings = AmiSettings()
+    ari: AriSettings | None = None  # Stasis mode, instead of the AudioSocket() dialplan line
+    messaging: MessagingSettings = MessagingSettings()
     log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
 
 
@@ -159,6 +190,8 @@ class Config:
     calls: CallSettings
     log_level: str
     ami: AmiSettings = AmiSettings()
+    ari: AriSettings | None = None
+    messaging: MessagingSettings = MessagingSettings()
 
     @property
     def models_dir(self) -> Path:
@@ -233,4 +266,6 @@ def load_config(path: Path | str = DEFAULT_CONFIG, *, data_dir: Path | None = No
         calls=top.calls,
         log_level=top.log_level,
         ami=top.ami,
+        ari=top.ari,
+        messaging=top.messaging,
     )

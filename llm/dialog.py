@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Awaitable, Callable
 
 from llm import rules
 from llm.engine import Cancelled, LlmEngine, LlmError
@@ -53,11 +53,13 @@ class Dialog:
 
     def __init__(self, site: Site, retriever: Retriever, store: Store, *, call_id: str, caller: str | None,
                  engine: LlmEngine | None = None, max_reply_tokens: int = 256,
-                 now: Callable[[], dt.datetime] | None = None) -> None:
+                 now: Callable[[], dt.datetime] | None = None,
+                 on_message_taken: Callable[[TakenMessage], Awaitable[None]] | None = None) -> None:
         self.site, self.retriever, self.store, self.engine = site, retriever, store, engine
         self.call_id, self.caller = call_id, caller
         self.max_reply_tokens = max_reply_tokens
         self._now = now or (lambda: dt.datetime.now(site.tz))
+        self.on_message_taken = on_message_taken  # e.g. deliver to the staff member by SMS/email
         self._message_for: StaffMember | None = None  # set while we wait for the message text
         self._asked_anything_else = False
         self.history: list[dict[str, str]] = []  # chat messages for the LLM, byte-stable across turns
@@ -140,9 +142,14 @@ class Dialog:
     async def _store_message(self, text: str) -> Reply:
         member, self._message_for = self._message_for, None
         assert member is not None
-        await self.store.take_message(TakenMessage(
-            call_id=self.call_id, contact_number=self.caller, for_staff=member.name, caller_name=None,
-            text=text, at=time.time()))
+        message = TakenMessage(call_id=self.call_id, contact_number=self.caller, for_staff=member.name,
+                               caller_name=None, text=text, at=time.time())
+        await self.store.take_message(message)
+        if self.on_message_taken is not None:
+            try:  # stored already: a delivery problem must not cost the caller their call
+                await self.on_message_taken(message)
+            except Exception:
+                log.exception("message delivery failed call=%s for=%s", self.call_id, member.name)
         wording = self.site.wording
         return Reply(f"{wording.message_taken.format(name=member.name)} {wording.anything_else}",
                      source="rule:message_taken")

@@ -27,7 +27,8 @@ async def ask(client: CallerClient, speak, question: str) -> Reply:  # type: ign
 
 
 async def heard(services, reply: Reply) -> str:  # type: ignore[no-untyped-def]
-    return normalize((await services.transcriber.transcribe_async(reply.pcm)).text)
+    prompt = services.config.site.speech_prompt  # as a listener who knows the clinic's names
+    return normalize((await services.transcriber.transcribe_async(reply.pcm, prompt=prompt)).text)
 
 
 async def events(services, client: CallerClient, wait_for: str | None = None) -> list:  # type: ignore[no-untyped-def]

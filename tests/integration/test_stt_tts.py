@@ -267,7 +267,7 @@ def test_round_trip_finds_the_key_words(synth: Synthesizer, transcriber: Transcr
         "Hello, I would like to book a cleaning appointment for Tuesday.",
         "Thank you so much.",
         "Can you tell me when the office opens on Saturday morning, and whether I need to bring my insurance card?",
-        "I called last week about the invoice, but nobody got back to me, so I am calling again about the payment.",
+        "I called last week about the bill, but nobody got back to me, so I am calling again about the payment.",
     ],
 )
 def test_fitted_window_matches_the_standard_30s_path(

@@ -1,0 +1,57 @@
+"""The text side of the daemon: channels from `messaging:` config, the durable outbox, conversations.
+
+Built only when at least one channel is configured; a call that takes a message hands it here to
+reach the staff member (by their `message_via`) and, optionally, to confirm to the caller by SMS.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from channels.base import Channel
+from channels.email import EmailChannel
+from channels.outbox import Outbox
+from channels.sip_message import AmiMessageChannel, SipMessageChannel
+from channels.sms_modem import ModemSmsChannel
+from gateway.asterisk.ami import AmiClient
+from gateway.config import MessagingSettings
+from gateway.conversations import Conversations, confirm_taken_message, deliver_taken_message
+from gateway.services import Services
+from models.records import TakenMessage
+
+log = logging.getLogger(__name__)
+
+
+class Messaging:
+    def __init__(self, settings: MessagingSettings, services: Services, ami: AmiClient | None) -> None:
+        channels: dict[str, Channel] = {}
+        if settings.email:
+            channels["email"] = EmailChannel(settings.email)
+        if settings.sms_modem:
+            channels[settings.sms_modem.name] = ModemSmsChannel(settings.sms_modem)
+        if settings.sip_message:
+            channels[settings.sip_message.name] = SipMessageChannel(settings.sip_message)
+        if settings.sip_via_ami:
+            if ami is None:
+                raise ValueError("messaging.sip_via_ami needs ami.enabled: true")
+            channels[settings.sip_via_ami.name] = AmiMessageChannel(
+                settings.sip_via_ami, lambda to, from_, body: ami.message_send(to, body, sender=from_))
+        self.settings, self.site = settings, services.config.site
+        self.outbox = Outbox.from_settings(services.store, channels, settings.outbox)
+        self.conversations = Conversations(self.site, services.retriever, services.store, self.outbox,
+                                           settings.conversations, engine=services.dialog_engine)
+
+    async def start(self) -> None:
+        await self.outbox.start(self.conversations.on_inbound)
+        log.info("messaging started channels=%s", ",".join(self.outbox.channels) or "-")
+
+    async def stop(self) -> None:
+        await self.conversations.close()
+        await self.outbox.stop()
+
+    async def message_taken(self, message: TakenMessage) -> None:
+        """A message taken during a call: to its staff member, and optionally a confirmation to the caller."""
+        channel = self.settings.conversations.staff_sms_channel
+        await deliver_taken_message(self.outbox, self.site, message, sms_channel=channel)
+        if self.settings.confirm_to_caller:
+            await confirm_taken_message(self.outbox, self.site, message, channel=channel)
