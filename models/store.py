@@ -351,9 +351,11 @@ class Store:
         of `channel` carries `provider_ref` (yet)."""
         def run() -> int | None:
             with self._writer_db.atomic():
+                # Only the newest: modem references wrap at 256, so an old row may carry the same one.
                 row = self._writer_db.execute(
                     "UPDATE outbox SET state = ?, last_error = ?, updated_at = ?"
-                    " WHERE channel = ? AND provider_ref = ? AND state = 'sent' RETURNING id",
+                    " WHERE id = (SELECT id FROM outbox WHERE channel = ? AND provider_ref = ? AND state = 'sent'"
+                    " ORDER BY sent_at DESC, id DESC LIMIT 1) RETURNING id",
                     ["delivered" if ok else "failed", None if ok else "delivery report: not delivered",
                      time.time(), channel, provider_ref]).fetchone()
             return row[0] if row else None

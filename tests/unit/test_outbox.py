@@ -199,3 +199,19 @@ def test_backoff_doubles_with_jitter_and_is_capped() -> None:
     assert [backoff_delay(n, policy, rand=lambda: 0.0) for n in (1, 2, 3, 4)] == [1, 2, 4, 8]
     assert [backoff_delay(n, policy, rand=lambda: 1.0) for n in (1, 2, 3, 4)] == [2, 4, 8, 16]
     assert backoff_delay(20, policy, rand=lambda: 1.0) == 60
+
+
+async def test_a_reused_modem_reference_reports_only_the_newest_message(store: Store) -> None:
+    """GSM message references wrap at 256: a report for "7" is about the latest message sent as 7."""
+    channel = ScriptedChannel(outcomes=[SendResult("7"), SendResult("7")])
+    outbox = await running(store, channel)
+    try:
+        old = await outbox.enqueue("test", "+15550102030", "old")
+        await wait_state(store, old, "sent")
+        new = await outbox.enqueue("test", "+15550102030", "new")
+        await wait_state(store, new, "sent")
+        await outbox.on_delivery("test", "7", True)
+        assert (await wait_state(store, new, "delivered")).state == "delivered"
+        assert (await store.outbox_get(old)).state == "sent"
+    finally:
+        await outbox.stop()
