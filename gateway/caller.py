@@ -101,14 +101,15 @@ class CallerClient:
         first = last = None
         scanned = 0
         while time.monotonic() < deadline:
+            ended = self.hung_up.is_set()  # read before scanning: frames that came before it are all seen
             for frame in self.received[scanned:]:
                 if frame.voiced and frame.at > after:
                     first = first or frame.at
                     last = frame.at
             scanned = len(self.received)
-            if last is not None and (time.monotonic() - last >= quiet_s or self.hung_up.is_set()):
+            if last is not None and (time.monotonic() - last >= quiet_s or ended):
                 return Reply(first, last, self.audio_between(first - 0.001, last + 0.001))
-            if last is None and self.hung_up.is_set():
+            if last is None and ended:
                 break
             await asyncio.sleep(0.05)
         raise TimeoutError(f"no reply from the gateway within {timeout_s} s (call {self.call_id})")
