@@ -204,7 +204,8 @@ async def test_warm_transfer_staff_hears_summary_then_is_bridged(warm_rig: Rig, 
         heard_s = (voiced[-1].at - voiced[0].at)
         assert 0.8 < heard_s / (len(reference) / 16000) < 1.2
         heard = (await services.transcriber.transcribe_async(staff[0].audio_between(0, float("inf")))).text.lower()
-        assert heard.startswith("call from test caller"), heard
+        # tiny.en hears the synthetic name variously ("test caller", "test call her"): check the frame.
+        assert heard.startswith("call from test") and "connecting you now" in heard, heard
     finally:
         for leg in staff:
             await leg.close()
