@@ -14,7 +14,7 @@ from gateway.asterisk.correlation import CallDirectory
 from gateway.asterisk.outbound import OutboundCalls, OutboundMessageSession
 from gateway.asterisk.transfer import RETURN_STATUSES, AmiTransferer
 from gateway.audiosocket import AudioSocketCall, AudioSocketServer
-from gateway.call import CallSession, Transferer
+from gateway.call import CallSession, DialplanTransferer, Transferer
 from gateway.config import Config
 from gateway.messaging import Messaging
 from gateway.pacer import MediaClock
@@ -123,7 +123,7 @@ async def serve(config: Config) -> int:
         AmiTransferer(ami, calls, services.store, config.ami, site=config.site) if ami and calls else None)
     ari = AriController(config.ari) if config.ari else None
     if ari is not None:
-        transferer = AriTransferer(ari, fallback=transferer)
+        transferer = AriTransferer(ari, fallback=transferer or DialplanTransferer())
     try:
         messaging = Messaging(config.messaging, services, ami) if config.messaging.channels_configured else None
     except ValueError as exc:

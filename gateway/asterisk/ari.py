@@ -427,13 +427,10 @@ def _json(body: bytes) -> Any:
 class AriTransferer:
     """gateway.call.Transferer for calls that came in through Stasis; other calls go to `fallback`."""
 
-    def __init__(self, controller: AriController, fallback: Any = None) -> None:
+    def __init__(self, controller: AriController, fallback: Any) -> None:
         self.controller, self.fallback = controller, fallback
 
     async def transfer(self, call: Any, member: Any) -> bool:
         if self.controller.call(call.call_id) is not None:
             return await self.controller.transfer(call.call_id, member.extension)
-        if self.fallback is not None:
-            return await self.fallback.transfer(call, member)
-        await call.hangup()  # as without a control plane: the dialplan continues
-        return True
+        return await self.fallback.transfer(call, member)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.net import free_port
 from speech.audio import read_wav, write_wav
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -44,11 +45,6 @@ def test_demo_refuses_a_missing_wav(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "cannot read" in proc.stdout + proc.stderr
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture
 def etc(tmp_path: Path) -> Path:
@@ -71,7 +67,7 @@ async def test_doctor_passes_with_asterisk_reachable(etc: Path, tmp_path: Path) 
     server = await asyncio.start_server(banner, "127.0.0.1", 0)
     ami_port = server.sockets[0].getsockname()[1]
     _set(etc, "log_level: INFO", f"log_level: INFO\nami:\n  port: {ami_port}")
-    _set(etc, "port: 9092", f"port: {_free_port()}")
+    _set(etc, "port: 9092", f"port: {free_port()}")
     async with server:
         proc = await asyncio.to_thread(switchboard, "--config", str(etc / "switchboard.yaml"), "--data-dir",
                                        str(tmp_path / "data"), "doctor", timeout=60)
@@ -80,7 +76,7 @@ async def test_doctor_passes_with_asterisk_reachable(etc: Path, tmp_path: Path) 
 
 
 def test_doctor_says_what_is_wrong_and_how_to_fix_it(etc: Path, tmp_path: Path) -> None:
-    _set(etc, "log_level: INFO", f"log_level: INFO\nami:\n  port: {_free_port()}")  # nothing listens there
+    _set(etc, "log_level: INFO", f"log_level: INFO\nami:\n  port: {free_port()}")  # nothing listens there
     busy = socket.socket()
     busy.bind(("127.0.0.1", 0))
     busy.listen()

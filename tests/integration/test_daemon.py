@@ -15,15 +15,11 @@ from pathlib import Path
 import pytest
 
 from gateway.caller import KIND_HANGUP, CallerClient
+from tests.support.net import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.models
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def _datagram(sock: socket.socket, wanted: str, seen: list[str], timeout: float) -> None:
@@ -40,7 +36,7 @@ async def test_notify_protocol_and_graceful_sigterm(tmp_path: Path) -> None:
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notify.bind(str(tmp_path / "notify"))
     notify.setblocking(False)
-    port = _free_port()
+    port = free_port()
     data = tmp_path / "data"
     proc = subprocess.Popen(
         [sys.executable, "-m", "gateway.cli", "--data-dir", str(data), "run", "--port", str(port)],

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import socket
 import time
 from email import message_from_bytes
 
@@ -15,6 +14,7 @@ from gateway.app import Gateway
 from gateway.caller import CallerClient
 from gateway.config import MessagingSettings
 from gateway.messaging import Messaging
+from tests.support.net import free_port
 
 pytestmark = pytest.mark.models
 
@@ -30,9 +30,7 @@ class Inbox:
 
 async def test_message_for_staff_is_emailed(services, config, speak) -> None:  # type: ignore[no-untyped-def]
     inbox = Inbox()
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     smtp = Controller(inbox, hostname="127.0.0.1", port=port)
     smtp.start()
     try:
