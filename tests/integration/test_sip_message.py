@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import random
 import re
 import shutil
 import socket
@@ -33,9 +34,17 @@ NUMBER = "+31612345678"
 
 
 def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port below the kernel's ephemeral range, so a socket bound to port 0 (our channel)
+    cannot be handed the same port between this probe and sipp's own bind."""
+    for _ in range(100):
+        port = random.randrange(20000, 32000)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free UDP port in 20000-32000")
 
 
 class Sipp:
