@@ -32,7 +32,8 @@ async def test_demo_plays_a_wav_as_a_caller(tmp_path: Path, speak, data_dir: Pat
     proc = await asyncio.to_thread(switchboard, "--data-dir", str(data_dir), "demo", str(caller), "--out", str(out))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = proc.stdout.lower()
-    assert "caller:    do you see children" in lines
+    caller_line = next(line for line in lines.splitlines() if line.startswith("caller:"))
+    assert "children" in caller_line  # tiny.en may vary the rest of the synthetic question
     assert "voice-to-voice latency" in lines
     answer = next(line for line in lines.splitlines() if line.startswith("assistant:") and ("child" in line or "kids" in line))
     assert answer
