@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+import threading
 import time
 
 from gateway import sdnotify
@@ -21,6 +23,12 @@ from gateway.pacer import MediaClock
 from gateway.services import Services, load_services
 
 log = logging.getLogger(__name__)
+
+CALL_GRACE_S = 8.0  # a caller's goodbye on stop
+# Everything a stop may take (calls' goodbyes, ARI, the outbox's in-flight sends, closing the
+# models), after which the process exits whatever is still running; systemd's TimeoutStopSec
+# (systemd/switchboard.service) is set above it.
+STOP_DEADLINE_S = 30.0
 
 
 class Gateway:
@@ -101,54 +109,96 @@ class Gateway:
                      info.transfer_target)
         return {"caller": info.channel.caller, "dialled": info.channel.dialled, "unavailable": unavailable}
 
-    async def stop(self, grace_s: float = 8.0) -> None:
+    async def stop(self, grace_s: float = CALL_GRACE_S) -> None:
         """Stop accepting, tell every caller goodbye (bounded by grace), then stop the clock."""
         if self._warmup:
             self._warmup.cancel()
+            await asyncio.gather(self._warmup, return_exceptions=True)
         self.server.stop_accepting()
         if self.sessions:
             log.info("ending calls count=%d", len(self.sessions))
-            await asyncio.wait([asyncio.ensure_future(s.shutdown()) for s in list(self.sessions)], timeout=grace_s)
+            goodbyes = [asyncio.ensure_future(s.shutdown(grace_s)) for s in list(self.sessions)]
+            _, late = await asyncio.wait(goodbyes, timeout=grace_s + 1)
+            for task in late:  # shutdown() bounds itself; this only guards against a bug there
+                task.cancel()
+            await asyncio.gather(*goodbyes, return_exceptions=True)
         await self.server.stop(grace_s=2.0)
+        for task in list(self._ami_hangups):
+            task.cancel()
+        await asyncio.gather(*self._ami_hangups, return_exceptions=True)
         await self.clock.stop()
+
+
+class Daemon:
+    """What `switchboard run` builds from the config: the gateway and its control and text planes.
+
+    Built in one place so that tests start exactly the wiring users run (an AMI transferer that
+    was never built once went unnoticed because tests assembled their own).
+    """
+
+    def __init__(self, services: Services) -> None:
+        self.config = config = services.config
+        self.services = services
+        self.ami = AmiClient(config.ami) if config.ami.enabled else None
+        calls = CallDirectory(self.ami) if self.ami is not None else None
+        transferer: Transferer | None = None
+        self.ami_transferer: AmiTransferer | None = None
+        if self.ami is not None and calls is not None:
+            transferer = self.ami_transferer = AmiTransferer(self.ami, calls, services.store, config.ami,
+                                                             site=config.site)
+        self.ari = AriController(config.ari) if config.ari else None
+        if self.ari is not None:
+            transferer = AriTransferer(self.ari, fallback=transferer or DialplanTransferer())
+        # Raises ValueError for a channel that needs a missing plane (e.g. sip_via_ami without AMI).
+        self.messaging = (Messaging(config.messaging, services, self.ami)
+                          if config.messaging.channels_configured else None)
+        self.gateway = Gateway(services, transferer=transferer, calls=calls, ari=self.ari, messaging=self.messaging)
+
+    async def start(self) -> None:
+        """Listen, then connect the control planes in the background; raises OSError if the port is taken."""
+        await self.gateway.start()
+        config = self.config
+        if self.ami is not None and self.ami_transferer is not None and config.ami.warm_transfer:
+            # Staff legs of warm transfers come to this listener too.
+            self.gateway.outbound = self.ami_transferer.outbound = OutboundCalls(
+                self.ami, self.services.store, config.ami, site=config.site,
+                audiosocket=f"{config.audiosocket.host}:{self.gateway.port}")
+        if self.ami is not None:
+            await self.ami.start()  # calls are served meanwhile; transfers wait for AMI
+        if self.ari is not None:
+            await self.ari.start()  # connects (and reconnects) in the background
+        if self.messaging is not None:
+            await self.messaging.start()
+
+    async def stop(self, grace_s: float = 8.0) -> None:
+        """Callers hear goodbye before ARI hands them back to the dialplan; then the rest, in reverse."""
+        await self.gateway.stop(grace_s)
+        if self.ari is not None:
+            await self.ari.stop()
+        if self.messaging is not None:
+            await self.messaging.stop()
+        if self.ami is not None:
+            await self.ami.close()
 
 
 async def serve(config: Config) -> int:
     """`switchboard run`: returns the process exit code."""
     sdnotify.notify("STATUS=loading models")
     services = await load_services(config)
-    ami = AmiClient(config.ami) if config.ami.enabled else None
-    calls = CallDirectory(ami) if ami else None
-    transferer: Transferer | None = (
-        AmiTransferer(ami, calls, services.store, config.ami, site=config.site) if ami and calls else None)
-    ari = AriController(config.ari) if config.ari else None
-    if ari is not None:
-        transferer = AriTransferer(ari, fallback=transferer or DialplanTransferer())
     try:
-        messaging = Messaging(config.messaging, services, ami) if config.messaging.channels_configured else None
+        daemon = Daemon(services)
     except ValueError as exc:
         log.error("cannot start: %s", exc)
         await services.close()
         return 2
-    gateway = Gateway(services, transferer=transferer, calls=calls, ari=ari, messaging=messaging)
     try:
-        await gateway.start()
+        await daemon.start()
     except OSError as exc:
         log.error("cannot listen on %s:%s: %s", config.audiosocket.host, config.audiosocket.port, exc.strerror)
         await services.close()
         return 2
-    if ami is not None and isinstance(transferer, AmiTransferer):
-        if config.ami.warm_transfer:  # staff legs of warm transfers come to this listener too
-            gateway.outbound = transferer.outbound = OutboundCalls(
-                ami, services.store, config.ami, site=config.site, audiosocket=f"{config.audiosocket.host}:{gateway.port}")
-    if ami is not None:
-        await ami.start()  # in the background: calls are served meanwhile, transfers wait for AMI
-    if ari is not None:
-        await ari.start()  # connects (and reconnects) in the background
-    if messaging is not None:
-        await messaging.start()
-    log.info("ready audiosocket=%s:%d database=%s", config.audiosocket.host, gateway.port, config.database)
-    sdnotify.notify(f"READY=1\nSTATUS=listening on {config.audiosocket.host}:{gateway.port}")
+    log.info("ready audiosocket=%s:%d database=%s", config.audiosocket.host, daemon.gateway.port, config.database)
+    sdnotify.notify(f"READY=1\nSTATUS=listening on {config.audiosocket.host}:{daemon.gateway.port}")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -156,17 +206,33 @@ async def serve(config: Config) -> int:
     interval = sdnotify.watchdog_interval()
     watchdog = asyncio.create_task(sdnotify.watchdog(interval)) if interval else None
     await stop.wait()
-    log.info("stopping signal received calls=%d", len(gateway.sessions))
+    log.info("stopping signal received calls=%d", len(daemon.gateway.sessions))
     sdnotify.notify("STOPPING=1\nSTATUS=ending calls")
-    await gateway.stop()  # callers hear goodbye before ARI hands them back to the dialplan
-    if ari is not None:
-        await ari.stop()
-    if messaging is not None:
-        await messaging.stop()
-    if ami is not None:
-        await ami.close()
+    _exit_when_stuck(STOP_DEADLINE_S)
+    for sig in (signal.SIGTERM, signal.SIGINT):  # a second signal: stop now, without goodbyes
+        loop.add_signal_handler(sig, _exit_now, sig)
+    await daemon.stop()
     if watchdog:
         watchdog.cancel()
+        await asyncio.gather(watchdog, return_exceptions=True)
     await services.close()
     log.info("stopped")
     return 0
+
+
+def _exit_now(sig: signal.Signals) -> None:
+    log.warning("second %s while stopping: exiting at once", sig.name)
+    logging.shutdown()
+    os._exit(1)
+
+
+def _exit_when_stuck(deadline_s: float) -> None:
+    """The last bound on a stop: a blocked event loop or an inference thread that will not return
+    (its executor is joined at exit) must not keep the process past systemd's stop timeout."""
+    def expire() -> None:
+        os.write(2, f"switchboard: stop did not finish within {deadline_s:g} s: exiting\n".encode())
+        os._exit(1)
+
+    timer = threading.Timer(deadline_s, expire)
+    timer.daemon = True  # dies with a process that exits in time
+    timer.start()

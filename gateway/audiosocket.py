@@ -232,8 +232,12 @@ class AudioSocketCall:
         """Send 00 00 00 (Asterisk's app then continues the dialplan) and close. Also waits,
         bounded, for the socket of an already ended call to close."""
         if not self.closed:
-            self._writer.write(encode(Kind.HANGUP))
-            self._writer.write_eof()
+            try:
+                self._writer.write(encode(Kind.HANGUP))
+                self._writer.write_eof()
+            except OSError:  # Asterisk closed first (e.g. AMI reports its hang-up after the socket went)
+                self._close("eof")
+                return
             self._end(reason)
         if self._in_read or self._writer.is_closing():
             await _closed(self._writer)  # events() owns the reader: it drains once its read returns

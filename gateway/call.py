@@ -110,16 +110,21 @@ class CallSession:
         return self.dialog.offer_message(member, self.services.config.site.wording.transfer_unavailable,
                                          "rule:transfer_returned")
 
-    async def shutdown(self) -> None:
-        """Daemon stopping: tell the caller politely, then hang up (bounded by the caller's grace)."""
+    async def shutdown(self, grace_s: float) -> None:
+        """Daemon stopping: tell the caller politely, then hang up, within `grace_s`."""
         self._end_reason = "shutdown"
         await self._cancel_reply()
-        await self._say_goodbye(self.services.config.site.wording.shutting_down, "rule:shutdown")
+        await self._say_goodbye(self.services.config.site.wording.shutting_down, "rule:shutdown", grace_s)
 
-    async def _say_goodbye(self, text: str, source: str) -> None:
+    async def _say_goodbye(self, text: str, source: str, timeout_s: float = 15.0) -> None:
+        """Say `text` and hang up; if it cannot be said in time (speech workers busy), hang up anyway."""
         self._start_reply(self._deliver(Reply(text, Action.END_CALL, source=source)))
         assert self._reply is not None
-        await asyncio.wait([self._reply], timeout=15)
+        done, _ = await asyncio.wait([self._reply], timeout=timeout_s)
+        if not done:
+            log.warning("goodbye not finished call=%s timeout_s=%g: hanging up", self.call.call_id, timeout_s)
+            await self._cancel_reply()
+            await self.call.hangup()
 
     async def _cleanup(self) -> None:
         if self._reply is not None and not self._reply_interruptible:

@@ -8,6 +8,7 @@ import os
 import socket
 
 log = logging.getLogger(__name__)
+_dropped = False  # the first dropped message is a warning, later ones are debug
 
 
 def notify(message: str) -> bool:
@@ -17,9 +18,18 @@ def notify(message: str) -> bool:
     if address[0] == "@":  # abstract namespace
         address = "\0" + address[1:]
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+        # Non-blocking: this runs on the event loop, and a datagram socket whose reader fell behind
+        # (max_dgram_qlen, 10 by default) would block the whole daemon in send(). A dropped
+        # WATCHDOG=1 is harmless; the next one follows within half the watchdog interval.
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK) as sock:
             sock.connect(address)
-            sock.sendall(message.encode())
+            sock.send(message.encode())
+    except BlockingIOError:
+        global _dropped
+        (log.debug if _dropped else log.warning)("sd_notify dropped message=%s reason=receiver not reading",
+                                                 message.split("=")[0])
+        _dropped = True
+        return False
     except OSError as exc:
         log.warning("sd_notify failed message=%s error=%s", message.split("=")[0], exc)
         return False

@@ -75,8 +75,8 @@ class CallDirectory:
         ami.on_event("VarSet", self._on_varset)
         ami.on_event("Hangup", self._on_hangup)
 
-    def __len__(self) -> int:
-        return len(self._calls)
+    # No __len__ on purpose: an empty directory would be falsy, and `if calls` once silently
+    # disabled every AMI transfer.
 
     def _on_varset(self, event: Message) -> None:
         name = event.get("Variable", "")

@@ -50,6 +50,9 @@ class AmiTransferer:
         self.site, self.outbound = site, outbound  # both needed for warm transfers
         self._pending: dict[str, tuple[str, str, float]] = {}  # Uniqueid -> (call_id, extension, started)
         ami.on_event("DialEnd", self._on_dial_end)
+        # A staff channel that cannot be created (CHANUNAVAIL) sends no DialEnd; the transfer context's
+        # Set(SB_TRANSFER_RESULT=${DIALSTATUS}) still tells the outcome.
+        ami.on_event("VarSet", self._on_result_set)
 
     async def transfer(self, call: AudioSocketCall, member: StaffMember) -> bool:
         info = self.calls.get(call.call_id)
@@ -130,11 +133,17 @@ class AmiTransferer:
         return call.closed
 
     async def _on_dial_end(self, event: Message) -> None:
-        pending = self._pending.pop(event.get("Uniqueid", ""), None)
+        await self._outcome(event.get("Uniqueid", ""), event.get("DialStatus", ""))
+
+    async def _on_result_set(self, event: Message) -> None:
+        if event.get("Variable") == "SB_TRANSFER_RESULT":
+            await self._outcome(event.get("Uniqueid", ""), event.get("Value", ""))
+
+    async def _outcome(self, uniqueid: str, status: str) -> None:
+        pending = self._pending.pop(uniqueid, None)
         if pending is None:
             return
         call_id, extension, started = pending
-        status = event.get("DialStatus", "")
         log.info("transfer outcome call=%s extension=%s status=%s", call_id, extension, status)
         await self._event(call_id, "transfer_outcome", {"extension": extension, "dial_status": status,
                                                         "after_ms": round((time.monotonic() - started) * 1000),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -10,11 +11,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from gateway.app import Gateway
+from gateway.app import Daemon, Gateway
 from gateway.asterisk.ami import AmiClient
 from gateway.asterisk.correlation import CallDirectory
-from gateway.asterisk.outbound import OutboundCalls
-from gateway.asterisk.transfer import AmiTransferer
 from gateway.caller import CallerClient
 from gateway.config import AmiSettings
 from support.ami_server import Action, AmiTestServer
@@ -34,23 +33,20 @@ class Rig:
 
 @asynccontextmanager
 async def running(services, **settings_kw) -> AsyncIterator[Rig]:  # type: ignore[no-untyped-def]
+    """The daemon as `switchboard run` wires it from an `ami:` config, pointed at the AMI test server."""
     server = await AmiTestServer().start()
     settings = AmiSettings(enabled=True, port=server.port, username="gateway", secret="secret", transfer_ring_s=15,
                            **settings_kw)
-    ami = AmiClient(settings)
-    calls = CallDirectory(ami)
-    transferer = AmiTransferer(ami, calls, services.store, settings, site=services.config.site)
-    gateway = Gateway(services, host="127.0.0.1", port=0, calls=calls, transferer=transferer)
-    await ami.start()
-    await ami.wait_connected(5)
-    await gateway.start()
-    gateway.outbound = transferer.outbound = OutboundCalls(ami, services.store, settings, site=services.config.site,
-                                                           audiosocket=f"127.0.0.1:{gateway.port}")
+    config = dataclasses.replace(services.config, ami=settings,
+                                 audiosocket=services.config.audiosocket.model_copy(update={"port": 0}))
+    daemon = Daemon(dataclasses.replace(services, config=config))
+    await daemon.start()
+    assert daemon.ami is not None and daemon.gateway.calls is not None
+    await daemon.ami.wait_connected(5)
     try:
-        yield Rig(server, ami, calls, gateway)
+        yield Rig(server, daemon.ami, daemon.gateway.calls, daemon.gateway)
     finally:
-        await gateway.stop(grace_s=0.5)
-        await ami.close()
+        await daemon.stop(grace_s=0.5)
         await server.stop()
 
 
@@ -109,6 +105,56 @@ async def test_caller_asks_for_doctor_chen_and_is_redirected(rig: Rig, services,
         outcome = next(e for e in await events(services, client.call_id, "transfer_outcome")
                        if e.kind == "transfer_outcome")
         assert outcome.data["dial_status"] == "ANSWER" and outcome.data["returned"] is False
+    finally:
+        await client.close()
+
+
+async def placed(rig: Rig, channel: str, uniqueid: str) -> CallerClient:
+    """A correlated caller, as the shipped switchboard-incoming context sets it up."""
+    client = CallerClient("127.0.0.1", rig.gateway.port)
+    await rig.server.call_events(channel=channel, uniqueid=uniqueid, caller="0612345678", exten="100",
+                                 variables={"AS_UUID": client.call_id})
+    return await client.connect()
+
+
+@pytest.mark.parametrize("how, extension, source", [
+    ("dtmf 0", "200", "rule:dtmf0"),
+    ("Can I talk to a person please?", "200", "rule:transfer"),
+    ("It's an emergency, my son's tooth got knocked out!", "200", "rule:emergency"),
+    ("Could I speak to Tom Becker please?", "204", "rule:transfer"),
+])
+async def test_every_transfer_kind_is_redirected_through_the_daemon_wiring(
+        rig: Rig, services, speak, how: str, extension: str, source: str) -> None:  # type: ignore[no-untyped-def]
+    channel, uniqueid = f"PJSIP/caller-{extension}{len(how):04d}", f"1795253000.{len(how)}"
+    client = await placed(rig, channel, uniqueid)
+    try:
+        await voiced(client)
+        if how == "dtmf 0":
+            client.dtmf("0")
+        else:
+            client.say(await speak(how))
+        (redirect,) = await rig.server.wait_for("Redirect", timeout=20)
+        assert (redirect["Channel"], redirect["Context"], redirect["Exten"]) == (
+            channel, "switchboard-transfer", extension)
+        found = await events(services, client.call_id, "transfer_done")
+        assert next(e for e in found if e.kind == "transfer").data["source"] == source
+    finally:
+        await client.close()
+
+
+async def test_unavailable_staff_channel_still_records_the_outcome(rig: Rig, services) -> None:  # type: ignore[no-untyped-def]
+    """CHANUNAVAIL: Dial() creates no staff channel, so no DialEnd; the context's Set() tells the outcome."""
+    channel, uniqueid = "PJSIP/caller-00000040", "1795253100.40"
+    client = await placed(rig, channel, uniqueid)
+    try:
+        client.dtmf("0")
+        await rig.server.wait_for("Redirect", timeout=20)
+        await events(services, client.call_id, "ami_transfer")
+        await rig.server.call_events(channel=channel, uniqueid=uniqueid, caller="0612345678", exten="200",
+                                     variables={"SB_TRANSFER_RESULT": "CHANUNAVAIL"})
+        outcome = next(e for e in await events(services, client.call_id, "transfer_outcome")
+                       if e.kind == "transfer_outcome")
+        assert outcome.data["dial_status"] == "CHANUNAVAIL" and outcome.data["returned"] is True
     finally:
         await client.close()
 

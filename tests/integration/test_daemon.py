@@ -13,13 +13,85 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from gateway.caller import KIND_HANGUP, CallerClient
+from tests.support.ami_server import AmiTestServer
 from tests.support.net import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.models
 
+
+def site_config(tmp_path: Path, **sections: object) -> Path:
+    """etc/switchboard.yaml as an admin would edit it, with `sections` added or replaced."""
+    etc = ROOT / "etc"
+    data = yaml.safe_load((etc / "switchboard.yaml").read_text())
+    data.update(directory=str(etc / "directory.yaml"), knowledge=str(etc / "knowledge.yaml"),
+                data_dir=str(tmp_path / "data"), **sections)
+    path = tmp_path / "switchboard.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def start_daemon(config: Path, port: int, **env: str) -> subprocess.Popen[str]:
+    """`switchboard -c CONFIG run`, as systemd starts it."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "gateway.cli", "-c", str(config), "run", "--port", str(port)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", **env})
+
+
+async def _logged(proc: subprocess.Popen[str], wanted: str, lines: list[str], timeout: float) -> None:
+    """Read the daemon's log (in a thread: the pipe blocks) until a line contains `wanted`."""
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout
+    while not any(wanted in line for line in lines):
+        assert time.monotonic() < deadline and proc.poll() is None, f"no {wanted!r} in the log:\n{''.join(lines)}"
+        line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), deadline - time.monotonic())
+        lines.append(line)
+
+
+async def test_switchboard_run_with_ami_transfers_the_caller(tmp_path: Path) -> None:
+    """The wiring of `switchboard run` with `ami:` enabled: DTMF 0 sends the Redirect to the front desk."""
+    server = await AmiTestServer(secret="Tz9-q7-never-logged").start()
+    config = site_config(tmp_path, ami={"enabled": True, "port": server.port, "username": "gateway",
+                                        "secret_env": "TEST_AMI_SECRET"})
+    port = free_port()
+    proc = start_daemon(config, port, TEST_AMI_SECRET=server.secret)
+    lines: list[str] = []
+    client = CallerClient("127.0.0.1", port)
+    try:
+        await _logged(proc, "ready audiosocket", lines, timeout=180)
+        await server.wait_logins(1, timeout=10)
+        await server.call_events(channel="PJSIP/caller-00000077", uniqueid="1795259999.77", caller="0612345678",
+                                 exten="100", variables={"AS_UUID": client.call_id})
+        await client.connect()
+        client.dtmf("0")
+        (redirect,) = await server.wait_for("Redirect", timeout=20)
+        assert (redirect["Channel"], redirect["Context"], redirect["Exten"]) == (
+            "PJSIP/caller-00000077", "switchboard-transfer", "200")
+        await asyncio.wait_for(client.hung_up.wait(), 10)
+    finally:
+        await client.close()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.to_thread(proc.wait, 30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            await server.stop()
+    assert server.secret not in "".join(lines) + proc.stdout.read()  # type: ignore[union-attr]
+
+
+
+def _drain(sock: socket.socket, seen: list[str]) -> None:
+    """Read every datagram queued so far."""
+    while True:
+        try:
+            seen.append(sock.recv(4096).decode())
+        except BlockingIOError:
+            return
 
 
 async def _datagram(sock: socket.socket, wanted: str, seen: list[str], timeout: float) -> None:
@@ -52,9 +124,15 @@ async def test_notify_protocol_and_graceful_sigterm(tmp_path: Path) -> None:
             assert time.monotonic() < deadline
             await asyncio.sleep(0.05)
         await _datagram(notify, "WATCHDOG=1", seen, timeout=10)
+        # Not reading the notify socket for a while fills its queue (max_dgram_qlen is 10): pings must
+        # then be dropped, not block the daemon (they once froze it mid-goodbye, 1 CI run in 2).
+        # The fixed-phrase warm-up of this fresh data directory is still running.
+        await asyncio.sleep(7)
+        assert time.monotonic() - client.received[-1].at < 0.5, "the daemon froze while its notify socket was full"
+        _drain(notify, seen)  # systemd reads again: room for STOPPING=1
         proc.send_signal(signal.SIGTERM)
-        await asyncio.wait_for(client.hung_up.wait(), 30)
         await _datagram(notify, "STOPPING=1", seen, timeout=10)
+        await asyncio.wait_for(client.hung_up.wait(), 30)
         assert await asyncio.to_thread(proc.wait, 30) == 0
         await client.close()
     finally:
