@@ -26,11 +26,20 @@ from speech.vad import Endpointer, SpeechResumed, SpeechStarted, TentativeEnd, U
 
 log = logging.getLogger(__name__)
 
+# Transfers that must end with a person even when the control plane cannot make them.
+_TO_A_PERSON = frozenset({"rule:emergency", "rule:busy"})
+
 
 class Transferer(Protocol):
-    """Moves a live call to a staff extension (the Asterisk control plane plugs in here)."""
+    """Moves a live call to a staff extension, or ends it (the Asterisk control plane plugs in here).
+
+    Ending the AudioSocket leg lets the dialplan continue: to a person, unless `end_call` could
+    mark the call as ended normally (SWITCHBOARD_END=ended, etc/asterisk/extensions.conf).
+    """
 
     async def transfer(self, call: AudioSocketCall, member: StaffMember) -> bool: ...
+
+    async def end_call(self, call: AudioSocketCall) -> None: ...
 
 
 class DialplanTransferer:
@@ -39,6 +48,9 @@ class DialplanTransferer:
     async def transfer(self, call: AudioSocketCall, member: StaffMember) -> bool:
         await call.hangup()
         return True
+
+    async def end_call(self, call: AudioSocketCall) -> None:
+        await call.hangup()
 
 
 @dataclass
@@ -94,7 +106,7 @@ class CallSession:
                 self._start_reply(self._deliver(Reply(cfg.site.wording.busy, Action.TRANSFER,
                                                       cfg.site.directory.front_desk, source="rule:busy")))
             elif self.unavailable is not None:
-                self._start_reply(self._deliver(self._offer_message(self.unavailable)))
+                self._start_reply(self._deliver(self._offer_message(self.unavailable, "rule:transfer_returned")))
             else:
                 self._start_reply(self._deliver(self.dialog.greeting()))
             try:
@@ -106,9 +118,8 @@ class CallSession:
         finally:
             await self._cleanup()
 
-    def _offer_message(self, member: StaffMember) -> Reply:
-        return self.dialog.offer_message(member, self.services.config.site.wording.transfer_unavailable,
-                                         "rule:transfer_returned")
+    def _offer_message(self, member: StaffMember, source: str) -> Reply:
+        return self.dialog.offer_message(member, self.services.config.site.wording.transfer_unavailable, source)
 
     async def shutdown(self, grace_s: float) -> None:
         """Daemon stopping: tell the caller politely, then hang up, within `grace_s`."""
@@ -287,7 +298,7 @@ class CallSession:
         elif reply.action is Action.END_CALL:
             if self._end_reason == "eof":  # not already ending for a reason of our own
                 self._end_reason = "goodbye"
-            await self.call.hangup()
+            await self.transferer.end_call(self.call)
 
     async def _transfer(self, member: StaffMember, source: str) -> None:
         ok = await self.transferer.transfer(self.call, member)
@@ -296,3 +307,16 @@ class CallSession:
         log.info("transfer call=%s to=%s extension=%s ok=%s", self.call.call_id, member.name, member.extension, ok)
         if ok:
             self._end_reason = "transferred"
+        elif source in _TO_A_PERSON:
+            await self._hand_to_dialplan(source)
+        else:  # the caller just heard "putting you through": say what happens instead, at once
+            self._reply_interruptible = True
+            await self._deliver(self._offer_message(member, "rule:transfer_failed"))
+
+    async def _hand_to_dialplan(self, source: str) -> None:
+        """No transfer for a caller who must reach a person: end the leg unmarked, so the dialplan after
+        AudioSocket() rings one (etc/asterisk/extensions.conf); an emergency hears the 911 wording again."""
+        if source == "rule:emergency":
+            await self._deliver(Reply(self.services.config.site.wording.emergency, source="rule:emergency_fallback"))
+        self._end_reason = "handed to dialplan"
+        await self.call.hangup()

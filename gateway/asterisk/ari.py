@@ -434,3 +434,9 @@ class AriTransferer:
         if self.controller.call(call.call_id) is not None:
             return await self.controller.transfer(call.call_id, member.extension)
         return await self.fallback.transfer(call, member)
+
+    async def end_call(self, call: Any) -> None:
+        if self.controller.call(call.call_id) is not None:
+            await call.hangup()  # the controller marks SWITCHBOARD_END=ended when the media leg ends
+        else:
+            await self.fallback.end_call(call)

@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 # DIALSTATUS values for which the transfer context returns the caller to the assistant.
 RETURN_STATUSES = ("BUSY", "NOANSWER", "CHANUNAVAIL", "CONGESTION")
+_END_MARK_TIMEOUT_S = 1.0  # the caller has heard goodbye: do not keep them waiting for AMI
 _WARM_STATUS = {"busy": "BUSY", "no answer": "NOANSWER"}  # outbound result -> DIALSTATUS-like value
 
 
@@ -93,6 +94,18 @@ class AmiTransferer:
                  channel.channel, member.extension, ms)
         await call.hangup("transferred")  # the app has already left via the async goto; this only ends our side
         return True
+
+    async def end_call(self, call: AudioSocketCall) -> None:
+        """A normal end (goodbye): SWITCHBOARD_END=ended tells the dialplan after AudioSocket() to hang up
+        rather than ring a person. Without AMI the mark is missing and a person takes the call."""
+        info = self.calls.get(call.call_id)
+        if info is not None and self.ami.connected:
+            try:
+                await self.ami.checked({"Action": "Setvar", "Channel": info.channel.channel,
+                                        "Variable": "SWITCHBOARD_END", "Value": "ended"}, timeout=_END_MARK_TIMEOUT_S)
+            except (AmiError, TimeoutError) as exc:
+                log.warning("end not marked call=%s error=%s", call.call_id, exc or "timeout")
+        await call.hangup()
 
     async def _warm(self, call: AudioSocketCall, info: CallInfo, member: StaffMember) -> bool:
         assert self.outbound is not None and self.site is not None

@@ -14,7 +14,7 @@ import pytest
 from gateway.app import Daemon, Gateway
 from gateway.asterisk.ami import AmiClient
 from gateway.asterisk.correlation import CallDirectory
-from gateway.caller import CallerClient
+from gateway.caller import KIND_HANGUP, CallerClient
 from gateway.config import AmiSettings
 from support.ami_server import Action, AmiTestServer
 
@@ -155,6 +155,89 @@ async def test_unavailable_staff_channel_still_records_the_outcome(rig: Rig, ser
         outcome = next(e for e in await events(services, client.call_id, "transfer_outcome")
                        if e.kind == "transfer_outcome")
         assert outcome.data["dial_status"] == "CHANUNAVAIL" and outcome.data["returned"] is True
+    finally:
+        await client.close()
+
+
+async def assistant_said(services, call_id: str, wanted: str) -> list[str]:  # type: ignore[no-untyped-def]
+    """What the assistant has said so far, once its last finished reply contains `wanted`."""
+    for _ in range(300):
+        said = [t.text for t in await services.store.turns(call_id) if t.speaker == "assistant"]
+        if said and wanted in said[-1]:
+            return said
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"the assistant never said {wanted!r}: {said}")
+
+
+def gaps(client: CallerClient, after: float) -> float:
+    """The longest run of silence, in seconds, between voiced frames the caller heard after `after`."""
+    voiced = [f.at for f in client.received if f.voiced and f.at > after]
+    return max((b - a for a, b in zip(voiced, voiced[1:])), default=0.0)
+
+
+async def test_refused_redirect_offers_a_message_at_once(rig: Rig, services, speak) -> None:  # type: ignore[no-untyped-def]
+    channel, uniqueid = "PJSIP/caller-00000041", "1795253100.41"
+    client = await placed(rig, channel, uniqueid)
+    rig.server.channels_hanging.add(channel)  # Asterisk answers the Redirect with an error
+    try:
+        await voiced(client)
+        asked = await client.say(await speak("Could I speak to Doctor Chen please?"))
+        await rig.server.wait_for("Redirect", timeout=20)
+        offer = next(e for e in await events(services, client.call_id, "take_message") if e.kind == "take_message")
+        assert offer.data["source"] == "rule:transfer_failed" and offer.data["extension"] == "202"
+        said = await assistant_said(services, client.call_id, "can't take your call right now")
+        assert said[-2].startswith("One moment please")
+        # "Putting you through" then the offer, with no dead air between (before: silence until the
+        # no-speech prompt).
+        assert gaps(client, asked) < 1.5
+        sent = await client.say(await speak("Please tell him my crown came loose."))
+        await client.wait_reply(sent)
+        said = await assistant_said(services, client.call_id, "taken your message for Dr. James Chen")
+    finally:
+        await client.close()
+
+
+async def test_emergency_without_a_transfer_repeats_911_and_goes_to_the_dialplan(rig: Rig, services, speak) -> None:  # type: ignore[no-untyped-def]
+    channel, uniqueid = "PJSIP/caller-00000042", "1795253100.42"
+    client = await placed(rig, channel, uniqueid)
+    rig.server.channels_hanging.add(channel)
+    try:
+        await voiced(client)
+        client.say(await speak("This is an emergency, my husband can't breathe!"))
+        await asyncio.wait_for(client.hung_up.wait(), 30)
+        said = [t.text for t in await services.store.turns(client.call_id) if t.speaker == "assistant"]
+        assert sum("dial 9 1 1" in t for t in said) == 2, said
+        assert client.received[-1].kind == KIND_HANGUP
+        # Not marked as a normal end: the dialplan after AudioSocket() puts the caller through to a person.
+        assert not [a for a in rig.server.sent("Setvar") if a["Variable"] == "SWITCHBOARD_END"]
+        record = await services.store.call(client.call_id)
+        assert record["end_reason"] == "handed to dialplan"
+    finally:
+        await client.close()
+
+
+async def test_transfer_without_ami_offers_a_message(rig: Rig, services) -> None:  # type: ignore[no-untyped-def]
+    client = await placed(rig, "PJSIP/caller-00000043", "1795253100.43")
+    await rig.server.stop()  # Asterisk's manager interface goes away mid-call
+    try:
+        await voiced(client)
+        client.dtmf("0")
+        offer = next(e for e in await events(services, client.call_id, "take_message") if e.kind == "take_message")
+        assert offer.data["source"] == "rule:transfer_failed" and offer.data["extension"] == "200"
+    finally:
+        await client.close()
+
+
+async def test_goodbye_marks_the_call_ended_for_the_dialplan(rig: Rig, services, speak) -> None:  # type: ignore[no-untyped-def]
+    channel, uniqueid = "PJSIP/caller-00000044", "1795253100.44"
+    client = await placed(rig, channel, uniqueid)
+    try:
+        await voiced(client)
+        client.say(await speak("No, that's all. Thank you, goodbye!"))
+        await asyncio.wait_for(client.hung_up.wait(), 30)
+        (mark,) = [a for a in rig.server.sent("Setvar") if a["Variable"] == "SWITCHBOARD_END"]
+        assert (mark["Channel"], mark["Value"]) == (channel, "ended")
+        assert mark.at <= client.received[-1].at  # marked before the leg ended
     finally:
         await client.close()
 

@@ -82,3 +82,13 @@ def test_enabled_without_secret_names_the_key_and_secret_is_never_shown(tmp_path
     config = load_config(path)
     assert config.ami.resolved_secret() == "hunter2-secret"
     assert "hunter2" not in repr(config.ami) and "hunter2" not in str(config)
+
+
+@pytest.mark.parametrize("context", ["switchboard-incoming", "switchboard-transfer", "switchboard-return"])
+def test_after_the_assistant_a_person_takes_the_call_unless_it_ended_normally(context: str) -> None:
+    """The gateway's failed-transfer and emergency paths end the leg unmarked and rely on this."""
+    apps = dialplan(context)
+    for i, app in enumerate(apps):
+        if app.startswith(("AudioSocket(${AS_UUID}", "Dial(AudioSocket/")):
+            assert apps[i + 1] == 'GotoIf($["${SWITCHBOARD_END}" = "ended"]?done)', (context, apps)
+            assert apps[i + 2].startswith("Dial(PJSIP/"), (context, apps)
