@@ -5,6 +5,10 @@ commits the outcome: sent (or delivered when the transport confirms it), queued 
 exponential, jittered, capped backoff after a TemporaryError, or failed. A delivery report that
 arrives later moves sent -> delivered / failed.
 
+Opt-out is enforced here, at the moment of sending, so no caller can bypass it: a row for a contact
+who texted STOP fails instead of going out, whenever it was queued. The one exception is the row
+enqueued as the confirmation of that STOP (`opt_notice`).
+
 Guarantee: a row whose enqueue returned is sent at least once, even if the process is killed at
 any moment; a row committed as sent is never sent again. The only duplicate a crash can cause is
 the one message a channel had in flight (rows left in `sending` are re-sent after restart), and
@@ -31,6 +35,7 @@ log = logging.getLogger(__name__)
 
 _IDLE_RECHECK_S = 30.0  # also picks up rows another process (e.g. a CLI) enqueued
 _EARLY_REPORTS_MAX = 1000
+OPTED_OUT = "recipient opted out (STOP)"
 
 
 class RateLimit(Settings):
@@ -106,14 +111,15 @@ class Outbox:
                    send_timeout_s=settings.send_timeout_s, channel_restart_s=settings.channel_restart_s)
 
     async def enqueue(self, channel: str, to: str, body: str, subject: str | None = None,
-                      html: str | None = None, idempotency_key: str | None = None) -> int:
-        """Commit the message, then wake the channel's worker. The same key returns the same row."""
+                      html: str | None = None, idempotency_key: str | None = None, opt_notice: bool = False) -> int:
+        """Commit the message, then wake the channel's worker. The same key returns the same row.
+        `opt_notice`: the confirmation of a STOP, sent although the recipient has opted out."""
         if channel not in self.channels:
             raise ValueError(f"outbox: no channel {channel!r} configured (have {sorted(self.channels)})")
         if not to.strip() or not body.strip():
             raise ValueError(f"outbox: empty recipient or body for channel {channel!r}")
         key = idempotency_key or uuid.uuid4().hex
-        row_id, created = await self.store.outbox_enqueue(channel, to.strip(), body, subject, html, key)
+        row_id, created = await self.store.outbox_enqueue(channel, to.strip(), body, subject, html, key, opt_notice)
         if created:
             log.info("outbox queued id=%d channel=%s key=%s", row_id, channel, key)
             self._wake[channel].set()
@@ -197,6 +203,10 @@ class Outbox:
         message = OutgoingMessage(
             id=record.id, channel=record.channel, to=record.recipient, body=record.body, subject=record.subject,
             html=record.html, idempotency_key=record.idempotency_key, attempts=record.attempts - 1)
+        if not record.opt_notice and await self.store.is_opted_out(record.recipient):
+            await self.store.outbox_failed(record.id, OPTED_OUT)
+            log.info("outbox not sent id=%d channel=%s reason=opted out", record.id, record.channel)
+            return
         try:
             result = await asyncio.wait_for(channel.send(message), self.send_timeout_s)
         except PermanentError as exc:

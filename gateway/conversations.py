@@ -9,8 +9,9 @@ import asyncio
 import datetime as dt
 import hashlib
 import logging
+import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from pydantic import Field, model_validator
 
@@ -45,6 +46,9 @@ class ConversationSettings(Strict):
     transfer_reply: str = "I've asked {name} to get back to you as soon as possible."
     emergency_reply: str = ("If this is a life-threatening emergency, call 911 now. "
                             "I've alerted our staff.")
+    # At most this many automatic replies to one sender per window: a loop with another robot ends here.
+    reply_limit: int = Field(10, ge=1)
+    reply_window_s: float = Field(3600.0, gt=0)
 
     @model_validator(mode="after")
     def _operator(self) -> "ConversationSettings":
@@ -55,12 +59,16 @@ class ConversationSettings(Strict):
 
 @dataclass
 class _Pending:
-    messages: list[tuple[int, InboundMessage]] = field(default_factory=list)
-    first_at: float = 0.0
+    first_at: float
     timer: asyncio.Task[None] | None = None
 
 
 class Conversations:
+    """Inbound texts are durable: `on_inbound` commits each one (deduplicated by the channel's
+    reference) before it returns, i.e. before the channel acknowledges it, and the store keeps it
+    `pending` until answered. Only the debounce timers live in memory; `start` answers what a
+    previous run left pending."""
+
     def __init__(self, site: Site, retriever: Retriever, store: Store, outbox: Outbox,
                  settings: ConversationSettings | None = None, engine: LlmEngine | None = None) -> None:
         self.site, self.retriever, self.store, self.outbox = site, retriever, store, outbox
@@ -70,69 +78,101 @@ class Conversations:
         self._dialogs: OrderedDict[int, Dialog] = OrderedDict()
         self._message_for: dict[int, StaffMember] = {}
         self._pending: dict[int, _Pending] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
         self._locks: dict[int, asyncio.Lock] = {}
 
+    async def start(self) -> None:
+        """Answer the texts a previous run recorded but did not answer (it was killed or stopped)."""
+        pending = await self.store.pending_inbound()
+        if pending:
+            log.warning("inbound recovered messages=%d threads=%d", len(pending), len({m.thread_id for m in pending}))
+        for row in pending:
+            assert row.thread_id is not None and row.sender is not None
+            await self._take(row.thread_id, row.id, InboundMessage(
+                channel=row.channel, sender=row.sender, body=row.body, at=row.at, subject=row.subject))
+
     async def on_inbound(self, message: InboundMessage) -> None:
-        """The InboundHandler for every channel: store the text, then answer it (debounced)."""
+        """The InboundHandler for every channel: commit the text, then answer it (debounced)."""
         if normalize_address(message.sender) is None:
             log.info("inbound ignored channel=%s reason=no reply address", message.channel)
             return
-        thread_id = await self.store.thread_for_address(message.sender)
-        row_id = await self.store.add_thread_message(thread_id, message.channel, "in", message.body, "received")
+        recorded = await self.store.record_inbound(message.channel, message.sender, message.body, message.at,
+                                                   message.subject, message.provider_ref)
+        if recorded is None:
+            log.info("inbound duplicate channel=%s ref=%s", message.channel, message.provider_ref)
+            return
+        row_id, thread_id = recorded
+        await self._take(thread_id, row_id, message)
+
+    async def close(self) -> None:
+        """Stop waiting and answering; what is still pending is answered by the next `start`."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._pending.clear()
+
+    async def _take(self, thread_id: int, row_id: int, message: InboundMessage) -> None:
         word = message.body.strip().strip(".!").upper()
         if word in STOP_WORDS | START_WORDS:
             opted_out = word in STOP_WORDS
-            self._drop_pending(thread_id)
+            pending = self._pending.pop(thread_id, None)
+            if pending is not None and pending.timer is not None:
+                pending.timer.cancel()
+            dropped = [m.id for m in await self.store.pending_inbound(thread_id) if m.id < row_id]
+            if dropped:
+                await self.store.settle_inbound(dropped, "dropped")
             await self.store.set_opted_out(message.sender, opted_out)
             log.info("opt %s thread=%d channel=%s", "out" if opted_out else "in", thread_id, message.channel)
             text = self.settings.opted_out_reply if opted_out else self.settings.opted_in_reply
-            await self._reply(thread_id, message, text, key=f"opt-{row_id}")
+            await self._reply([row_id], message, text, key=f"opt-{row_id}", opt_notice=opted_out)
             return
         if await self.store.is_opted_out(message.sender):
+            await self.store.settle_inbound([row_id], "opted_out")
             log.info("inbound not answered thread=%d reason=opted out", thread_id)
             return
         loop = asyncio.get_running_loop()
         pending = self._pending.setdefault(thread_id, _Pending(first_at=loop.time()))
-        pending.messages.append((row_id, message))
         if pending.timer is not None:
             pending.timer.cancel()
         wait = min(self.settings.buffer_s, pending.first_at + self.settings.max_buffer_s - loop.time())
         pending.timer = asyncio.create_task(self._answer_after(thread_id, max(0.0, wait)))
-
-    async def close(self) -> None:
-        """Answer whatever is still buffered now, rather than dropping it."""
-        for thread_id in list(self._pending):
-            pending = self._pending[thread_id]
-            if pending.timer is not None:
-                pending.timer.cancel()
-            await self._answer(thread_id)
-
-    def _drop_pending(self, thread_id: int) -> None:
-        pending = self._pending.pop(thread_id, None)
-        if pending is not None and pending.timer is not None:
-            pending.timer.cancel()
+        self._tasks.add(pending.timer)
+        pending.timer.add_done_callback(self._tasks.discard)
 
     async def _answer_after(self, thread_id: int, delay: float) -> None:
         await asyncio.sleep(delay)
         try:
             await self._answer(thread_id)
-        except Exception:
+        except Exception:  # the texts stay pending: the next start answers them
             log.exception("answering failed thread=%d", thread_id)
 
     async def _answer(self, thread_id: int) -> None:
         async with self._locks.setdefault(thread_id, asyncio.Lock()):
-            pending = self._pending.pop(thread_id, None)
-            if pending is None or not pending.messages:
+            self._pending.pop(thread_id, None)
+            rows = await self.store.pending_inbound(thread_id)
+            if not rows:
                 return
-            last_row, last = pending.messages[-1]
-            text = "\n".join(m.body for _, m in pending.messages)
+            ids = [m.id for m in rows]
+            last_row = rows[-1]
+            assert last_row.sender is not None
+            last = InboundMessage(channel=last_row.channel, sender=last_row.sender, body=last_row.body,
+                                  at=last_row.at, subject=last_row.subject)
+            limit, window = self.settings.reply_limit, self.settings.reply_window_s
+            if await self.store.replies_since(thread_id, time.time() - window) >= limit:
+                await self.store.settle_inbound(ids, "rate_limited")
+                log.warning("inbound not answered thread=%d channel=%s reason=reply limit limit=%d window_s=%.0f",
+                            thread_id, last.channel, limit, window)
+                return
+            text = "\n".join(m.body for m in rows)
             dialog = self._dialog(thread_id, last)
             reply = await dialog.respond(text)
             log.info("text answered thread=%d channel=%s parts=%d action=%s source=%s", thread_id, last.channel,
-                     len(pending.messages), reply.action.value, reply.source)
-            answer = await self._act(thread_id, last, last_row, text, reply)
+                     len(rows), reply.action.value, reply.source)
+            answer = await self._act(thread_id, last, last_row.id, text, reply)
             if answer:
-                await self._reply(thread_id, last, answer, key=f"reply-{last_row}")
+                await self._reply(ids, last, answer, key=f"reply-{last_row.id}")
+            else:
+                await self.store.settle_inbound(ids, "answered")
 
     def _dialog(self, thread_id: int, message: InboundMessage) -> Dialog:
         dialog = self._dialogs.pop(thread_id, None) or Dialog(
@@ -175,7 +215,10 @@ class Conversations:
                                   subject=note.subject, html=note.html if channel == "email" else None,
                                   idempotency_key=f"escalate-{row_id}")
 
-    async def _reply(self, thread_id: int, message: InboundMessage, text: str, key: str) -> None:
+    async def _reply(self, row_ids: list[int], message: InboundMessage, text: str, key: str,
+                     opt_notice: bool = False) -> None:
+        """Queue the answer, then settle the texts it answers (a crash between the two queues nothing
+        twice: the next start answers again under the same key)."""
         subject = html = None
         if message.channel == "email":
             original = message.subject or ""
@@ -183,8 +226,8 @@ class Conversations:
             mail = render("customer_reply", site=self.site.name, text=text, subject=subject)
             text, html = mail.text, mail.html
         outbox_id = await self.outbox.enqueue(message.channel, message.sender, text, subject=subject, html=html,
-                                              idempotency_key=key)
-        await self.store.add_thread_message(thread_id, message.channel, "out", text, "queued", outbox_id=outbox_id)
+                                              idempotency_key=key, opt_notice=opt_notice)
+        await self.store.settle_inbound(row_ids, "answered", reply=(message.channel, text, outbox_id))
 
 
 def _when(site: Site, at: float) -> str:

@@ -43,6 +43,7 @@ class Messaging:
 
     async def start(self) -> None:
         await self.outbox.start(self.conversations.on_inbound)
+        await self.conversations.start()
         log.info("messaging started channels=%s", ",".join(self.outbox.channels) or "-")
 
     async def stop(self) -> None:

@@ -113,7 +113,35 @@ def _v2_outbox(db: Database) -> None:
     db.execute("ALTER TABLE contacts ADD COLUMN opted_out_at REAL")
 
 
-MIGRATIONS: list[Callable[[Database], None]] = [_v1_initial, _v2_outbox]
+def _v3_durable_inbound(db: Database) -> None:
+    # An inbound text is a `pending` row before its channel acknowledges it (SIP 200, SMTP 250, SIM
+    # delete) and stays pending until answered, so a restart answers it. The channel's own reference
+    # (SIP Call-ID and CSeq, Message-ID, SMS timestamp) is unique per channel: a re-delivery is dropped.
+    db.execute("ALTER TABLE messages ADD COLUMN sender TEXT")
+    db.execute("ALTER TABLE messages ADD COLUMN subject TEXT")
+    db.execute("ALTER TABLE messages ADD COLUMN provider_ref TEXT")
+    db.execute("CREATE UNIQUE INDEX idx_messages_provider_ref ON messages (channel, provider_ref)"
+               " WHERE provider_ref IS NOT NULL")
+    # The one text an opted-out contact still gets: the confirmation of their STOP.
+    db.execute("ALTER TABLE outbox ADD COLUMN opt_notice INTEGER NOT NULL DEFAULT 0")
+    # Parts of a long SMS, kept until all have arrived; the SIM copy is deleted once a part is here.
+    # sent_at (the service centre's timestamp) tells a part read twice from one reused reference.
+    db.execute("""
+        CREATE TABLE sms_parts (
+            channel TEXT NOT NULL,
+            sender TEXT NOT NULL,
+            ref INTEGER NOT NULL,
+            total INTEGER NOT NULL,
+            part INTEGER NOT NULL,
+            sent_at TEXT NOT NULL,
+            text TEXT NOT NULL,
+            received_at REAL NOT NULL,
+            assembled_at REAL,
+            PRIMARY KEY (channel, sender, ref, total, part, sent_at)
+        )""")
+
+
+MIGRATIONS: list[Callable[[Database], None]] = [_v1_initial, _v2_outbox, _v3_durable_inbound]
 LATEST_VERSION = len(MIGRATIONS)
 
 

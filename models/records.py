@@ -88,6 +88,7 @@ class OutboxRecord:
     created_at: float
     updated_at: float
     sent_at: float | None
+    opt_notice: int = 0  # 1: the confirmation of a STOP, the one text an opted-out contact still gets
 
 
 @dataclass
@@ -97,6 +98,8 @@ class ThreadMessage:
     channel: str  # "voice" (taken during a call), "sms", "sip", "email"
     direction: str  # "in" | "out"
     body: str
-    status: str
+    status: str  # inbound: "pending" until "answered" / "opted_out" / "dropped" / "rate_limited"
     at: float
     outbox_id: int | None = None
+    sender: str | None = None  # inbound: the address as the channel gave it, to reply to
+    subject: str | None = None

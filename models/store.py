@@ -205,6 +205,79 @@ class Store:
             " WHERE thread_id = ? ORDER BY at, id", [thread_id])
         return [ThreadMessage(**r) for r in rows]
 
+    async def record_inbound(self, channel: str, sender: str, body: str, at: float, subject: str | None,
+                             provider_ref: str | None) -> tuple[int, int] | None:
+        """Commit an inbound text as `pending` in its sender's thread: (message id, thread id), or None
+        when this channel already recorded `provider_ref` (a retransmission or re-delivery)."""
+        def run() -> tuple[int, int] | None:
+            db = self._writer_db
+            with db.atomic():
+                thread_id = self._thread_for_address(sender)
+                cursor = db.execute(
+                    "INSERT INTO messages (thread_id, channel, direction, body, status, at, sender, subject,"
+                    " provider_ref) VALUES (?, ?, 'in', ?, 'pending', ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                    [thread_id, channel, body, at, sender, subject, provider_ref])
+                return (cursor.lastrowid, thread_id) if cursor.rowcount == 1 else None
+        return await self._run(run)
+
+    async def pending_inbound(self, thread_id: int | None = None) -> list[ThreadMessage]:
+        """Inbound texts not yet answered (or otherwise settled), oldest first; all threads by default."""
+        where, params = ("AND thread_id = ?", [thread_id]) if thread_id is not None else ("", [])
+        rows = await self._run(
+            self._select,
+            "SELECT id, thread_id, channel, direction, body, status, at, outbox_id, sender, subject FROM messages"
+            f" WHERE status = 'pending' AND direction = 'in' {where} ORDER BY id", params)
+        return [ThreadMessage(**r) for r in rows]
+
+    async def settle_inbound(self, message_ids: list[int], status: str,
+                             reply: tuple[str, str, int] | None = None) -> None:
+        """Pending inbound texts -> `status`; with `reply` (channel, text, outbox id) the answer joins
+        their thread in the same commit."""
+        def run() -> None:
+            db = self._writer_db
+            with db.atomic():
+                marks = ", ".join("?" * len(message_ids))
+                thread = db.execute(f"SELECT thread_id FROM messages WHERE id IN ({marks}) LIMIT 1",
+                                    message_ids).fetchone()
+                db.execute(f"UPDATE messages SET status = ? WHERE status = 'pending' AND id IN ({marks})",
+                           [status, *message_ids])
+                if reply is not None and thread is not None:
+                    channel, text, outbox_id = reply
+                    db["messages"].insert({"thread_id": thread[0], "channel": channel, "direction": "out",
+                                           "body": text, "status": "queued", "at": time.time(),
+                                           "outbox_id": outbox_id})
+        await self._run(run)
+
+    async def replies_since(self, thread_id: int, since: float) -> int:
+        rows = await self._run(self._select, "SELECT COUNT(*) AS n FROM messages WHERE thread_id = ?"
+                               " AND direction = 'out' AND at >= ?", [thread_id, since])
+        return rows[0]["n"]
+
+    async def sms_part(self, channel: str, sender: str, ref: int, total: int, part: int, sent_at: str,
+                       text: str) -> None:
+        """Keep one part of a long SMS (a part read again is ignored)."""
+        def run() -> None:
+            now = time.time()
+            db = self._writer_db
+            with db.atomic():
+                db.execute("INSERT INTO sms_parts (channel, sender, ref, total, part, sent_at, text, received_at)"
+                           " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                           [channel, sender, ref, total, part, sent_at, text, now])
+                # Assembled parts are kept a day, to recognise one read again after a crash.
+                db.execute("DELETE FROM sms_parts WHERE assembled_at < ?", [now - 86400])
+        await self._run(run)
+
+    async def sms_parts_open(self, channel: str) -> list[dict[str, Any]]:
+        """Parts of long SMS not yet assembled, with (sender, ref, total) identifying their message."""
+        return await self._run(self._select, "SELECT sender, ref, total, part, sent_at, text, received_at"
+                               " FROM sms_parts WHERE channel = ? AND assembled_at IS NULL ORDER BY received_at",
+                               [channel])
+
+    async def sms_parts_assembled(self, channel: str, sender: str, ref: int, total: int) -> None:
+        await self._run(lambda: self._writer_db.execute(
+            "UPDATE sms_parts SET assembled_at = ? WHERE channel = ? AND sender = ? AND ref = ? AND total = ?"
+            " AND assembled_at IS NULL", [time.time(), channel, sender, ref, total]))
+
     async def thread_for(self, number: str) -> int:
         return await self._run(self._thread_for, number)
 
@@ -292,18 +365,19 @@ class Store:
     # --- outbox (channels.outbox drives the state machine; each step is one commit) ---
 
     async def outbox_enqueue(self, channel: str, recipient: str, body: str, subject: str | None,
-                             html: str | None, idempotency_key: str) -> tuple[int, bool]:
+                             html: str | None, idempotency_key: str, opt_notice: bool = False) -> tuple[int, bool]:
         """(row id, created): an existing key returns its row untouched."""
-        return await self._run(self._outbox_enqueue, channel, recipient, body, subject, html, idempotency_key)
+        return await self._run(self._outbox_enqueue, channel, recipient, body, subject, html, idempotency_key,
+                               opt_notice)
 
     def _outbox_enqueue(self, channel: str, recipient: str, body: str, subject: str | None,
-                        html: str | None, key: str) -> tuple[int, bool]:
+                        html: str | None, key: str, opt_notice: bool) -> tuple[int, bool]:
         now = time.time()
         cursor = self._writer_db.execute(
             "INSERT INTO outbox (idempotency_key, channel, recipient, subject, body, html, next_attempt_at,"
-            " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " created_at, updated_at, opt_notice) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
             " ON CONFLICT(idempotency_key) DO NOTHING",
-            [key, channel, recipient, subject, body, html, now, now, now])
+            [key, channel, recipient, subject, body, html, now, now, now, int(opt_notice)])
         row = self._writer_db.execute("SELECT id FROM outbox WHERE idempotency_key = ?", [key]).fetchone()
         return row[0], cursor.rowcount == 1
 

@@ -192,3 +192,74 @@ async def test_email_in_through_the_listener_and_the_answer_out_through_smtp(sto
     assert mail.get_body(("plain",)).get_content().startswith(CIGNA.answer)
     history = await store.thread_messages(await store.thread_for_address("Jane@Example.test"))
     assert [m.direction for m in history] == ["in", "out"] and history[0].body == "Hello, do you take Cigna?"
+
+
+async def test_a_retransmitted_or_redelivered_text_is_answered_once(
+        store: Store, sms_world: tuple[Conversations, RecordingChannel, RecordingChannel]) -> None:
+    talk, sms, _ = sms_world
+    first = InboundMessage(channel="sms", sender="+15550102030", body="do you take cigna?", at=time.time(),
+                           provider_ref="call-id-1;1")
+    await talk.on_inbound(first)
+    await sms.wait_for(1)
+    await talk.on_inbound(first)  # e.g. a SIP MESSAGE retransmitted after our 200 was lost
+    await asyncio.sleep(0.6)  # twice the debounce window
+    assert len(sms.sent) == 1
+    history = await store.thread_messages(await store.thread_for("+15550102030"))
+    assert [m.direction for m in history] == ["in", "out"]
+
+
+async def test_a_text_still_waiting_at_shutdown_is_answered_after_restart(store: Store) -> None:
+    sms = RecordingChannel("sms")
+    outbox = Outbox(store, {"sms": sms})
+    talk = Conversations(SITE, Retriever(store), store, outbox, ConversationSettings(buffer_s=30))
+    await outbox.start(talk.on_inbound)
+    await talk.on_inbound(text("do you take cigna?"))  # acknowledged to the channel, not yet answered
+    await talk.close()
+    await outbox.stop()
+    assert sms.sent == []
+    talk = Conversations(SITE, Retriever(store), store, outbox, ConversationSettings(buffer_s=0.1))
+    await outbox.start(talk.on_inbound)
+    await talk.start()
+    try:
+        [reply] = await sms.wait_for(1)
+        await talk.start()  # nothing is left pending: a second start answers nothing again
+        await asyncio.sleep(0.3)
+    finally:
+        await talk.close()
+        await outbox.stop()
+    assert len(sms.sent) == 1 and reply.body.startswith(CIGNA.answer)
+
+
+async def test_stop_blocks_a_call_confirmation_and_replies_are_rate_limited(store: Store) -> None:
+    sms = RecordingChannel("sms")
+    outbox = Outbox(store, {"sms": sms})
+    talk = Conversations(SITE, Retriever(store), store, outbox,
+                         ConversationSettings(buffer_s=0.05, reply_limit=2))
+    await outbox.start(talk.on_inbound)
+    try:
+        for n in range(1, 3):
+            await talk.on_inbound(text("do you take cigna?"))
+            await sms.wait_for(n)
+        await talk.on_inbound(text("do you take cigna?"))  # a third: another robot, perhaps
+        await asyncio.sleep(0.3)
+        assert len(sms.sent) == 2
+        history = await store.thread_messages(await store.thread_for("+15550102030"))
+        assert [m.status for m in history if m.direction == "in"] == ["answered", "answered", "rate_limited"]
+        await talk.on_inbound(text("stop"))
+        await sms.wait_for(3)
+        taken = TakenMessage(call_id="c1", contact_number="+15550102030", for_staff="Dr. Maria Lopez",
+                             caller_name=None, text="call me", at=time.time())
+        confirm = await confirm_taken_message(outbox, SITE, taken)
+        assert confirm is not None
+        row = await asyncio.wait_for(_settled(store, confirm), 10)
+    finally:
+        await talk.close()
+        await outbox.stop()
+    assert row.state == "failed" and "opted out" in (row.last_error or "")
+    assert len(sms.sent) == 3 and "no more messages" in sms.sent[2].body
+
+
+async def _settled(store: Store, row_id: int):  # type: ignore[no-untyped-def]
+    while (row := await store.outbox_get(row_id)) is None or row.state in ("queued", "sending"):
+        await asyncio.sleep(0.02)
+    return row

@@ -215,3 +215,23 @@ async def test_a_reused_modem_reference_reports_only_the_newest_message(store: S
         assert (await store.outbox_get(old)).state == "sent"
     finally:
         await outbox.stop()
+
+
+async def test_an_opted_out_recipient_gets_nothing_but_the_stop_confirmation(store: Store) -> None:
+    channel = ScriptedChannel()
+    outbox = Outbox(store, {"test": channel}, retry=FAST)
+    queued_before = await outbox.enqueue("test", "+1 555 010 2030", "your appointment is tomorrow")
+    await store.set_opted_out("+15550102030", True)
+    after = await outbox.enqueue("test", "+15550102030", "your message was passed on")
+    notice = await outbox.enqueue("test", "+15550102030", "you will get no more messages", opt_notice=True)
+    other = await outbox.enqueue("test", "+15550109999", "hello")
+    await outbox.start(no_inbound)
+    try:
+        for row_id in (queued_before, after):
+            row = await wait_state(store, row_id, "failed")
+            assert row.last_error == "recipient opted out (STOP)" and row.attempts == 1
+        await wait_state(store, notice, "sent")
+        await wait_state(store, other, "sent")
+    finally:
+        await outbox.stop()
+    assert sorted(m.body for m in channel.sent) == ["hello", "you will get no more messages"]
