@@ -5,7 +5,9 @@ Threads: the library blocks (connect, sendSms up to ~35 s) and calls us back fro
 so the modem sees one command at a time; library callbacks hop onto the event loop with
 run_coroutine_threadsafe and wait for the handler, because the library deletes a received SMS from
 the SIM only when the callback returns without raising: an SMS the handler did not take stays on
-the SIM and is read again (processStoredSms) at the next connect.
+the SIM and is read again (processStoredSms) at the next connect. Each part of a long SMS is
+committed to the store before its callback returns, so it survives a restart; the assembled message
+carries a provider_ref (sender, service-centre timestamp) so one read twice is answered once.
 
 Modem problems (port missing, no SIM, PIN, no network, unplugged) are logged once per distinct
 reason; a supervisor task retries every `reconnect_s`, and `send` raises TemporaryError meanwhile
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
 import re
@@ -23,7 +26,6 @@ import time
 from collections import OrderedDict
 from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any
 
 from gsmmodem.exceptions import (
@@ -50,6 +52,7 @@ from channels.base import (
     TemporaryError,
 )
 from channels.sms_text import from_wire, segments, to_wire
+from models.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +64,7 @@ _PERMANENT_CMS = {1, 8, 10, 21, 28, 29, 30, 50, 96, 97, 98, 99, 304, 305}
 _CREG = {0: "not registered, not searching", 2: "searching for an operator", 3: "registration denied",
          4: "unknown", 1: "registered", 5: "registered, roaming"}
 _PART_MAP_MAX = 1024
+_PART_CODEC = "utf-16-le"  # a part of a UCS-2 SMS may end inside a surrogate pair
 
 
 class ModemSettings(Settings):
@@ -104,19 +108,15 @@ class _Modem(GsmModem):
         return lines
 
 
-@dataclass
-class _Multipart:
-    total: int
-    texts: dict[int, str] = field(default_factory=dict)
-    timer: asyncio.TimerHandle | None = None
+_Group = tuple[str, int, int]  # a long SMS: (sender, concatenation reference, number of parts)
 
 
 class ModemSmsChannel:
     """Channel over one modem. `to` is a phone number (E.164 preferred); provider_ref is the modem's
     message reference of the LAST part (0-255, it wraps: match delivery reports to the newest sent row)."""
 
-    def __init__(self, settings: ModemSettings) -> None:
-        self.settings = settings
+    def __init__(self, settings: ModemSettings, store: Store) -> None:
+        self.settings, self.store = settings, store
         self.name = settings.name
         self._loop: asyncio.AbstractEventLoop | None = None
         self._executor: ThreadPoolExecutor | None = None
@@ -126,7 +126,7 @@ class ModemSmsChannel:
         self._lost = asyncio.Event()
         self._ready = asyncio.Event()
         self._down_reason: str | None = None
-        self._multipart: dict[tuple[str, int, int], _Multipart] = {}
+        self._expiry: dict[_Group, asyncio.TimerHandle] = {}  # incomplete long SMS, their parts in the store
         self._part_of: OrderedDict[int, int] = OrderedDict()  # earlier part ref -> last part ref
         self._tasks: set[asyncio.Task[None]] = set()
         self._on_inbound: InboundHandler | None = None
@@ -161,12 +161,11 @@ class ModemSmsChannel:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._multipart:
-            log.warning("sms multipart dropped at stop channel=%s pending=%d", self.name, len(self._multipart))
-        for pending in self._multipart.values():
-            if pending.timer:
-                pending.timer.cancel()
-        self._multipart.clear()
+        if self._expiry:
+            log.info("sms multipart kept for the next start channel=%s pending=%d", self.name, len(self._expiry))
+        for timer in self._expiry.values():
+            timer.cancel()
+        self._expiry.clear()
         self._modem = None
         self._ready.clear()
         if self._executor and self._loop:
@@ -178,6 +177,11 @@ class ModemSmsChannel:
     # -- connection supervision ----------------------------------------------------------------
     async def _supervise(self) -> None:
         assert self._loop and self._executor
+        try:  # long SMS whose parts a previous run kept: complete them or restart their timeout
+            for group in {(p["sender"], p["ref"], p["total"]) for p in await self.store.sms_parts_open(self.name)}:
+                await self._assemble(group)
+        except Exception as exc:  # they stay in the store for the next start
+            log.error("sms multipart recovery failed channel=%s error=%s", self.name, exc)
         while True:
             self._lost.clear()
             try:
@@ -305,38 +309,51 @@ class ModemSmsChannel:
             self._status_report(sms)
             return
         concat = next((ie for ie in sms.udh or () if isinstance(ie, Concatenation)), None)
-        self._run_on_loop(self._accept(sms.number, sms.text or "", concat))
+        sent_at = sms.time.isoformat() if sms.time else ""
+        self._run_on_loop(self._accept(sms.number, sms.text or "", concat, sent_at))
 
     def _status_report(self, report: StatusReport) -> None:
         self._run_on_loop(self._report(int(report.reference), int(report.deliveryStatus)))
 
     # -- loop side -----------------------------------------------------------------------------
-    async def _accept(self, sender: str, text: str, concat: Concatenation | None) -> None:
+    async def _accept(self, sender: str, text: str, concat: Concatenation | None, sent_at: str) -> None:
         if concat is None or concat.parts <= 1:
-            await self._deliver(sender, text)
+            digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+            await self._deliver(sender, text, f"{sender} {sent_at} {digest}" if sent_at else None)
             return
-        key = (sender, concat.reference, concat.parts)
-        pending = self._multipart.get(key)
-        if pending is None:
-            pending = self._multipart[key] = _Multipart(concat.parts)
-            assert self._loop
-            pending.timer = self._loop.call_later(self.settings.multipart_timeout_s, self._expire, key)
-        pending.texts[concat.number] = text
+        await self.store.sms_part(self.name, sender, concat.reference, concat.parts, concat.number, sent_at,
+                                  text.encode(_PART_CODEC, "surrogatepass"))
         log.info("sms part channel=%s from=%s ref=%d part=%d/%d",
                  self.name, sender, concat.reference, concat.number, concat.parts)
-        if len(pending.texts) == pending.total:
-            del self._multipart[key]
-            if pending.timer:
-                pending.timer.cancel()
-            await self._deliver(sender, "".join(pending.texts[i] for i in sorted(pending.texts)))
+        await self._assemble((sender, concat.reference, concat.parts))
 
-    def _expire(self, key: tuple[str, int, int]) -> None:
-        pending = self._multipart.pop(key)
-        sender, ref, total = key
-        log.warning("sms multipart incomplete channel=%s from=%s ref=%d got=%d/%d",
-                    self.name, sender, ref, len(pending.texts), total)
-        text = "".join(pending.texts.get(i, "[...]") for i in range(1, total + 1))
-        task = asyncio.create_task(self._deliver(sender, text))
+    async def _assemble(self, group: _Group, *, expired: bool = False) -> None:
+        """Deliver a long SMS once all its parts are stored (or, `expired`, with the missing ones
+        marked); until then make sure its timeout runs, counted from its first part."""
+        parts = [p for p in await self.store.sms_parts_open(self.name) if (p["sender"], p["ref"], p["total"]) == group]
+        if not parts:
+            return
+        sender, ref, total = group
+        texts = {p["part"]: p["wire"].decode(_PART_CODEC, "surrogatepass") for p in parts}
+        if len(texts) < total and not expired:
+            if group not in self._expiry:
+                assert self._loop
+                due = min(p["received_at"] for p in parts) + self.settings.multipart_timeout_s - time.time()
+                self._expiry[group] = self._loop.call_later(max(0.0, due), self._expire, group)
+            return
+        timer = self._expiry.pop(group, None)
+        if timer:
+            timer.cancel()
+        if len(texts) < total:
+            log.warning("sms multipart incomplete channel=%s from=%s ref=%d got=%d/%d",
+                        self.name, sender, ref, len(texts), total)
+        text = "".join(texts.get(i, "[...]") for i in range(1, total + 1))
+        await self._deliver(sender, text, f"{sender} {min(p['sent_at'] for p in parts)} {ref}/{total}")
+        await self.store.sms_parts_assembled(self.name, sender, ref, total)
+
+    def _expire(self, group: _Group) -> None:
+        self._expiry.pop(group, None)
+        task = asyncio.create_task(self._assemble(group, expired=True))
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
 
@@ -345,11 +362,12 @@ class ModemSmsChannel:
         if not task.cancelled() and task.exception():
             log.error("sms inbound handler failed channel=%s error=%s", self.name, task.exception())
 
-    async def _deliver(self, sender: str, text: str) -> None:
+    async def _deliver(self, sender: str, text: str, provider_ref: str | None) -> None:
         body = from_wire(text)
         log.info("sms received channel=%s from=%s chars=%d", self.name, sender, len(body))
         assert self._on_inbound
-        await self._on_inbound(InboundMessage(channel=self.name, sender=sender, body=body, at=time.time()))
+        await self._on_inbound(InboundMessage(channel=self.name, sender=sender, body=body, at=time.time(),
+                                              provider_ref=provider_ref))
 
     async def _report(self, ref: int, status: int) -> None:
         """TP-ST (3GPP TS 23.040 §9.2.3.15): <0x20 delivered, 0x20-0x3F still trying, else failed."""

@@ -28,7 +28,7 @@ class Messaging:
         if settings.email:
             channels["email"] = EmailChannel(settings.email)
         if settings.sms_modem:
-            channels[settings.sms_modem.name] = ModemSmsChannel(settings.sms_modem)
+            channels[settings.sms_modem.name] = ModemSmsChannel(settings.sms_modem, services.store)
         if settings.sip_message:
             channels[settings.sip_message.name] = SipMessageChannel(settings.sip_message)
         if settings.sip_via_ami:

@@ -126,6 +126,7 @@ def _v3_durable_inbound(db: Database) -> None:
     db.execute("ALTER TABLE outbox ADD COLUMN opt_notice INTEGER NOT NULL DEFAULT 0")
     # Parts of a long SMS, kept until all have arrived; the SIM copy is deleted once a part is here.
     # sent_at (the service centre's timestamp) tells a part read twice from one reused reference.
+    # wire is the part's text as UTF-16: a part may end inside a surrogate pair.
     db.execute("""
         CREATE TABLE sms_parts (
             channel TEXT NOT NULL,
@@ -134,7 +135,7 @@ def _v3_durable_inbound(db: Database) -> None:
             total INTEGER NOT NULL,
             part INTEGER NOT NULL,
             sent_at TEXT NOT NULL,
-            text TEXT NOT NULL,
+            wire BLOB NOT NULL,
             received_at REAL NOT NULL,
             assembled_at REAL,
             PRIMARY KEY (channel, sender, ref, total, part, sent_at)

@@ -254,22 +254,22 @@ class Store:
         return rows[0]["n"]
 
     async def sms_part(self, channel: str, sender: str, ref: int, total: int, part: int, sent_at: str,
-                       text: str) -> None:
+                       wire: bytes) -> None:
         """Keep one part of a long SMS (a part read again is ignored)."""
         def run() -> None:
             now = time.time()
             db = self._writer_db
             with db.atomic():
-                db.execute("INSERT INTO sms_parts (channel, sender, ref, total, part, sent_at, text, received_at)"
+                db.execute("INSERT INTO sms_parts (channel, sender, ref, total, part, sent_at, wire, received_at)"
                            " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                           [channel, sender, ref, total, part, sent_at, text, now])
+                           [channel, sender, ref, total, part, sent_at, wire, now])
                 # Assembled parts are kept a day, to recognise one read again after a crash.
                 db.execute("DELETE FROM sms_parts WHERE assembled_at < ?", [now - 86400])
         await self._run(run)
 
     async def sms_parts_open(self, channel: str) -> list[dict[str, Any]]:
         """Parts of long SMS not yet assembled, with (sender, ref, total) identifying their message."""
-        return await self._run(self._select, "SELECT sender, ref, total, part, sent_at, text, received_at"
+        return await self._run(self._select, "SELECT sender, ref, total, part, sent_at, wire, received_at"
                                " FROM sms_parts WHERE channel = ? AND assembled_at IS NULL ORDER BY received_at",
                                [channel])
 

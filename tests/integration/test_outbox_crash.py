@@ -1,5 +1,6 @@
-"""SIGKILL an outbox worker process while it is sending to a real SMTP server, restart it, and show
-every queued message arrived. Run as a script, this file is the worker process."""
+"""SIGKILL a worker process at the worst moment, restart it, and show nothing was lost or doubled:
+the outbox while it is sending to a real SMTP server, and a conversation after its SMTP listener
+acknowledged an inbound mail but before the answer went out. Run as a script, this file is the worker."""
 
 from __future__ import annotations
 
@@ -12,20 +13,27 @@ import sys
 from email.message import EmailMessage
 from pathlib import Path
 
+import aiosmtplib
 from test_email_peer import SmtpPeer
 
 from channels.email import EmailChannel, EmailSettings, message_id
 from channels.outbox import Outbox
+from gateway.config import load_config
+from gateway.conversations import ConversationSettings, Conversations
+from llm.knowledge import Retriever
 from models.store import Store
+from tests.support.net import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 COUNT, KILL_AT = 40, 15
+CFG = load_config(ROOT / "etc" / "switchboard.yaml")
 
 
-def email_channel(port: int) -> EmailChannel:
+def email_channel(port: int, listen_port: int | None = None) -> EmailChannel:
+    listener = {"enabled": True, "port": listen_port, "recipients": ["desk@clinic.test"]} if listen_port else {}
     return EmailChannel(EmailSettings.model_validate(
         {"smtp": {"host": "127.0.0.1", "port": port, "security": "none", "from_address": "desk@clinic.test",
-                  "timeout_s": 10}}))
+                  "timeout_s": 10}, "listener": listener}))
 
 
 async def worker(db: Path, port: int) -> None:
@@ -39,10 +47,21 @@ async def worker(db: Path, port: int) -> None:
     await asyncio.Event().wait()  # until killed
 
 
-def spawn(db: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
+async def answering_worker(db: Path, port: int, listen_port: int, buffer_s: float) -> None:
+    """Answers mail that arrives on `listen_port`, after `buffer_s` of quiet, through the relay on `port`."""
+    store = await Store.open(db)
+    outbox = Outbox(store, {"email": email_channel(port, listen_port)})
+    talk = Conversations(CFG.site, Retriever(store), store, outbox, ConversationSettings(buffer_s=buffer_s))
+    await outbox.start(talk.on_inbound)
+    await talk.start()
+    await asyncio.Event().wait()  # until killed
+
+
+def spawn(db: Path, port: int, log: Path, *extra: object) -> subprocess.Popen[bytes]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     with log.open("ab") as err:
-        return subprocess.Popen([sys.executable, __file__, str(db), str(port)], env=env, stdout=err, stderr=err)
+        return subprocess.Popen([sys.executable, __file__, str(db), str(port), *map(str, extra)],
+                                env=env, stdout=err, stderr=err)
 
 
 async def test_sigkill_mid_send_loses_nothing(tmp_path: Path) -> None:
@@ -104,5 +123,55 @@ async def all_sent(db: Path) -> list:
         await store.close()
 
 
+QUESTION = (b"From: Jane <jane@example.test>\r\nTo: desk@clinic.test\r\nSubject: Insurance\r\n"
+            b"Message-ID: <q1@example.test>\r\n\r\nDo you take Cigna?\r\n")
+
+
+async def deliver(port: int) -> None:
+    """Send QUESTION as a relay would: retrying until the listener is up, returning at its 250."""
+    for _ in range(300):
+        try:
+            await aiosmtplib.send(QUESTION, sender="jane@example.test", recipients=["desk@clinic.test"],
+                                  hostname="127.0.0.1", port=port, start_tls=False, timeout=10)
+            return
+        except (aiosmtplib.SMTPConnectError, OSError):
+            await asyncio.sleep(0.1)
+    raise AssertionError(f"no SMTP listener on port {port}")
+
+
+async def test_sigkill_after_the_250_still_answers_the_mail_once(tmp_path: Path) -> None:
+    db, log = tmp_path / "sb.db", tmp_path / "worker.log"
+    store = await Store.open(db)
+    await store.replace_admin_knowledge(CFG.knowledge)
+    await store.close()
+    relay = SmtpPeer()
+    await relay.start()
+    listen = free_port()
+    # A long debounce window: the 250 has been given and the answer is still waiting when the kill comes.
+    first = spawn(db, relay.port, log, listen, 60)
+    second = None
+    try:
+        await deliver(listen)
+        first.send_signal(signal.SIGKILL)
+        assert await asyncio.to_thread(first.wait, 10) == -signal.SIGKILL
+        assert relay.messages == []
+        second = spawn(db, relay.port, log, listen, 0.2)
+        [answer] = await relay.wait_for(1, timeout=60)
+        await deliver(listen)  # the sender's relay delivers the same mail again
+        await asyncio.sleep(1.0)  # five debounce windows: a second answer would be out by now
+    finally:
+        for proc in (first, second):
+            if proc and proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+        await relay.stop()
+    assert len(relay.messages) == 1, log.read_text()
+    assert answer["To"] == "jane@example.test" and answer["Subject"] == "Re: Insurance"
+    assert "Cigna" in answer.get_body(("plain",)).get_content()
+
+
 if __name__ == "__main__":
-    asyncio.run(worker(Path(sys.argv[1]), int(sys.argv[2])))
+    if len(sys.argv) > 3:
+        asyncio.run(answering_worker(Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])))
+    else:
+        asyncio.run(worker(Path(sys.argv[1]), int(sys.argv[2])))

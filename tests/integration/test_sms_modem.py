@@ -13,6 +13,7 @@ from gsmmodem.pdu import Concatenation
 from channels.base import InboundMessage, OutgoingMessage, PermanentError, TemporaryError
 from channels.sms_modem import ModemSettings, ModemSmsChannel
 from channels.sms_text import from_wire
+from models.store import Store
 from tests.support.fake_modem import FakeModem
 
 NUMBER = "+31612345678"
@@ -20,9 +21,9 @@ WAIT_S = 10.0
 
 
 class Harness:
-    def __init__(self, port: Path, **overrides: object) -> None:
+    def __init__(self, port: Path, store: Store, **overrides: object) -> None:
         self.settings = ModemSettings(port=str(port), reconnect_s=0.2, network_timeout_s=0.5, **overrides)
-        self.channel = ModemSmsChannel(self.settings)
+        self.channel = ModemSmsChannel(self.settings, store)
         self.inbound: asyncio.Queue[InboundMessage] = asyncio.Queue()
         self.reports: asyncio.Queue[tuple[str, str, bool]] = asyncio.Queue()
         self.fail_inbound = 0  # the next N inbound handler calls raise
@@ -50,11 +51,18 @@ def port(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-async def harness_factory(port: Path) -> AsyncIterator[Callable[..., Harness]]:
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    s = await Store.open(tmp_path / "sb.db")
+    yield s
+    await s.close()
+
+
+@pytest.fixture
+async def harness_factory(port: Path, store: Store) -> AsyncIterator[Callable[..., Harness]]:
     made: list[Harness] = []
 
     def make(**overrides: object) -> Harness:
-        made.append(Harness(port, **overrides))
+        made.append(Harness(port, store, **overrides))
         return made[-1]
 
     yield make
@@ -181,6 +189,21 @@ async def test_incomplete_multipart_is_delivered_after_timeout(fake: FakeModem, 
     fake.receive_sms("+31600000002", "y" * 300, concat_ref=7, order=[0])
     msg = await asyncio.wait_for(h.inbound.get(), WAIT_S)
     assert msg.body == "y" * 153 + "[...]"
+
+
+async def test_a_part_deleted_from_the_sim_survives_a_restart(fake: FakeModem, harness_factory) -> None:  # type: ignore[no-untyped-def]
+    h = await ready(harness_factory)
+    long_text = "Part one and part two of a long question about my bill. " * 4  # 2 parts
+    fake.receive_sms("+31600000004", long_text, concat_ref=9, order=[0])
+    await until(lambda: fake.stored == 0)  # the first part is off the SIM
+    await h.channel.stop()  # the daemon restarts between the parts
+    h = await ready(harness_factory)
+    fake.receive_sms("+31600000004", long_text, concat_ref=9, order=[1])
+    msg = await asyncio.wait_for(h.inbound.get(), WAIT_S)
+    assert msg.body == long_text
+    assert msg.provider_ref and msg.provider_ref.startswith("+31600000004 ")
+    await until(lambda: fake.stored == 0)
+    assert h.inbound.empty()
 
 
 async def test_send_errors_map_to_permanent_and_temporary(fake: FakeModem, harness_factory) -> None:  # type: ignore[no-untyped-def]
