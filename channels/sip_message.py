@@ -3,14 +3,21 @@ SMS gateway with digest authentication, RFC 3261 retransmission timers, and inbo
 
 The direct channel is one UDP socket (asyncio DatagramProtocol) for both directions. It is a
 non-INVITE client transaction per attempt: the request is retransmitted at T1, doubling up to T2
-(after a provisional response: every T2) until a final response or timer F. A 401/407 challenge is
-answered once, in a new transaction: same Call-ID and From tag, CSeq + 1, a new branch.
+(after a provisional response: every T2) until a final response or timer F. Each 401/407 challenge
+is answered once, in a new transaction: same Call-ID and From tag, CSeq + 1, a new branch; a 401 after
+a 407 (a proxy, then the gateway behind it) is answered too, with both credentials. Call-ID and From
+tag derive from the outbox idempotency key, so a re-send after a crash or a timeout is recognisably
+the same message to the receiver.
+
+Inbound MESSAGE is taken only from the source addresses in `inbound_from` (none by default), and the
+socket binds to loopback unless told otherwise.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import ipaddress
 import logging
 import os
 import re
@@ -100,14 +107,14 @@ class SipMessageSettings(Settings):
     gateway_host: str  # the SIP SMS gateway (or PBX) requests go to
     gateway_port: int = Field(5060, ge=1, le=65535)
     domain: str | None = None  # request-URI / From host; default gateway_host
-    bind_host: str = "0.0.0.0"
+    bind_host: str = "127.0.0.1"  # loopback: a gateway on this host; set an interface address for a remote one
     bind_port: int = Field(5070, ge=0, le=65535)  # 0: any free port
     advertised_host: str | None = None  # address in Via/From; default: the one routing to the gateway
     from_user: str = "switchboard"
     from_display: str | None = None
     username: str | None = None  # digest user; default from_user
     password_env: str | None = None  # name of the environment variable holding the digest password
-    inbound_from: list[str] = []  # source IPs allowed to send MESSAGE in; empty: the gateway's only
+    inbound_from: list[str] = []  # source IPs allowed to send MESSAGE (and OPTIONS) in; empty: no inbound
     timer_t1_s: float = Field(0.5, gt=0)
     timer_t2_s: float = Field(4.0, gt=0)
     timer_f_s: float = Field(32.0, gt=0)  # give up on a transaction (64 * T1)
@@ -202,6 +209,13 @@ def _usable(challenge: dict[str, str] | None) -> bool:
     return not qops or "auth" in qops
 
 
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
 def uri_user(header: str) -> str:
     """The user part of the URI in a From/To header value: `"Ann" <sip:+316@gw>;tag=1` -> `+316`."""
     match = _URI_USER.search(header)
@@ -266,13 +280,16 @@ class SipMessageChannel:
         loop = asyncio.get_running_loop()
         infos = await loop.getaddrinfo(s.gateway_host, s.gateway_port, family=socket.AF_INET, type=socket.SOCK_DGRAM)
         self._gateway = infos[0][4][:2]
-        self._trusted = set(s.inbound_from) or {self._gateway[0]}
+        if _loopback(s.bind_host) and not _loopback(self._gateway[0]):
+            raise RuntimeError(f"sip: bind_host {s.bind_host} cannot reach gateway_host {s.gateway_host} "
+                               f"({self._gateway[0]}); set bind_host to this machine's address on that network")
+        self._trusted = set(s.inbound_from)
         self._host = s.advertised_host or self._route_address()
         self._on_inbound = on_inbound
         self._transport, _ = await loop.create_datagram_endpoint(
             lambda: _Protocol(self), local_addr=(s.bind_host, s.bind_port))
-        log.info("sip message ready channel=%s listen=%s:%d gateway=%s:%d",
-                 self.name, s.bind_host, self.local_port, *self._gateway)
+        log.info("sip message ready channel=%s listen=%s:%d gateway=%s:%d inbound_from=%s",
+                 self.name, s.bind_host, self.local_port, *self._gateway, ",".join(sorted(self._trusted)) or "-")
 
     def _route_address(self) -> str:
         if self.settings.bind_host not in ("0.0.0.0", ""):
@@ -302,7 +319,7 @@ class SipMessageChannel:
         return f"sip:{to}@{self.settings.domain or self.settings.gateway_host}"
 
     def _request(self, uri: str, call_id: str, tag: str, cseq: int, branch: str, body: bytes,
-                 auth: tuple[str, str] | None) -> bytes:
+                 auth: dict[str, str]) -> bytes:
         s = self.settings
         display = f'"{s.from_display}" ' if s.from_display else ""
         lines = [
@@ -314,8 +331,7 @@ class SipMessageChannel:
             f"Call-ID: {call_id}",
             f"CSeq: {cseq} MESSAGE",
         ]
-        if auth:
-            lines.append(f"{auth[0]}: {auth[1]}")
+        lines += [f"{name}: {value}" for name, value in auth.items()]
         lines += ["User-Agent: Switchboard", "Content-Type: text/plain;charset=UTF-8",
                   f"Content-Length: {len(body)}"]
         return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
@@ -325,9 +341,10 @@ class SipMessageChannel:
             raise TemporaryError("SIP channel not started")
         s = self.settings
         uri, body = self._uri(message.to), message.body.encode()
-        call_id, tag, cseq = f"{secrets.token_hex(12)}@{self._host}", secrets.token_hex(6), 1
-        auth: tuple[str, str] | None = None
-        for _ in range(3):  # the first try, one answer to a challenge, one more if the nonce was stale
+        seed = hashlib.sha256(f"sip-message|{message.idempotency_key or message.id}".encode()).hexdigest()
+        call_id, tag, cseq = f"{seed[:32]}@{s.domain or s.gateway_host}", seed[32:44], 1
+        auth: dict[str, str] = {}  # header name -> credentials, kept for every later request
+        for _ in range(4):  # the first try, a proxy's and the gateway's challenge, one stale nonce
             branch = "z9hG4bK" + secrets.token_hex(10)
             request = self._request(uri, call_id, tag, cseq, branch, body, auth)
             if len(request) > s.max_request_bytes:
@@ -337,11 +354,11 @@ class SipMessageChannel:
             if status not in (401, 407):
                 break
             challenge = self._challenge(response, status)
-            if auth is not None and challenge.get("stale", "").lower() != "true":
+            name = "Authorization" if status == 401 else "Proxy-Authorization"
+            if name in auth and challenge.get("stale", "").lower() != "true":
                 raise PermanentError(f"gateway rejected our credentials ({status} after authenticating)")
             assert self._password is not None
-            name = "Authorization" if status == 401 else "Proxy-Authorization"
-            auth = (name, digest_authorization(challenge, "MESSAGE", uri, s.username or s.from_user, self._password))
+            auth[name] = digest_authorization(challenge, "MESSAGE", uri, s.username or s.from_user, self._password)
             cseq += 1
         else:
             raise PermanentError(f"gateway keeps challenging ({status})")
@@ -427,8 +444,9 @@ class SipMessageChannel:
         log.info("sip message received channel=%s from=%s src=%s chars=%d", self.name, sender, addr[0], len(body))
         try:
             assert self._on_inbound
+            # Call-ID and CSeq: what a sender keeps when it re-sends the same MESSAGE.
             await self._on_inbound(InboundMessage(channel=self.name, sender=sender, body=body, at=time.time(),
-                                                  provider_ref=packet.get("call-id")))
+                                                  provider_ref=f"{packet.get('call-id')};{packet.get('cseq')}"))
         except Exception as exc:  # the gateway keeps the message and may retry
             log.error("sip inbound handler failed channel=%s from=%s error=%s", self.name, sender, exc)
             self._respond(packet, addr, key, 500, "Server Internal Error")

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import os
 import random
@@ -124,12 +125,21 @@ async def test_401_challenge_then_accepted(make_channel, tmp_path: Path, qop: st
     channel, _ = await make_channel(sipp.port)
     result = await channel.send(outgoing())
     assert await sipp.wait() == 0, sipp.log("errors")  # SIPp's verifyauth accepted our digest
-    assert result.delivered and result.provider_ref and result.provider_ref.endswith("@127.0.0.1")
+    assert result.delivered and result.provider_ref and result.provider_ref.endswith("@sms.example")
     messages = sipp.log("messages")
     assert messages.count(f"Call-ID: {result.provider_ref}") >= 4  # both requests and both answers
     branches = re.findall(r"^Via: SIP/2.0/UDP [^;]+;branch=(z9hG4bK\w+)", messages, re.M)
     assert len(set(branches)) == 2  # a new transaction for the authenticated retry
     assert "Grüße".encode().decode() in messages
+
+
+@needs_sipp
+async def test_401_after_407_is_answered_with_both_credentials(make_channel, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    sipp = await Sipp("uas_407_401.xml", tmp_path, user="gw", password="s3cret").start()
+    channel, _ = await make_channel(sipp.port)
+    result = await channel.send(outgoing())
+    assert await sipp.wait() == 0, sipp.log("errors")  # the 401's digest verified, the 407's still sent
+    assert result.delivered
 
 
 @needs_sipp
@@ -178,7 +188,7 @@ async def test_challenge_without_password_is_permanent(make_channel, tmp_path: P
 
 @needs_sipp
 async def test_inbound_message_from_sipp_is_answered_once(make_channel, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    channel, peer = await make_channel(free_udp_port())
+    channel, peer = await make_channel(free_udp_port(), inbound_from=["127.0.0.1"])
     peer.handler_delay = 1.2  # SIPp retransmits meanwhile (500 ms): absorbed, one 200 at the end
     body = "Can I book for 4? Grüße 😀"
     sipp = await Sipp("uac_message.xml", tmp_path, f"127.0.0.1:{channel.local_port}", "-s", "switchboard",
@@ -186,19 +196,29 @@ async def test_inbound_message_from_sipp_is_answered_once(make_channel, tmp_path
     message = await asyncio.wait_for(peer.inbound.get(), 15)
     assert await sipp.wait() == 0, sipp.log("errors")
     assert (message.channel, message.sender) == ("sip", NUMBER)
-    assert message.body == body and message.provider_ref
+    assert message.body == body and message.provider_ref and message.provider_ref.endswith(";1 MESSAGE")
     assert peer.calls == 1
     assert sipp.log("messages").count("MESSAGE sip:switchboard@") >= 2  # it did retransmit
 
 
 @needs_sipp
-async def test_inbound_from_untrusted_source_is_refused(make_channel, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    channel, peer = await make_channel(free_udp_port(), inbound_from=["192.0.2.1"])
+@pytest.mark.parametrize("inbound_from", [["192.0.2.1"], []], ids=["other-peer", "none-configured"])
+async def test_inbound_from_untrusted_source_is_refused(make_channel, tmp_path: Path, inbound_from) -> None:  # type: ignore[no-untyped-def]
+    # The gateway itself is on 127.0.0.1 too: being the gateway does not make a source trusted.
+    gateway = free_udp_port()
+    channel, peer = await make_channel(gateway, inbound_from=inbound_from)
     sipp = await Sipp("uac_message.xml", tmp_path, f"127.0.0.1:{channel.local_port}", "-s", "switchboard",
                       sender=NUMBER, body="spoofed").start()
     assert await sipp.wait() != 0  # it wanted 200
     assert "SIP/2.0 403 Forbidden" in sipp.log("messages")
     assert peer.calls == 0
+
+
+async def test_binds_to_loopback_by_default_and_says_so_for_a_remote_gateway() -> None:
+    settings = SipMessageSettings(gateway_host="192.0.2.1", bind_port=0)
+    assert settings.bind_host == "127.0.0.1" and settings.inbound_from == []
+    with pytest.raises(RuntimeError, match="bind_host 127.0.0.1 cannot reach gateway_host 192.0.2.1"):
+        await SipMessageChannel(settings).start(Peer().on_inbound, Peer().on_delivery)
 
 
 async def test_retransmits_until_timer_f_then_temporary(make_channel) -> None:  # type: ignore[no-untyped-def]
@@ -207,18 +227,27 @@ async def test_retransmits_until_timer_f_then_temporary(make_channel) -> None:  
     silent.setblocking(False)
     try:
         channel, _ = await make_channel(silent.getsockname()[1], timer_t1_s=0.05, timer_t2_s=0.2, timer_f_s=1.0)
-        with pytest.raises(TemporaryError, match="no final response"):
-            await channel.send(outgoing())
-        copies = []
-        while True:
-            try:
-                copies.append(silent.recv(65535))
-            except BlockingIOError:
-                break
+        attempts = []
+        for _ in range(2):  # the outbox's next attempt of the same row: the same idempotency key
+            with pytest.raises(TemporaryError, match="no final response"):
+                await channel.send(dataclasses.replace(outgoing(), idempotency_key="row-7"))
+            copies = []
+            while True:
+                try:
+                    copies.append(silent.recv(65535))
+                except BlockingIOError:
+                    break
+            attempts.append(copies)
+        with pytest.raises(TemporaryError):
+            await channel.send(dataclasses.replace(outgoing(), idempotency_key="row-8"))
+        other = silent.recv(65535)
     finally:
         silent.close()
+    copies = attempts[0]
     assert len(copies) >= 4 and len(set(copies)) == 1  # the same request (branch, CSeq) each time
     assert b"CSeq: 1 MESSAGE" in copies[0]
+    call_ids = [re.search(rb"^Call-ID: (.+)$", a[0], re.M).group(1) for a in (*attempts, [other])]  # type: ignore[union-attr]
+    assert call_ids[0] == call_ids[1] != call_ids[2]  # a re-send is recognisably the same message
 
 
 def test_digest_matches_rfc2617_example() -> None:
