@@ -2,6 +2,12 @@
 
 The Message-ID is derived from the outbox idempotency key, so a message re-sent after a crash is
 recognisably the same message to the recipient's mail system.
+
+Loop protection (RFC 3834): the listener accepts mail only for the configured recipients, and mail
+that is itself automatic (Auto-Submitted other than "no", Precedence bulk/list/junk, a mailing list,
+a null envelope sender or empty Return-Path, or from one of our own addresses) is accepted and never
+handed on to be answered. Everything we send says `Auto-Submitted: auto-generated`, so well-behaved
+responders do not answer us either.
 """
 
 from __future__ import annotations
@@ -69,10 +75,16 @@ class SmtpSettings(Settings):
 
 class SmtpListenerSettings(Settings):
     enabled: bool = False
-    host: str = "127.0.0.1"
+    host: str = "127.0.0.1"  # loopback: the local MTA relays to us
     port: int = Field(2525, ge=0, le=65535)
-    recipients: tuple[str, ...] = ()  # addresses we accept mail for; empty: any
+    recipients: tuple[str, ...] = ()  # the addresses we accept mail for (required when enabled)
     max_message_bytes: int = Field(1_000_000, ge=1024)
+
+    @model_validator(mode="after")
+    def _recipients(self) -> "SmtpListenerSettings":
+        if self.enabled and not self.recipients:
+            raise ValueError("listener.recipients: list the addresses to accept mail for (e.g. the from_address)")
+        return self
 
 
 class EmailSettings(Settings):
@@ -100,8 +112,27 @@ def strip_quoted(text: str) -> str:
     return "\n".join(kept).strip()
 
 
-def parse_inbound(raw: bytes, envelope_from: str | None = None) -> InboundMessage:
-    msg = BytesParser(policy=policy.default).parsebytes(raw)
+def automatic(msg: EmailMessage, envelope_from: str | None, own: set[str]) -> str | None:
+    """Why `msg` must not get an automatic reply (RFC 3834 §2), or None if it may."""
+    auto = str(msg.get("Auto-Submitted") or "").split(";", 1)[0].strip().lower()
+    if auto and auto != "no":
+        return f"auto-submitted {auto}"
+    precedence = str(msg.get("Precedence") or "").strip().lower()
+    if precedence in ("bulk", "list", "junk"):
+        return f"precedence {precedence}"
+    if msg.get("List-Id") is not None:
+        return "mailing list"
+    return_path = msg.get("Return-Path")
+    if envelope_from in ("", "<>") or (return_path is not None and parseaddr(str(return_path))[1] == ""):
+        return "null sender"
+    senders = {parseaddr(str(msg.get(h) or ""))[1].lower() for h in ("From", "Reply-To", "Sender")}
+    if senders & own or (envelope_from or "").lower() in own:
+        return "our own address"
+    return None
+
+
+def parse_inbound(raw: bytes | EmailMessage, envelope_from: str | None = None) -> InboundMessage:
+    msg = raw if isinstance(raw, EmailMessage) else _parse(raw)
     sender = parseaddr(str(msg.get("Reply-To") or msg.get("From") or ""))[1] or (envelope_from or "")
     part = msg.get_body(preferencelist=("plain", "html"))
     body = ""
@@ -114,16 +145,23 @@ def parse_inbound(raw: bytes, envelope_from: str | None = None) -> InboundMessag
                           provider_ref=str(msg.get("Message-ID") or "") or None)
 
 
+def _parse(raw: bytes) -> EmailMessage:
+    msg = BytesParser(policy=policy.default).parsebytes(raw)
+    assert isinstance(msg, EmailMessage)  # policy.default
+    return msg
+
+
 class _Receiver:
     """aiosmtpd handler: one accepted mail becomes one InboundMessage."""
 
-    def __init__(self, settings: SmtpListenerSettings, on_inbound: InboundHandler) -> None:
+    def __init__(self, settings: SmtpListenerSettings, own: set[str], on_inbound: InboundHandler) -> None:
         self.recipients = {r.lower() for r in settings.recipients}
+        self.own = own | self.recipients
         self.on_inbound = on_inbound
 
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str,
                           rcpt_options: list[str]) -> str:
-        if self.recipients and address.lower() not in self.recipients:
+        if address.lower() not in self.recipients:
             return "550 5.1.1 no such recipient here"
         envelope.rcpt_tos.append(address)
         return "250 OK"
@@ -131,7 +169,12 @@ class _Receiver:
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         raw = envelope.original_content or envelope.content
         assert isinstance(raw, bytes)  # decode_data=False
-        message = parse_inbound(raw, envelope.mail_from)
+        msg = _parse(raw)
+        reason = automatic(msg, envelope.mail_from, self.own)
+        if reason is not None:
+            log.info("email inbound not answered reason=%s ref=%s", reason, msg.get("Message-ID"))
+            return "250 OK"
+        message = parse_inbound(msg, envelope.mail_from)
         if not message.sender or not message.body:
             log.info("email inbound ignored from=%s reason=%s", message.sender or "-",
                      "no sender" if not message.sender else "empty body")
@@ -169,7 +212,7 @@ class EmailChannel:
         self._password = self.settings.smtp.password()
         listener = self.settings.listener
         if listener.enabled:
-            receiver = _Receiver(listener, on_inbound)
+            receiver = _Receiver(listener, {self.settings.smtp.from_address.lower()}, on_inbound)
             self._server = await asyncio.get_running_loop().create_server(
                 lambda: SMTP(receiver, data_size_limit=listener.max_message_bytes, hostname=self._domain),
                 listener.host, listener.port)
@@ -189,6 +232,7 @@ class EmailChannel:
         mail["Subject"] = message.subject or f"Message from {smtp.from_name}"
         mail["Date"] = formatdate(localtime=True)
         mail["Message-ID"] = message_id(message.idempotency_key or str(message.id), self._domain)
+        mail["Auto-Submitted"] = "auto-generated"  # RFC 3834: responders must not answer it
         mail.set_content(message.body)
         if message.html:
             mail.add_alternative(message.html, subtype="html")

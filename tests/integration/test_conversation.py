@@ -173,7 +173,7 @@ async def test_email_in_through_the_listener_and_the_answer_out_through_smtp(sto
     await relay.start()
     channel = EmailChannel(EmailSettings.model_validate({
         "smtp": {"host": "127.0.0.1", "port": relay.port, "security": "none", "from_address": "desk@clinic.test"},
-        "listener": {"enabled": True, "port": 0}}))
+        "listener": {"enabled": True, "port": 0, "recipients": ["desk@clinic.test"]}}))
     outbox = Outbox(store, {"email": channel})
     talk = Conversations(SITE, Retriever(store), store, outbox, ConversationSettings(buffer_s=0.1))
     await outbox.start(talk.on_inbound)

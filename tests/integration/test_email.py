@@ -50,7 +50,7 @@ async def test_plain_send_is_multipart_with_a_message_id_from_the_key() -> None:
         await peer.stop()
     assert result.provider_ref == "<outbox.taken-42@clinic.test>" == mail["Message-ID"]
     assert mail["To"] == "dr.smith@clinic.test" and mail["Subject"] == "A message"
-    assert "Clinic Desk" in mail["From"]
+    assert "Clinic Desk" in mail["From"] and mail["Auto-Submitted"] == "auto-generated"
     assert mail.get_body(("plain",)).get_content().strip() == "Please call back."
     assert "<b>call</b>" in mail.get_body(("html",)).get_content()
 
@@ -139,7 +139,8 @@ async def test_listener_turns_mail_into_an_inbound_message() -> None:
         received.append(message)
 
     channel = EmailChannel(EmailSettings.model_validate({
-        "smtp": {"from_address": "desk@clinic.test"}, "listener": {"enabled": True, "port": 0}}))
+        "smtp": {"from_address": "desk@clinic.test"},
+        "listener": {"enabled": True, "port": 0, "recipients": ["desk@clinic.test"]}}))
     await channel.start(on_inbound, nothing)
     try:
         await aiosmtplib.send(REPLY, sender="jane@example.test", recipients=["desk@clinic.test"],
@@ -157,7 +158,8 @@ async def test_listener_asks_the_sender_to_retry_when_the_handler_fails() -> Non
         raise RuntimeError("database is down")
 
     channel = EmailChannel(EmailSettings.model_validate({
-        "smtp": {"from_address": "desk@clinic.test"}, "listener": {"enabled": True, "port": 0}}))
+        "smtp": {"from_address": "desk@clinic.test"},
+        "listener": {"enabled": True, "port": 0, "recipients": ["desk@clinic.test"]}}))
     await channel.start(broken, nothing)
     try:
         with pytest.raises(aiosmtplib.SMTPDataError) as info:
@@ -166,6 +168,52 @@ async def test_listener_asks_the_sender_to_retry_when_the_handler_fails() -> Non
     finally:
         await channel.stop()
     assert info.value.code == 451
+
+
+HUMAN = b"From: Jane <jane@example.test>\r\nTo: desk@clinic.test\r\nSubject: hi\r\n"
+
+
+@pytest.mark.parametrize(("headers", "mail_from", "answered"), [
+    (b"", "jane@example.test", True),
+    (b"Auto-Submitted: no\r\n", "jane@example.test", True),
+    (b"Auto-Submitted: auto-replied\r\n", "jane@example.test", False),  # an out-of-office notice
+    (b"Auto-Submitted: Auto-Generated; owner-email=x@y\r\n", "jane@example.test", False),
+    (b"Precedence: bulk\r\n", "jane@example.test", False),
+    (b"Precedence: list\r\n", "jane@example.test", False),
+    (b"Precedence: junk\r\n", "jane@example.test", False),
+    (b"List-Id: <patients.clinic.test>\r\n", "jane@example.test", False),
+    (b"", "", False),  # a bounce: null envelope sender
+    (b"Return-Path: <>\r\n", "jane@example.test", False),
+    (b"Reply-To: desk@clinic.test\r\n", "jane@example.test", False),  # our own mail, come back
+    (b"", "DESK@clinic.test", False),
+])
+async def test_listener_never_hands_automatic_mail_on_to_be_answered(
+        headers: bytes, mail_from: str, answered: bool) -> None:
+    received: list[InboundMessage] = []
+
+    async def on_inbound(message: InboundMessage) -> None:
+        received.append(message)
+
+    channel = EmailChannel(EmailSettings.model_validate({
+        "smtp": {"from_address": "desk@clinic.test"},
+        "listener": {"enabled": True, "port": 0, "recipients": ["desk@clinic.test"]}}))
+    await channel.start(on_inbound, nothing)
+    try:
+        # Accepted either way (250): the sending MTA must not retry or bounce it.
+        async with aiosmtplib.SMTP(hostname="127.0.0.1", port=channel.listener_port, start_tls=False,
+                                   timeout=10) as smtp:  # the client API, which allows MAIL FROM:<>
+            await smtp.sendmail(mail_from, ["desk@clinic.test"], HUMAN + headers + b"\r\nDo you take Cigna?\r\n")
+    finally:
+        await channel.stop()
+    assert len(received) == (1 if answered else 0)
+
+
+def test_the_listener_must_name_its_recipients() -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="listener.recipients"):
+        EmailSettings.model_validate({"smtp": {"from_address": "desk@clinic.test"}, "listener": {"enabled": True}})
+    assert EmailSettings.model_validate({"smtp": {"from_address": "a@b.test"}}).listener.host == "127.0.0.1"
 
 
 def test_html_only_mail_and_quote_stripping() -> None:
