@@ -1,4 +1,5 @@
-"""A message taken during a real call reaches the staff member by email through the outbox."""
+"""The daemon's Messaging as built from config: a message taken during a real call reaches the staff
+member by email through the outbox, and a mail acknowledged just before a stop is answered after it."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ import dataclasses
 import time
 from email import message_from_bytes
 
+import aiosmtplib
 import pytest
 from aiosmtpd.controller import Controller
+from test_email_peer import SmtpPeer
 
 from gateway.app import Gateway
 from gateway.caller import CallerClient
@@ -71,3 +74,38 @@ async def test_message_for_staff_is_emailed(services, config, speak) -> None:  #
     body = next(part.get_payload(decode=True).decode() for part in mail.walk()
                 if part.get_content_type() == "text/plain")
     assert "crown" in body.lower() and "call me back" in body.lower()
+
+
+async def test_a_mail_acknowledged_before_a_stop_is_answered_after_the_restart(services, config) -> None:  # type: ignore[no-untyped-def]
+    relay = SmtpPeer()
+    await relay.start()
+    listen = free_port()
+
+    def settings(buffer_s: float) -> MessagingSettings:
+        return MessagingSettings.model_validate({
+            "email": {"smtp": {"host": "127.0.0.1", "port": relay.port, "security": "none",
+                               "from_address": "assistant@clinic.test"},
+                      "listener": {"enabled": True, "port": listen, "recipients": ["assistant@clinic.test"]}},
+            "conversations": {"buffer_s": buffer_s}})
+
+    mail = (b"From: Ann <ann@example.test>\r\nTo: assistant@clinic.test\r\nSubject: Hours\r\n"
+            b"Message-ID: <hours-1@example.test>\r\n\r\nAre you open on Saturday?\r\n")
+    try:
+        first = Messaging(settings(60), services, None)  # still waiting for more mail when it stops
+        await first.start()
+        try:
+            await aiosmtplib.send(mail, sender="ann@example.test", recipients=["assistant@clinic.test"],
+                                  hostname="127.0.0.1", port=listen, start_tls=False, timeout=10)
+        finally:
+            await first.stop()
+        assert relay.messages == []
+        second = Messaging(settings(0.1), services, None)
+        await second.start()
+        try:
+            [answer] = await relay.wait_for(1, timeout=60)
+            await asyncio.sleep(0.5)
+        finally:
+            await second.stop()
+    finally:
+        await relay.stop()
+    assert len(relay.messages) == 1 and answer["To"] == "ann@example.test" and answer["Subject"] == "Re: Hours"

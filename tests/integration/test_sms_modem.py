@@ -27,8 +27,10 @@ class Harness:
         self.inbound: asyncio.Queue[InboundMessage] = asyncio.Queue()
         self.reports: asyncio.Queue[tuple[str, str, bool]] = asyncio.Queue()
         self.fail_inbound = 0  # the next N inbound handler calls raise
+        self.refs: list[str | None] = []  # provider_ref of every handler call, failed ones included
 
     async def on_inbound(self, message: InboundMessage) -> None:
+        self.refs.append(message.provider_ref)
         if self.fail_inbound:
             self.fail_inbound -= 1
             raise RuntimeError("store unavailable")
@@ -182,6 +184,8 @@ async def test_unhandled_sms_stays_on_sim_and_is_read_at_reconnect(fake: FakeMod
     fake.start()  # replugged: the same SIM storage, a new tty behind the same link
     msg = await asyncio.wait_for(h.inbound.get(), WAIT_S)
     assert msg.body == "Please call me back" and fake.stored == 0
+    # Read twice, the same reference both times: the store answers it once.
+    assert len(h.refs) == 2 and h.refs[0] == h.refs[1] and h.refs[0] and h.refs[0].startswith("+31600000001 ")
 
 
 async def test_incomplete_multipart_is_delivered_after_timeout(fake: FakeModem, harness_factory) -> None:  # type: ignore[no-untyped-def]
