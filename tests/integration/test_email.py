@@ -132,15 +132,22 @@ On Mon, 3 Mar 2025 at 10:00, Clinic Desk <desk@clinic.test> wrote:
 """
 
 
-async def test_listener_turns_mail_into_an_inbound_message() -> None:
-    received: list[InboundMessage] = []
-
-    async def on_inbound(message: InboundMessage) -> None:
-        received.append(message)
-
-    channel = EmailChannel(EmailSettings.model_validate({
+def listening_channel() -> EmailChannel:
+    return EmailChannel(EmailSettings.model_validate({
         "smtp": {"from_address": "desk@clinic.test"},
         "listener": {"enabled": True, "port": 0, "recipients": ["desk@clinic.test"]}}))
+
+
+def recorder(received: list[InboundMessage]):  # type: ignore[no-untyped-def]
+    async def on_inbound(message: InboundMessage) -> None:
+        received.append(message)
+    return on_inbound
+
+
+async def test_listener_turns_mail_into_an_inbound_message() -> None:
+    received: list[InboundMessage] = []
+    on_inbound = recorder(received)
+    channel = listening_channel()
     await channel.start(on_inbound, nothing)
     try:
         await aiosmtplib.send(REPLY, sender="jane@example.test", recipients=["desk@clinic.test"],
@@ -157,9 +164,7 @@ async def test_listener_asks_the_sender_to_retry_when_the_handler_fails() -> Non
     async def broken(message: InboundMessage) -> None:
         raise RuntimeError("database is down")
 
-    channel = EmailChannel(EmailSettings.model_validate({
-        "smtp": {"from_address": "desk@clinic.test"},
-        "listener": {"enabled": True, "port": 0, "recipients": ["desk@clinic.test"]}}))
+    channel = listening_channel()
     await channel.start(broken, nothing)
     try:
         with pytest.raises(aiosmtplib.SMTPDataError) as info:
@@ -190,13 +195,8 @@ HUMAN = b"From: Jane <jane@example.test>\r\nTo: desk@clinic.test\r\nSubject: hi\
 async def test_listener_never_hands_automatic_mail_on_to_be_answered(
         headers: bytes, mail_from: str, answered: bool) -> None:
     received: list[InboundMessage] = []
-
-    async def on_inbound(message: InboundMessage) -> None:
-        received.append(message)
-
-    channel = EmailChannel(EmailSettings.model_validate({
-        "smtp": {"from_address": "desk@clinic.test"},
-        "listener": {"enabled": True, "port": 0, "recipients": ["desk@clinic.test"]}}))
+    on_inbound = recorder(received)
+    channel = listening_channel()
     await channel.start(on_inbound, nothing)
     try:
         # Accepted either way (250): the sending MTA must not retry or bounce it.

@@ -64,6 +64,13 @@ def spawn(db: Path, port: int, log: Path, *extra: object) -> subprocess.Popen[by
                                 env=env, stdout=err, stderr=err)
 
 
+def reap(*procs: subprocess.Popen[bytes] | None) -> None:
+    for proc in procs:
+        if proc and proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
 async def test_sigkill_mid_send_loses_nothing(tmp_path: Path) -> None:
     db, log = tmp_path / "sb.db", tmp_path / "worker.log"
     store = await Store.open(db)
@@ -95,10 +102,7 @@ async def test_sigkill_mid_send_loses_nothing(tmp_path: Path) -> None:
                 lambda: len({m["Message-ID"] for m in peer.messages}) == COUNT), 60)
         rows = await asyncio.wait_for(all_sent(db), 30)  # the worker records the last 250s
     finally:
-        for proc in (first, second):
-            if proc and proc.poll() is None:
-                proc.kill()
-                proc.wait(10)
+        reap(first, second)
         await peer.stop()
     counts = collections.Counter(m["Message-ID"] for m in peer.messages)
     assert set(counts) == {message_id(f"crash-{i}", "clinic.test") for i in range(COUNT)}, log.read_text()
@@ -160,10 +164,7 @@ async def test_sigkill_after_the_250_still_answers_the_mail_once(tmp_path: Path)
         await deliver(listen)  # the sender's relay delivers the same mail again
         await asyncio.sleep(1.0)  # five debounce windows: a second answer would be out by now
     finally:
-        for proc in (first, second):
-            if proc and proc.poll() is None:
-                proc.kill()
-                proc.wait(10)
+        reap(first, second)
         await relay.stop()
     assert len(relay.messages) == 1, log.read_text()
     assert answer["To"] == "jane@example.test" and answer["Subject"] == "Re: Insurance"
