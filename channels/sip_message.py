@@ -10,13 +10,16 @@ tag derive from the outbox idempotency key, so a re-send after a crash or a time
 the same message to the receiver.
 
 Inbound MESSAGE is taken only from the source addresses in `inbound_from` (none by default), and the
-socket binds to loopback unless told otherwise.
+socket binds to loopback unless told otherwise. With `inbound_username` / `inbound_password_env` a
+peer must also answer our 401 digest challenge (for peers that support it; source address alone is
+spoofable over UDP). Nonces are stateless: a timestamp signed with a per-process key.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
 import ipaddress
 import logging
 import os
@@ -28,7 +31,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from urllib.parse import unquote
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from channels.base import (
     DeliveryHandler,
@@ -115,10 +118,18 @@ class SipMessageSettings(Settings):
     username: str | None = None  # digest user; default from_user
     password_env: str | None = None  # name of the environment variable holding the digest password
     inbound_from: list[str] = []  # source IPs allowed to send MESSAGE (and OPTIONS) in; empty: no inbound
+    inbound_username: str | None = None  # digest credentials inbound MESSAGE must carry, if the peer can
+    inbound_password_env: str | None = None
     timer_t1_s: float = Field(0.5, gt=0)
     timer_t2_s: float = Field(4.0, gt=0)
     timer_f_s: float = Field(32.0, gt=0)  # give up on a transaction (64 * T1)
     max_request_bytes: int = Field(MAX_UDP_REQUEST, ge=200, le=65000)
+
+    @model_validator(mode="after")
+    def _inbound_auth(self) -> "SipMessageSettings":
+        if (self.inbound_username is None) != (self.inbound_password_env is None):
+            raise ValueError("give both inbound_username and inbound_password_env, or neither")
+        return self
 
 
 @dataclass
@@ -181,25 +192,35 @@ def digest_authorization(challenge: dict[str, str], method: str, uri: str, usern
                          *, cnonce: str | None = None, nc: int = 1) -> str:
     """RFC 2617/7616 digest credentials for `challenge` (qop=auth if offered, else the RFC 2069 form)."""
     algorithm = challenge.get("algorithm", "MD5")
-    digest = _HASHES[algorithm.upper()]
-
-    def h(text: str) -> str:
-        return digest(text.encode()).hexdigest()
-
     realm, nonce = challenge.get("realm", ""), challenge.get("nonce", "")
-    ha1, ha2 = h(f"{username}:{realm}:{password}"), h(f"{method}:{uri}")
     fields = [f'username="{username}"', f'realm="{realm}"', f'nonce="{nonce}"', f'uri="{uri}"']
     qops = [q.strip() for q in challenge.get("qop", "").split(",") if q.strip()]
     if "auth" in qops:
         cnonce = cnonce or secrets.token_hex(8)
         count = f"{nc:08x}"
-        response = h(f"{ha1}:{nonce}:{count}:{cnonce}:auth:{ha2}")
+        response = digest_response(challenge, method, uri, username, password, (count, cnonce))
         fields += [f'response="{response}"', f"algorithm={algorithm}", f'cnonce="{cnonce}"', "qop=auth", f"nc={count}"]
     else:
-        fields += [f'response="{h(f"{ha1}:{nonce}:{ha2}")}"', f"algorithm={algorithm}"]
+        response = digest_response(challenge, method, uri, username, password, None)
+        fields += [f'response="{response}"', f"algorithm={algorithm}"]
     if "opaque" in challenge:
         fields.append(f'opaque="{challenge["opaque"]}"')
     return "Digest " + ", ".join(fields)
+
+
+def digest_response(params: dict[str, str], method: str, uri: str, username: str, password: str,
+                    qop_auth: tuple[str, str] | None) -> str:
+    """The digest `response` value; `qop_auth` is (nc, cnonce) for qop=auth, None for RFC 2069."""
+    digest = _HASHES[params.get("algorithm", "MD5").upper()]
+
+    def h(text: str) -> str:
+        return digest(text.encode()).hexdigest()
+
+    nonce = params.get("nonce", "")
+    ha1, ha2 = h(f"{username}:{params.get('realm', '')}:{password}"), h(f"{method}:{uri}")
+    if qop_auth is None:
+        return h(f"{ha1}:{nonce}:{ha2}")
+    return h(f"{ha1}:{nonce}:{qop_auth[0]}:{qop_auth[1]}:auth:{ha2}")
 
 
 def _usable(challenge: dict[str, str] | None) -> bool:
@@ -258,6 +279,8 @@ class SipMessageChannel:
         """`password`: the digest password, normally read from the `password_env` variable."""
         self.settings, self.name = settings, settings.name
         self._password = password
+        self._inbound_password: str | None = None
+        self._nonce_key = secrets.token_bytes(16)
         self._transport: asyncio.DatagramTransport | None = None
         self._gateway: tuple[str, int] | None = None
         self._trusted: set[str] = set()
@@ -277,6 +300,11 @@ class SipMessageChannel:
             self._password = os.environ.get(s.password_env)
             if not self._password:
                 raise RuntimeError(f"sip: environment variable {s.password_env} (password_env) is not set")
+        if s.inbound_password_env:
+            self._inbound_password = os.environ.get(s.inbound_password_env)
+            if not self._inbound_password:
+                raise RuntimeError(f"sip: environment variable {s.inbound_password_env} (inbound_password_env) "
+                                   "is not set")
         loop = asyncio.get_running_loop()
         infos = await loop.getaddrinfo(s.gateway_host, s.gateway_port, family=socket.AF_INET, type=socket.SOCK_DGRAM)
         self._gateway = infos[0][4][:2]
@@ -434,9 +462,35 @@ class SipMessageChannel:
             self._respond(packet, addr, key, 405, "Method Not Allowed", ["Allow: MESSAGE, OPTIONS"])
         elif not (packet.get("content-type") or "text/plain").lower().startswith("text/"):
             self._respond(packet, addr, key, 415, "Unsupported Media Type", ["Accept: text/plain"])
+        elif self._inbound_password is not None and not self._authorized(packet):
+            realm = self.settings.domain or self.settings.gateway_host
+            self._respond(packet, addr, key, 401, "Unauthorized", [
+                f'WWW-Authenticate: Digest realm="{realm}", nonce="{self._nonce()}", qop="auth", algorithm=MD5'])
         else:
             txn = self._server[key] = _ServerTxn()
             txn.task = asyncio.ensure_future(self._deliver(packet, addr, key))
+
+    def _nonce(self, at: int | None = None) -> str:
+        stamp = str(int(time.time()) if at is None else at)
+        return f"{stamp}.{hmac.new(self._nonce_key, stamp.encode(), hashlib.sha256).hexdigest()[:24]}"
+
+    def _authorized(self, packet: SipPacket) -> bool:
+        """Digest credentials of ours, on a nonce we gave out in the last 5 minutes. The digest-uri is
+        not compared with the Request-URI: some peers (SIPp among them) put a host-only URI there."""
+        creds = parse_challenge(packet.get("authorization") or "")
+        s = self.settings
+        if creds is None or creds.get("username") != s.inbound_username or \
+                creds.get("realm") != (s.domain or s.gateway_host) or not _usable(creds):
+            return False
+        nonce, uri = creds.get("nonce", ""), creds.get("uri", "")
+        stamp = nonce.split(".", 1)[0]
+        if not stamp.isdigit() or not hmac.compare_digest(nonce, self._nonce(int(stamp))) \
+                or time.time() - int(stamp) > 300:
+            return False
+        qop_auth = (creds.get("nc", ""), creds.get("cnonce", "")) if creds.get("qop") == "auth" else None
+        assert s.inbound_username is not None and self._inbound_password is not None
+        expected = digest_response(creds, "MESSAGE", uri, s.inbound_username, self._inbound_password, qop_auth)
+        return hmac.compare_digest(expected, creds.get("response", ""))
 
     async def _deliver(self, packet: SipPacket, addr: tuple[str, int], key: tuple[str, str, str]) -> None:
         sender = uri_user(packet.get("from") or "")

@@ -214,6 +214,26 @@ async def test_inbound_from_untrusted_source_is_refused(make_channel, tmp_path: 
     assert peer.calls == 0
 
 
+@needs_sipp
+@pytest.mark.parametrize(("password", "accepted"), [("peer-pass", True), ("wrong", False)])
+async def test_inbound_digest_auth(make_channel, tmp_path: Path, monkeypatch, password: str, accepted: bool) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("TEST_SIP_INBOUND_PASSWORD", "peer-pass")
+    channel, peer = await make_channel(free_udp_port(), inbound_from=["127.0.0.1"], inbound_username="gateway",
+                                       inbound_password_env="TEST_SIP_INBOUND_PASSWORD")
+    sipp = await Sipp("uac_message_auth.xml", tmp_path, f"127.0.0.1:{channel.local_port}", "-s", "switchboard",
+                      "-au", "gateway", "-ap", password, sender=NUMBER, body="authenticated").start()
+    code = await sipp.wait()
+    messages = sipp.log("messages")
+    assert 'WWW-Authenticate: Digest realm="sms.example"' in messages  # the first request was challenged
+    if accepted:
+        assert code == 0, sipp.log("errors")
+        message = await asyncio.wait_for(peer.inbound.get(), 5)
+        assert message.body == "authenticated" and message.provider_ref.endswith(";2 MESSAGE")
+    else:
+        assert code != 0 and messages.count("SIP/2.0 401 Unauthorized") >= 2  # the retry was refused too
+    assert peer.calls == (1 if accepted else 0)
+
+
 async def test_binds_to_loopback_by_default_and_says_so_for_a_remote_gateway() -> None:
     settings = SipMessageSettings(gateway_host="192.0.2.1", bind_port=0)
     assert settings.bind_host == "127.0.0.1" and settings.inbound_from == []
