@@ -88,6 +88,9 @@ class Conversations:
             log.warning("inbound recovered messages=%d threads=%d", len(pending), len({m.thread_id for m in pending}))
         for row in pending:
             assert row.thread_id is not None and row.sender is not None
+            if row.channel not in self.outbox.channels:  # kept for when that channel is configured again
+                log.warning("inbound not answered id=%d channel=%s reason=channel not configured", row.id, row.channel)
+                continue
             await self._take(row.thread_id, row.id, InboundMessage(
                 channel=row.channel, sender=row.sender, body=row.body, at=row.at, subject=row.subject))
 
