@@ -227,3 +227,33 @@ async def test_closed_store_refuses_work(tmp_path: Path) -> None:
     assert await task > 0
     with pytest.raises(StoreClosedError, match="sb.db is closed"):
         await s.knowledge()
+
+
+async def test_a_version_2_database_gains_durable_inbound_and_keeps_its_texts(tmp_path: Path) -> None:
+    from sqlite_utils import Database
+
+    from models.migrations import MIGRATIONS
+
+    path = tmp_path / "v2.db"
+    db = Database(path)
+    for migration in MIGRATIONS[:2]:
+        migration(db)
+    db.execute("CREATE TABLE schema_version (id INTEGER PRIMARY KEY CHECK (id = 1), version INTEGER NOT NULL)")
+    db.execute("INSERT INTO schema_version VALUES (1, 2)")
+    db.execute("INSERT INTO messages (channel, direction, body, status, at) VALUES ('sms', 'in', 'old', 'received', 1)")
+    db.conn.commit()
+    db.close()
+    s = await Store.open(path)
+    try:
+        assert await s.pending_inbound() == []  # a text an older version answered is not answered again
+        first = await s.record_inbound("sip", "+15550102030", "hi", 2.0, None, "abc@gw;1 MESSAGE")
+        assert first is not None
+        assert await s.record_inbound("sip", "+15550102030", "hi", 3.0, None, "abc@gw;1 MESSAGE") is None
+        assert await s.record_inbound("email", "+15550102030", "hi", 3.0, None, "abc@gw;1 MESSAGE") is not None
+        assert await s.record_inbound("sms", "+15550102030", "no ref", 4.0, None, None) is not None
+        assert await s.record_inbound("sms", "+15550102030", "no ref", 4.0, None, None) is not None
+        assert [m.body for m in await s.pending_inbound(first[1])] == ["hi", "hi", "no ref", "no ref"]
+    finally:
+        await s.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT version FROM schema_version").fetchone()[0] == LATEST_VERSION
