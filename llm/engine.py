@@ -133,7 +133,8 @@ class LlmEngine:
 
 def _parse_json(text: str) -> dict[str, Any]:
     try:
-        value = json.loads(text)
+        # Not strict: llama.cpp's JSON-schema grammar lets a string hold a raw newline or tab.
+        value = json.loads(text, strict=False)
     except json.JSONDecodeError as exc:
         # Only possible when max_tokens cut the grammar short.
         raise LlmError(f"constrained output was cut short: {exc}") from None
