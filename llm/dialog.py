@@ -8,6 +8,7 @@ says must be in the facts it was given. Nothing here touches audio or sockets.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import enum
 import logging
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
 from llm import rules
-from llm.engine import Cancelled, LlmEngine, LlmError
+from llm.engine import MESSAGE_OVERHEAD_TOKENS, PROMPT_OVERHEAD_TOKENS, Cancelled, LlmEngine, LlmError
 from llm.grounding import ungrounded_numbers
 from llm.knowledge import Match, Retriever
 from llm.site import Site, StaffMember
@@ -25,6 +26,11 @@ from models.records import HelpRequest, TakenMessage
 from models.store import Store
 
 log = logging.getLogger(__name__)
+
+# Memory bound for long text threads (500 of them are kept alive); the prompt takes fewer when they
+# do not fit the model's context.
+_MAX_HISTORY_MESSAGES = 40
+_MAX_STORED_CHARS = 1000
 
 
 class Action(str, enum.Enum):
@@ -46,6 +52,21 @@ class Reply:
 
 def _listing(site: Site) -> str:
     return "\n".join(f"- {m.name} ({m.role})" for m in site.directory.everyone())
+
+
+def _oldest_to_drop(history: list[dict[str, str]], enough: Callable[[list[dict[str, str]]], bool]) -> int:
+    """How many of the oldest messages to drop, in whole turns so that roles still alternate. Callers
+    drop well below their limit, not just to it: the prompt's start then stays byte-stable for the
+    next turns, so llama.cpp reuses its KV cache."""
+    drop = 0
+    while drop < len(history) and not enough(history[drop:]):
+        drop += 2
+    return drop
+
+
+def _turn(facts: list[str], words: str) -> str:
+    listed = "\n".join(f"- {fact}" for fact in facts) or "- (no facts found)"
+    return f"Facts:\n{listed}\n\nCaller: {words}"
 
 
 class Dialog:
@@ -88,7 +109,10 @@ class Dialog:
         reply = await self._decide(text, cancel)
         reply.timings_ms.setdefault("dialog", (time.perf_counter() - start) * 1000)
         self._asked_anything_else = reply.text.endswith(self.site.wording.anything_else)
-        self.history += [{"role": "user", "content": text}, {"role": "assistant", "content": reply.text}]
+        self.history += [{"role": "user", "content": text[:_MAX_STORED_CHARS]},
+                         {"role": "assistant", "content": reply.text[:_MAX_STORED_CHARS]}]
+        if len(self.history) > _MAX_HISTORY_MESSAGES:
+            del self.history[:_oldest_to_drop(self.history, lambda kept: len(kept) <= _MAX_HISTORY_MESSAGES // 2)]
         return reply
 
     # ---- the decision ----------------------------------------------------------------------------
@@ -186,13 +210,44 @@ class Dialog:
             f"are done. Staff:\n{_listing(self.site)}\nAnswer with a JSON object."
         )
 
+    def _fit(self, text: str, matches: list[Match], history: list[dict[str, str]]) -> tuple[str, int]:
+        """This turn's message and how many of the oldest history messages to drop, measured by the
+        model's tokenizer so that the prompt leaves room for the reply. The newest turn always goes in:
+        if too long, the end of the caller's words gives way (down to half the room, the rest being
+        for the facts), then the weakest facts. The oldest turns give way to it."""
+        assert self.engine is not None
+        engine = self.engine
+
+        def cost(content: str) -> int:
+            return engine.count_tokens(content) + MESSAGE_OVERHEAD_TOKENS
+
+        def total(messages: list[dict[str, str]]) -> int:
+            return sum(cost(m["content"]) for m in messages)
+
+        room = engine.context - self.max_reply_tokens - PROMPT_OVERHEAD_TOKENS - cost(self._system_prompt())
+        frame = cost(_turn([], ""))
+        if room - frame < 16:
+            raise LlmError(f"context of {engine.context} tokens leaves no room for a question beside the "
+                           f"instructions and a reply of {self.max_reply_tokens}")
+        facts = [m.entry.answer for m in matches]
+        words = engine.clip(text, max(room // 2 - frame, room - cost(_turn(facts, ""))))
+        while facts and cost(_turn(facts, words)) > room:
+            facts.pop()  # matches come best first
+        newest = _turn(facts, words)
+        room -= cost(newest)
+        drop = _oldest_to_drop(history, lambda kept: total(kept) <= room // 2) if total(history) > room else 0
+        return newest, drop
+
     async def _ask_model(self, text: str, matches: list[Match], best: Match | None,
                          cancel: threading.Event | None) -> Reply | None:
         assert self.engine is not None
-        facts = "\n".join(f"- {m.entry.answer}" for m in matches) or "- (no facts found)"
-        messages = [{"role": "system", "content": self._system_prompt()}, *self.history,
-                    {"role": "user", "content": f"Facts:\n{facts}\n\nCaller: {text}"}]
         try:
+            # Off the event loop: tokenizing a long email takes a while. On a snapshot, applied only
+            # if this turn is still wanted when it returns.
+            newest, drop = await asyncio.to_thread(self._fit, text, matches, list(self.history))
+            del self.history[:drop]
+            messages = [{"role": "system", "content": self._system_prompt()}, *self.history,
+                        {"role": "user", "content": newest}]
             decision, gen = await self.engine.chat_json(messages, self._schema(), max_tokens=self.max_reply_tokens,
                                                         cancel=cancel)
         except Cancelled:

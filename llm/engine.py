@@ -9,6 +9,7 @@ generating at the next token instead of running to max_tokens.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import threading
@@ -19,6 +20,13 @@ from pathlib import Path
 from typing import Any, Iterator
 
 log = logging.getLogger(__name__)
+
+# Chat markup around one message (role header, end of turn: 5 tokens in Gemma and ChatML) and around
+# the whole prompt (BOS, the reply's role header). llama-cpp-python formats the prompt only inside a
+# generation, so these are allowances on top of the content's real token count.
+MESSAGE_OVERHEAD_TOKENS = 8
+PROMPT_OVERHEAD_TOKENS = 8
+_MAX_TOKEN_CHARS = 16  # clip() reads at most this many characters a token: tokenizing a 1 MB email is not free
 
 
 class LlmError(Exception):
@@ -59,10 +67,37 @@ class LlmEngine:
         # `chat_format` is for instruction-tuned GGUFs converted without their template: the admin vouches.
         self.chat_template: str | None = meta.get("tokenizer.chat_template") or chat_format
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llm")
+        # A dialog re-measures its whole history every turn; the texts repeat, so their counts are kept.
+        self._count = functools.lru_cache(maxsize=1024)(self._count_uncached)
 
     @property
     def instruction_tuned(self) -> bool:
         return bool(self.chat_template)
+
+    @property
+    def context(self) -> int:
+        """The context window in tokens: prompt and reply together must fit in it."""
+        return int(self._llm.n_ctx())
+
+    # Tokenizing reads only the model's vocabulary, so these two are safe off the engine thread.
+    def count_tokens(self, text: str) -> int:
+        """Tokens `text` takes as message content, by the model's own tokenizer."""
+        return self._count(text)
+
+    def clip(self, text: str, max_tokens: int) -> str:
+        """`text` cut at its end to at most `max_tokens` tokens."""
+        n = max(0, max_tokens)
+        head = text[: n * _MAX_TOKEN_CHARS]
+        tokens = self._tokenize(head)
+        if head == text and len(tokens) <= n:
+            return text
+        return self._llm.detokenize(tokens[:n]).decode("utf-8", "ignore")
+
+    def _tokenize(self, text: str) -> list[int]:
+        return self._llm.tokenize(text.encode(), add_bos=False, special=True)  # as llama.cpp reads a chat prompt
+
+    def _count_uncached(self, text: str) -> int:
+        return len(self._tokenize(text))
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
@@ -113,7 +148,12 @@ class LlmEngine:
 
     # ---- async API ----------------------------------------------------------------------------
     async def _run(self, fn: Any, *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        except (Cancelled, LlmError):
+            raise
+        except Exception as exc:  # e.g. llama.cpp's ValueError when a prompt overflows the context
+            raise LlmError(f"llama.cpp failed: {type(exc).__name__}: {exc}") from exc
 
     async def health_check(self) -> Generation:
         return await self._run(self._health)

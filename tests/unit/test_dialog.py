@@ -12,7 +12,7 @@ import pytest
 
 from gateway.config import load_config
 from llm.dialog import Action, Dialog
-from llm.engine import Generation, LlmError
+from llm.engine import MESSAGE_OVERHEAD_TOKENS, PROMPT_OVERHEAD_TOKENS, Generation, LlmError
 from llm.knowledge import Retriever
 from models.store import Store
 
@@ -26,8 +26,9 @@ class ScriptedEngine:
 
     instruction_tuned = True
 
-    def __init__(self, *decisions: dict[str, Any] | Exception) -> None:
+    def __init__(self, *decisions: dict[str, Any] | Exception, context: int = 4096) -> None:
         self.decisions = list(decisions)
+        self.context = context
         self.prompts: list[list[dict[str, str]]] = []
         self.schemas: list[dict[str, Any]] = []
 
@@ -39,6 +40,12 @@ class ScriptedEngine:
             raise decision
         return decision, Generation("{}", 10, 50.0, 5.0)
 
+    def count_tokens(self, text: str) -> int:  # a token a word: plain to reason about here
+        return len(text.split())
+
+    def clip(self, text: str, max_tokens: int) -> str:
+        return " ".join(text.split()[:max(0, max_tokens)])
+
 
 @pytest.fixture
 async def store(tmp_path: Path):  # type: ignore[no-untyped-def]
@@ -48,9 +55,9 @@ async def store(tmp_path: Path):  # type: ignore[no-untyped-def]
     await s.close()
 
 
-def dialog(store: Store, engine: Any = None) -> Dialog:
+def dialog(store: Store, engine: Any = None, max_reply_tokens: int = 256) -> Dialog:
     return Dialog(SITE, Retriever(store), store, call_id="c1", caller="+15550001", engine=engine,
-                  now=lambda: MONDAY_10AM)
+                  max_reply_tokens=max_reply_tokens, now=lambda: MONDAY_10AM)
 
 
 async def test_knowledge_answers_in_the_admins_words(store: Store) -> None:
@@ -135,3 +142,50 @@ async def test_llm_transfer_and_escalate_and_failure(store: Store) -> None:
     fallback = await d.respond("Is there parking?")  # model failed: the knowledge answer still comes
     assert fallback.source.startswith("knowledge:") and "park" in fallback.text.lower()
     assert len(engine.prompts[1]) > len(engine.prompts[0])  # the conversation is kept per call
+
+
+def prompt_tokens(engine: ScriptedEngine, messages: list[dict[str, str]]) -> int:
+    return PROMPT_OVERHEAD_TOKENS + sum(engine.count_tokens(m["content"]) + MESSAGE_OVERHEAD_TOKENS for m in messages)
+
+
+async def test_prompt_fits_the_context_the_oldest_turns_giving_way(store: Store) -> None:
+    answer = {"action": "answer", "target": "", "reply": "We do."}
+    room = 250  # for the conversation, beside the instructions and the reply
+    system = dialog(store)._system_prompt()
+    context = 96 + PROMPT_OVERHEAD_TOKENS + len(system.split()) + MESSAGE_OVERHEAD_TOKENS + room
+    engine = ScriptedEngine(*[answer] * 12, context=context)
+    d = dialog(store, engine, max_reply_tokens=96)
+    said = [f"Question {n}: is there anything I should bring to my first cleaning appointment?" for n in range(10)]
+    for text in said:
+        await d.respond(text)
+    for prompt in engine.prompts:
+        assert prompt_tokens(engine, prompt) <= context - 96  # room for the whole reply, every turn
+    last = engine.prompts[-1]
+    assert last[-1]["content"].endswith(f"Caller: {said[-1]}")  # the newest turn, whole
+    kept = [m["content"] for m in last[1:-1:2]]
+    assert 0 < len(kept) < 9 and kept == said[9 - len(kept):9]  # the newest of the earlier turns, in order
+    assert [m["role"] for m in last[1:]] == ["user", "assistant"] * len(kept) + ["user"]
+
+    email = "Do you take Cigna? " + "Quoted earlier mail. " * 2000
+    await d.respond(email)
+    newest = engine.prompts[-1][-1]["content"]
+    assert prompt_tokens(engine, engine.prompts[-1]) <= context - 96
+    assert "Cigna" in newest.split("Caller:")[0]  # the best fact stays ...
+    assert "Caller: Do you take Cigna? Quoted" in newest  # ... beside the start of the caller's words
+    assert len(newest.split("Caller:")[1].split()) >= room // 3
+
+
+async def test_no_room_beside_the_instructions_means_the_knowledge_answers(store: Store,
+                                                                           caplog: pytest.LogCaptureFixture) -> None:
+    engine = ScriptedEngine(context=300)
+    reply = await dialog(store, engine, max_reply_tokens=256).respond("do you take cigna")
+    assert reply.source.startswith("knowledge:") and not engine.prompts
+    assert "leaves no room for a question" in caplog.text
+
+
+async def test_stored_history_is_bounded(store: Store) -> None:
+    d = dialog(store)
+    for n in range(30):
+        await d.respond(f"do you take cigna, question {n}? " + "and more words " * 200)
+    assert len(d.history) <= 40 and max(len(m["content"]) for m in d.history) <= 1000
+    assert d.history[-2]["content"].startswith("do you take cigna, question 29?")
