@@ -48,7 +48,8 @@ class Gateway:
         self.sessions: set[CallSession] = set()
         self.server = AudioSocketServer(
             host if host is not None else cfg.host, cfg.port if port is None else port, self._handle,
-            uuid_timeout_s=cfg.uuid_timeout_s, idle_timeout_s=cfg.idle_timeout_s, max_calls=cfg.max_calls)
+            uuid_timeout_s=cfg.uuid_timeout_s, idle_timeout_s=cfg.idle_timeout_s, max_calls=cfg.max_calls,
+            codec_0x10=cfg.codec_0x10)
         self._warmup: asyncio.Task[None] | None = None
 
     @property

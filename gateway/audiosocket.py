@@ -23,14 +23,20 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import NamedTuple
 
-from speech.audio import FRAME_BYTES, FRAME_MS, SAMPLE_RATE, StreamResampler, ulaw_decode
+from speech.audio import FRAME_BYTES, FRAME_MS, SAMPLE_RATE, StreamResampler, alaw_decode, ulaw_decode
 
 log = logging.getLogger(__name__)
 
 HEADER = struct.Struct("!BH")
 MAX_PAYLOAD = 0xFFFF
 MAX_AUDIO_MS = 200  # more than this in one message is not a real ptime: treat as malformed
-ULAW_FRAME_BYTES = 160  # 20 ms of 8 kHz u-law, which chan_audiosocket labels 0x10 without c(slin)
+# Asterisk sends no frames at all during DTX, hold or silence suppression, so silence on the socket is
+# not a hang-up (EOF is); this only reaps a peer that vanished without closing, e.g. a crashed host.
+IDLE_TIMEOUT_S = 300.0
+RATE_CHECK_S = 1.0  # media time after which the byte rate of kind 0x10 is checked against its codec
+# Kind 0x10 means slin, but Dial(AudioSocket/...) without c(slin) sends the caller's 8-bit codec
+# under it: how to read 0x10 is configured (audiosocket.codec_0x10), never guessed from a length.
+CODECS_0X10: dict[str, Callable[[bytes], bytes] | None] = {"slin": None, "ulaw": ulaw_decode, "alaw": alaw_decode}
 MAX_WRITE_BUFFER = 32 * 1024  # ~1 s of 8 kHz audio queued in user space: the peer stopped reading
 CLOSE_TIMEOUT_S = 1.0
 DTMF_DIGITS = frozenset("0123456789*#ABCD")
@@ -135,8 +141,9 @@ class AudioSocketCall:
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         *,
-        idle_timeout_s: float = 5.0,
+        idle_timeout_s: float = IDLE_TIMEOUT_S,
         max_write_buffer: int = MAX_WRITE_BUFFER,
+        codec_0x10: str = "slin",
     ) -> None:
         self.call_id = call_id
         self.peer = _peer(writer)
@@ -153,7 +160,10 @@ class AudioSocketCall:
         self._max_write_buffer = max_write_buffer
         # Media format, fixed by the peer's audio (None until its first frame).
         self._in_kind: int | None = None
-        self._ulaw = False
+        self._codec_0x10 = codec_0x10
+        self._decode_8bit: Callable[[bytes], bytes] | None = None  # the configured 8-bit codec, while in 0x10
+        self._media_bytes = 0  # of kind 0x10 in the first RATE_CHECK_S, to check the codec once
+        self._media_since: float | None = None
         self._resample_in: StreamResampler | None = None
         self._resample_out: StreamResampler | None = None
         self._in_buf = bytearray()
@@ -289,10 +299,12 @@ class AudioSocketCall:
         if len(payload) > rate * 2 * MAX_AUDIO_MS // 1000:
             raise ProtocolError(f"oversized audio kind=0x{kind:02x} len={len(payload)}")
         if kind != self._in_kind:
-            self._set_media(kind, len(payload))
+            self._set_media(kind)
         self.frames_in += 1
-        if self._ulaw:
-            pcm = ulaw_decode(payload)
+        if self._media_since is not None:
+            self._check_rate(len(payload))
+        if self._decode_8bit is not None:
+            pcm = self._decode_8bit(payload)
         elif len(payload) % 2:
             raise ProtocolError(f"odd-length slin audio kind=0x{kind:02x} len={len(payload)}")
         elif self._resample_in is None:
@@ -310,7 +322,7 @@ class AudioSocketCall:
         del self._in_buf[:whole]
         return events
 
-    def _set_media(self, kind: int, first_len: int) -> None:
+    def _set_media(self, kind: int) -> None:
         """Adopt the peer's audio kind for both directions (it expects replies in kind)."""
         if self._in_kind is not None:
             log.info("audiosocket media changed call=%s kind=0x%02x->0x%02x",
@@ -323,16 +335,29 @@ class AudioSocketCall:
         resampled = rate != SAMPLE_RATE
         self._resample_in = StreamResampler(rate, SAMPLE_RATE) if resampled else None
         self._resample_out = StreamResampler(SAMPLE_RATE, rate) if resampled else None
-        # 0x10 only ever means slin to Asterisk, but chan_audiosocket without c(slin) sends the
-        # caller's codec under it: 160-byte frames are 20 ms of u-law, not 10 ms of slin.
-        self._ulaw = kind == Kind.AUDIO_8K and first_len == ULAW_FRAME_BYTES
-        if self._ulaw:
+        codec = self._codec_0x10 if kind == Kind.AUDIO_8K else "slin"
+        self._decode_8bit = CODECS_0X10[codec]
+        self._media_since = time.monotonic() if kind == Kind.AUDIO_8K else None
+        self._media_bytes = 0
+        log.info("audiosocket media call=%s kind=0x%02x rate=%d codec=%s", self.call_id, kind, rate, codec)
+
+    def _check_rate(self, length: int) -> None:
+        """Once, after RATE_CHECK_S: does kind 0x10 arrive at the byte rate of its configured codec?
+        slin is 16 000 bytes/s, an 8-bit codec 8 000. A mismatch is logged once, with the fix."""
+        assert self._media_since is not None
+        self._media_bytes += length
+        elapsed = time.monotonic() - self._media_since
+        if elapsed < RATE_CHECK_S:
+            return
+        self._media_since = None
+        rate = self._media_bytes / elapsed
+        eight_bit = rate < 0.75 * 2 * SAMPLE_RATE
+        if eight_bit == (self._decode_8bit is None):
             log.warning(
-                "audiosocket call=%s sends 160-byte 0x10 frames: u-law from a channel driver "
-                "without a codec; decoding as u-law. Add /c(slin) to the Dial(AudioSocket/...) "
-                "string (format=slin for ARI externalMedia)", self.call_id)
-        log.info("audiosocket media call=%s kind=0x%02x rate=%d codec=%s",
-                 self.call_id, kind, rate, "ulaw" if self._ulaw else "slin")
+                "audiosocket call=%s kind 0x10 arrives at %.0f bytes/s, which is %s, but audiosocket.codec_0x10 is "
+                "%s: %s", self.call_id, rate, "an 8-bit codec (u-law or A-law)" if eight_bit else "slin",
+                self._codec_0x10, "add /c(slin) to the Dial(AudioSocket/...) string (or set codec_0x10: ulaw or "
+                "alaw)" if eight_bit else "set audiosocket.codec_0x10: slin")
 
 
 Handler = Callable[[AudioSocketCall], Awaitable[None]]
@@ -349,8 +374,9 @@ class AudioSocketServer:
         handler: Handler,
         *,
         uuid_timeout_s: float = 2.0,
-        idle_timeout_s: float = 5.0,
+        idle_timeout_s: float = IDLE_TIMEOUT_S,
         max_calls: int = 500,
+        codec_0x10: str = "slin",
     ) -> None:
         self.host = host
         self._port = port
@@ -358,6 +384,7 @@ class AudioSocketServer:
         self._uuid_timeout_s = uuid_timeout_s
         self._idle_timeout_s = idle_timeout_s
         self._max_calls = max_calls
+        self._codec_0x10 = codec_0x10
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
         self._calls: set[AudioSocketCall] = set()
@@ -426,7 +453,8 @@ class AudioSocketServer:
         if call_id is None:
             await _drain_and_close(reader, writer)
             return
-        call = AudioSocketCall(call_id, reader, writer, idle_timeout_s=self._idle_timeout_s)
+        call = AudioSocketCall(call_id, reader, writer, idle_timeout_s=self._idle_timeout_s,
+                               codec_0x10=self._codec_0x10)
         self._calls.add(call)
         log.info("audiosocket call connected call=%s peer=%s active=%d",
                  call_id, peer, len(self._calls))

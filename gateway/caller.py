@@ -44,6 +44,7 @@ class CallerClient:
     hung_up: asyncio.Event = field(default_factory=asyncio.Event)
     _outgoing: asyncio.Queue = field(default_factory=asyncio.Queue)
     _tasks: list[asyncio.Task] = field(default_factory=list)
+    _silent_until: float = 0.0
 
     async def connect(self) -> "CallerClient":
         self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
@@ -71,6 +72,10 @@ class CallerClient:
         silence = _HEADER.pack(KIND_AUDIO, len(SILENCE_FRAME)) + SILENCE_FRAME
         due = time.monotonic()
         while not self.hung_up.is_set():
+            if time.monotonic() < self._silent_until:  # DTX / hold: Asterisk sends nothing at all
+                due += 0.02
+                await asyncio.sleep(max(0.0, due - time.monotonic()))
+                continue
             try:
                 frame, done = self._outgoing.get_nowait()
             except asyncio.QueueEmpty:
@@ -91,6 +96,10 @@ class CallerClient:
         for i, frame in enumerate(frames):
             self._outgoing.put_nowait((_HEADER.pack(KIND_AUDIO, len(frame)) + frame, done if i == len(frames) - 1 else None))
         return done
+
+    def send_nothing(self, seconds: float) -> None:
+        """Send no frames for a while, as Asterisk does during DTX, hold or silence suppression."""
+        self._silent_until = time.monotonic() + seconds
 
     def dtmf(self, digit: str) -> None:
         self._outgoing.put_nowait((_HEADER.pack(KIND_DTMF, 1) + digit.encode(), None))

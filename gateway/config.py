@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator, with_config
@@ -48,8 +48,13 @@ class AudioSocketSettings(Section):
     host: str = "127.0.0.1"
     port: int = Field(9092, ge=0, le=65535)
     uuid_timeout_s: float = Field(2.0, gt=0)
-    idle_timeout_s: float = Field(5.0, gt=0)
+    # No frames is not a hang-up (DTX, hold, silence suppression): EOF is. This only reaps peers that
+    # vanished without closing the connection.
+    idle_timeout_s: float = Field(300.0, gt=0)
     max_calls: int = Field(250, ge=1)
+    # What kind 0x10 carries: slin, as Asterisk defines it. ulaw/alaw only for Dial(AudioSocket/...)
+    # without c(slin), which sends the caller's codec labelled 0x10 (better: add c(slin)).
+    codec_0x10: Literal["slin", "ulaw", "alaw"] = "slin"
 
 
 class SttSettings(Section):

@@ -282,25 +282,53 @@ async def test_slin16_channel_driver_is_converted_both_ways(start_server: StartS
     assert np.sqrt((echoed**2).mean()) > 500  # real audio came out of the 8k->16k path
 
 
-async def test_ulaw_labelled_0x10_is_decoded_with_one_warning(
-    start_server: StartServer, caplog: pytest.LogCaptureFixture
-) -> None:
+async def test_ulaw_labelled_0x10_is_decoded_when_configured(start_server: StartServer) -> None:
+    """The real capture of Dial(AudioSocket/...) without c(slin), with audiosocket.codec_0x10: ulaw."""
     data, messages = load_capture("audiosocket_in_chan102_ulaw_as_0x10")
     rec = Recorder()
-    server = await start_server(rec)
-    with caplog.at_level(logging.WARNING, logger="gateway.audiosocket"):
-        client = await Client.connect(server.port)
-        await client.send(data)
-        client.writer.write_eof()
-        received = parse_stream(await client.read_to_eof())
+    server = await start_server(rec, codec_0x10="ulaw")
+    client = await Client.connect(server.port)
+    await client.send(data)
+    client.writer.write_eof()
+    received = parse_stream(await client.read_to_eof())
 
     call_id = str(uuid.UUID(bytes=messages[0].payload))
     expected = [AudioIn(ulaw_decode(m.payload)) for m in messages[1:]]
     assert len(expected) == 50 and all(len(e.pcm) == FRAME_BYTES for e in expected)
     assert rec.events[call_id] == [*expected, Hangup("eof")]
     assert {(m.kind, len(m.payload)) for m in received} == {(Kind.AUDIO_8K, 320)}
-    warnings = [r.getMessage() for r in caplog.records if "u-law" in r.getMessage()]
-    assert len(warnings) == 1 and "c(slin)" in warnings[0] and call_id in warnings[0]
+
+
+async def test_kind_and_length_are_trusted_10ms_slin_is_slin(start_server: StartServer) -> None:
+    """160-byte 0x10 frames are 10 ms of slin to Asterisk: never guessed to be u-law from their length."""
+    rec = Recorder(echo=False)
+    server = await start_server(rec)
+    speech = (np.sin(np.arange(1600) * 0.3) * 8000).astype("<i2").tobytes()  # 100 ms, 10 frames of 10 ms
+    client = await Client.connect(server.port)
+    await client.send(uuid_msg(GOOD_ID) + b"".join(encode(Kind.AUDIO_8K, speech[i:i + 160])
+                                                   for i in range(0, len(speech), 160)))
+    client.writer.write_eof()
+    await client.read_to_eof()
+    frames = [e.pcm for e in rec.events[GOOD_ID] if isinstance(e, AudioIn)]
+    assert b"".join(frames) == speech  # re-cut into 20 ms frames, samples untouched
+
+
+async def test_8bit_audio_labelled_slin_is_reported_once_with_the_fix(
+    start_server: StartServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The same capture at its real pace: half of slin's byte rate gives one clear warning."""
+    data, messages = load_capture("audiosocket_in_chan102_ulaw_as_0x10")
+    server = await start_server(Recorder(echo=False))
+    with caplog.at_level(logging.WARNING, logger="gateway.audiosocket"):
+        client = await Client.connect(server.port)
+        await client.send(encode(messages[0].kind, messages[0].payload))
+        for message in [*messages[1:], *messages[1:]][:60]:  # 1.2 s, paced like Asterisk
+            await client.send(encode(message.kind, message.payload))
+            await asyncio.sleep(0.02)
+        client.writer.write_eof()
+        await client.read_to_eof()
+    warnings = [r.getMessage() for r in caplog.records if "codec_0x10" in r.getMessage()]
+    assert len(warnings) == 1 and "c(slin)" in warnings[0], warnings
 
 
 # --- malformed peers end only their own call --------------------------------------

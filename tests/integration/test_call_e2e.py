@@ -223,3 +223,18 @@ async def test_silent_caller_is_prompted_then_told_goodbye(services, config) -> 
     finally:
         await client.close()
         await gateway.stop(grace_s=1.0)
+
+
+async def test_a_call_with_no_frames_for_a_while_stays_up(gateway, services, speak) -> None:  # type: ignore[no-untyped-def]
+    """DTX, hold or silence suppression: Asterisk sends nothing for seconds; only EOF is a hang-up."""
+    client, _ = await connect(gateway)
+    try:
+        client.send_nothing(7)  # longer than the 5 s that once ended such calls
+        await asyncio.sleep(7.5)
+        assert not client.hung_up.is_set()
+        reply = await ask(client, speak, "What is your address?")
+        assert "harbour" in await heard(services, reply)
+        record = await services.store.call(client.call_id)
+        assert record["ended_at"] is None
+    finally:
+        await client.close()
