@@ -13,7 +13,8 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable, Protocol
+from contextlib import aclosing
+from typing import Any, Awaitable, Callable, Coroutine, Protocol, TypeVar
 
 from gateway.audiosocket import AudioIn, AudioSocketCall, Dtmf, Hangup
 from gateway.pacer import MediaClock, OutputStream
@@ -25,6 +26,7 @@ from speech.stt import Transcript
 from speech.vad import Endpointer, SpeechResumed, SpeechStarted, TentativeEnd, Utterance
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Transfers that must end with a person even when the control plane cannot make them.
 _TO_A_PERSON = frozenset({"rule:emergency", "rule:busy"})
@@ -90,7 +92,7 @@ class CallSession:
         self._seq = 0
         self._prompts = 0
         self._quiet_since = time.monotonic()
-        self._ended = asyncio.Event()
+        self._tasks: set[asyncio.Task[object]] = set()  # everything this call started; ended in _cleanup
         self._end_reason = "eof"
 
     # ---- lifecycle ---------------------------------------------------------------------------------
@@ -142,8 +144,10 @@ class CallSession:
             # A transfer or goodbye ends the call itself: let it finish recording its outcome.
             await asyncio.wait([self._reply], timeout=5)
         await self._cancel_reply()
-        if self._speculation:
-            self._speculation.task.cancel()
+        self._drop_speculation()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         self.clock.unregister(self.out)
         self.services.release()
         await self.services.store.end_call(self.call.call_id, self._end_reason, time.time())
@@ -189,10 +193,9 @@ class CallSession:
             self._prompts = 0
             if self._reply is not None and self._reply_interruptible and self.services.config.calls.barge_in:
                 log.info("barge-in call=%s queued_frames=%d", self.call.call_id, self.out.queued_frames)
-                asyncio.ensure_future(self._cancel_reply())
+                self._spawn(self._cancel_reply())
         elif isinstance(event, TentativeEnd):
-            self._speculation = _Speculation(
-                event.seq, asyncio.ensure_future(self._transcribe(event.pcm)))
+            self._speculation = _Speculation(event.seq, self._spawn(self._transcribe(event.pcm)))
         elif isinstance(event, SpeechResumed):
             self._drop_speculation()
         elif isinstance(event, Utterance):
@@ -206,8 +209,20 @@ class CallSession:
                 return
             self._start_reply(self._turn(event, speculation, turn))
 
-    def _transcribe(self, pcm: bytes) -> Awaitable[Transcript]:
-        return self.services.transcriber.transcribe_async(pcm, prompt=self.services.config.site.speech_prompt)
+    async def _transcribe(self, pcm: bytes) -> Transcript:
+        return await self.services.transcriber.transcribe_async(pcm, prompt=self.services.config.site.speech_prompt)
+
+    def _spawn(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        """A task owned by this call: cancelled and awaited when the call ends, its failure logged."""
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("call task failed call=%s error=%r", self.call.call_id, task.exception())
 
     def _drop_speculation(self) -> None:
         if self._speculation is not None:
@@ -220,15 +235,13 @@ class CallSession:
             self._reply.cancel()
         self._cancel_llm = threading.Event()
         self._reply_interruptible = True
-        self._reply = asyncio.ensure_future(coro)
+        self._reply = self._spawn(coro)
         self._reply.add_done_callback(self._reply_done)
 
     def _reply_done(self, task: asyncio.Task[None]) -> None:
         if self._reply is task:
             self._reply = None
             self._quiet_since = time.monotonic()
-        if not task.cancelled() and task.exception() is not None:
-            log.error("reply failed call=%s error=%r", self.call.call_id, task.exception())
 
     async def _cancel_reply(self) -> None:
         task = self._reply
@@ -270,21 +283,23 @@ class CallSession:
             self._reply_interruptible = False
         timings = turn.timings if turn else {}
         first_audio = asyncio.get_running_loop().create_future()
-        self.out.on_first_frame(lambda at: first_audio.done() or first_audio.set_result(at))
+        forget_first_frame = self.out.on_first_frame(lambda at: first_audio.done() or first_audio.set_result(at))
         t0 = time.perf_counter()
         played = False
         try:
-            async for pcm in self.services.synthesizer.stream(reply.text):
-                if "tts_first" not in timings:
-                    timings["tts_first"] = (time.perf_counter() - t0) * 1000
-                    self._unheard_text = ""
-                self.out.enqueue(pcm)
+            async with aclosing(self.services.synthesizer.stream(reply.text)) as speech:
+                async for pcm in speech:
+                    if "tts_first" not in timings:
+                        timings["tts_first"] = (time.perf_counter() - t0) * 1000
+                        self._unheard_text = ""
+                    self.out.enqueue(pcm)
             played = await self.out.mark()
         except asyncio.CancelledError:
             dropped = self.out.clear()
             log.info("reply interrupted call=%s dropped_frames=%d", self.call.call_id, dropped)
             raise
         finally:
+            forget_first_frame()
             if first_audio.done() and turn is not None:
                 timings["voice_to_voice"] = (first_audio.result() - turn.ended_at) * 1000 + timings["endpoint"]
             self._seq += 1

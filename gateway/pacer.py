@@ -101,9 +101,20 @@ class OutputStream:
         self._in_reply = False
         return dropped
 
-    def on_first_frame(self, callback: Callable[[float], None]) -> None:
-        """Call ``callback(monotonic_time)`` when the first frame of each reply is sent."""
+    def on_first_frame(self, callback: Callable[[float], None]) -> Callable[[], None]:
+        """Call ``callback(monotonic_time)`` when the first frame of each reply is sent. Returns the
+        function that removes it: a callback per reply must not outlive its reply."""
         self._first_frame_callbacks.append(callback)
+
+        def remove() -> None:
+            if callback in self._first_frame_callbacks:
+                self._first_frame_callbacks.remove(callback)
+
+        return remove
+
+    @property
+    def first_frame_callbacks(self) -> int:
+        return len(self._first_frame_callbacks)
 
     def _flush_partial(self) -> None:
         if self._partial:
