@@ -198,12 +198,12 @@ async def serve(config: Config) -> int:
         log.error("cannot listen on %s:%s: %s", config.audiosocket.host, config.audiosocket.port, exc.strerror)
         await services.close()
         return 2
-    log.info("ready audiosocket=%s:%d database=%s", config.audiosocket.host, daemon.gateway.port, config.database)
-    sdnotify.notify(f"READY=1\nSTATUS=listening on {config.audiosocket.host}:{daemon.gateway.port}")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in (signal.SIGTERM, signal.SIGINT):  # before READY: a SIGTERM right after it must stop politely
         loop.add_signal_handler(sig, stop.set)
+    log.info("ready audiosocket=%s:%d database=%s", config.audiosocket.host, daemon.gateway.port, config.database)
+    sdnotify.notify(f"READY=1\nSTATUS=listening on {config.audiosocket.host}:{daemon.gateway.port}")
     interval = sdnotify.watchdog_interval()
     watchdog = asyncio.create_task(sdnotify.watchdog(interval)) if interval else None
     await stop.wait()

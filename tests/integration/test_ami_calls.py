@@ -210,7 +210,11 @@ async def test_emergency_without_a_transfer_repeats_911_and_goes_to_the_dialplan
         assert client.received[-1].kind == KIND_HANGUP
         # Not marked as a normal end: the dialplan after AudioSocket() puts the caller through to a person.
         assert not [a for a in rig.server.sent("Setvar") if a["Variable"] == "SWITCHBOARD_END"]
-        record = await services.store.call(client.call_id)
+        for _ in range(100):  # stored when the session has cleaned up, just after the hang-up
+            record = await services.store.call(client.call_id)
+            if record["end_reason"] is not None:
+                break
+            await asyncio.sleep(0.05)
         assert record["end_reason"] == "handed to dialplan"
     finally:
         await client.close()

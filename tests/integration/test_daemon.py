@@ -148,3 +148,23 @@ async def test_notify_protocol_and_graceful_sigterm(tmp_path: Path) -> None:
                                            [client.call_id])]
     assert reason == "shutdown" and ended is not None
     assert any("end this call now" in t for t in spoken)
+
+
+async def test_second_sigterm_stops_at_once(tmp_path: Path) -> None:
+    """An admin's second Ctrl-C (or systemd's SIGTERM repeated) does not wait for the goodbyes."""
+    port = free_port()
+    proc = start_daemon(site_config(tmp_path), port)
+    lines: list[str] = []
+    client = CallerClient("127.0.0.1", port)
+    try:
+        await _logged(proc, "ready audiosocket", lines, timeout=180)
+        await client.connect()
+        proc.send_signal(signal.SIGTERM)
+        await _logged(proc, "ending calls count=1", lines, timeout=10)  # the goodbye is being said
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(proc.wait, 3) == 1
+        assert any("second SIGTERM while stopping" in line for line in lines + proc.stdout.readlines())  # type: ignore[union-attr]
+    finally:
+        await client.close()
+        if proc.poll() is None:
+            proc.kill()

@@ -74,7 +74,7 @@ async def test_an_engine_failure_costs_one_turn_its_model_not_the_call(
         failed = await d.respond(" ".join(QUESTIONS[:1] * 12))
     monkeypatch.undo()
     assert failed.source.startswith("knowledge:") or failed.action is Action.ESCALATE  # as without a model
-    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and r.name == "llm.dialog"]
     assert len(warnings) == 1 and "ValueError" in warnings[0] and "exceed context window" in warnings[0]
     later = await d.respond(QUESTIONS[2])
     assert later.text and later.timings_ms["llm"] > 0  # the model answers the next turn
