@@ -111,9 +111,9 @@ class Store:
             db.enable_wal()
         except sqlite3.DatabaseError as e:  # the first read of the file: "not a database" etc.
             raise sqlite3.DatabaseError(f"{self.path}: cannot open as SQLite: {e}") from e
-        # NORMAL is durable across application crashes in WAL mode; only an OS crash
-        # can lose the last transactions, which is acceptable for call logs.
-        db.execute("PRAGMA synchronous=NORMAL")
+        # FULL: a commit is on disk before it returns, also across power loss (NORMAL in WAL mode may lose
+        # the last commits then), so a message accepted or marked sent stays so.
+        db.execute("PRAGMA synchronous=FULL")
         db.execute("PRAGMA foreign_keys=ON")
         found = migrate(db, str(self.path))
         log.info("store open db=%s schema_found=%d", self.path, found)
