@@ -10,7 +10,7 @@ import os
 import sys
 from pathlib import Path
 
-from gateway.config import DEFAULT_CONFIG, Config, ConfigError, load_config
+from gateway.config import Config, ConfigError, default_config, load_config
 from gateway.models_cmd import add_models_parser
 from gateway.questions_cmd import add_questions_parser
 
@@ -91,8 +91,10 @@ def cmd_call(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="switchboard", description="On-premise AI voice gateway for Asterisk.")
-    parser.add_argument("-c", "--config", type=Path, default=Path(os.environ.get("SWITCHBOARD_CONFIG", DEFAULT_CONFIG)),
-                        help="path to switchboard.yaml (default: %(default)s; env SWITCHBOARD_CONFIG)")
+    parser.add_argument("-c", "--config", type=Path,
+                        default=Path(os.environ.get("SWITCHBOARD_CONFIG") or default_config()),
+                        help="path to switchboard.yaml (default: env SWITCHBOARD_CONFIG, else /etc/switchboard/"
+                             "switchboard.yaml if it exists, else this checkout's etc/; now %(default)s)")
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="override data_dir from the config (database, models)")
     sub = parser.add_subparsers(dest="command", required=True)

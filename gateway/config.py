@@ -25,7 +25,14 @@ from llm.site import Directory, Site
 from models.records import KnowledgeEntry
 from speech.vad import EndpointerConfig
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "etc" / "switchboard.yaml"
+REPO_CONFIG = Path(__file__).resolve().parent.parent / "etc" / "switchboard.yaml"
+SYSTEM_CONFIG = Path("/etc/switchboard/switchboard.yaml")
+
+
+def default_config() -> Path:
+    """The installed service's config if there is one, else this checkout's: the daemon and every CLI
+    command find the same file, so `switchboard questions list` reads the database the service writes."""
+    return SYSTEM_CONFIG if SYSTEM_CONFIG.exists() else REPO_CONFIG
 
 # Forbid unknown keys in the speech package's own dataclass without making speech depend on pydantic.
 with_config(ConfigDict(extra="forbid"))(EndpointerConfig)
@@ -237,8 +244,8 @@ def _resolve(base: Path, p: Path) -> Path:
     return p if p.is_absolute() else (base / p).resolve()
 
 
-def load_config(path: Path | str = DEFAULT_CONFIG, *, data_dir: Path | None = None) -> Config:
-    path = Path(path).resolve()
+def load_config(path: Path | str | None = None, *, data_dir: Path | None = None) -> Config:
+    path = Path(path or default_config()).resolve()
     top = _validate(FileConfig, _read_yaml(path), path)
     base = path.parent
     directory_file = _resolve(base, top.directory)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import sys
 
 from gateway.config import ConfigError, load_config
+from models.migrations import SchemaVersionError
 from models.store import NotFoundError, Store
 
 
@@ -28,7 +30,16 @@ async def _with_store(args: argparse.Namespace, work) -> int:  # type: ignore[no
     except ConfigError as exc:
         print(f"switchboard: configuration error: {exc}")
         return 2
-    store = await Store.open(config.database)
+    if not config.database.exists():
+        print(f"switchboard: no database at {config.database}: the service creates it when it first starts; "
+              f"is {config.path} the config it runs with (see -c, --data-dir)?", file=sys.stderr)
+        return 2
+    try:
+        # The daemon may be running on this file: open it as a client (see Store.open).
+        store = await Store.open(config.database, client=True)
+    except SchemaVersionError as exc:
+        print(f"switchboard: {exc}", file=sys.stderr)
+        return 2
     try:
         return await work(store)
     finally:

@@ -74,12 +74,15 @@ async def _timed(name: str, timings: dict[str, float], fn, *args, **kwargs):  # 
     return result
 
 
-async def load_services(config: Config, *, progress: bool = True) -> Services:
-    """Open the store and load the models (in threads, concurrently); raises with a clear message."""
+async def load_services(config: Config, *, progress: bool = True, client: bool = False) -> Services:
+    """Open the store and load the models (in threads, concurrently); raises with a clear message.
+    client=True for a CLI command beside the daemon: the store is opened as a client and the daemon's
+    knowledge is left as the daemon loaded it."""
     timings: dict[str, float] = {}
-    store = await Store.open(config.database)
+    store = await Store.open(config.database, client=client)
     try:
-        await store.replace_admin_knowledge(config.knowledge)
+        if not client:
+            await store.replace_admin_knowledge(config.knowledge)
         stt_dir = check_whisper_dir(config.models.stt.path or bundled_whisper_dir())
         voice = check_piper_voice(config.models.tts.voice or bundled_piper_voice())
         llm_path = config.models.llm.path or await asyncio.to_thread(

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 from sqlite_utils import Database
 
-from models.migrations import migrate
+from models.migrations import LATEST_VERSION, SchemaVersionError, migrate, schema_version
 from models.records import (
     CallEvent, CallRecord, HelpRequest, KnowledgeEntry, OutboxRecord, TakenMessage, ThreadMessage, Turn,
 )
@@ -68,15 +68,18 @@ def normalize_address(address: str) -> str | None:
 
 
 class Store:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, client: bool = False) -> None:
         self.path = path
+        self.client = client
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")
         self._db: Database | None = None
         self._closed = False
 
     @classmethod
-    async def open(cls, path: str | Path) -> Store:
-        store = cls(Path(path))
+    async def open(cls, path: str | Path, *, client: bool = False) -> Store:
+        """client=True: a CLI command next to a daemon that may have the file open. It then neither
+        migrates a schema the daemon still uses nor checkpoints the daemon's WAL on close."""
+        store = cls(Path(path), client=client)
         try:
             await store._run(store._connect)
         except BaseException:
@@ -115,13 +118,18 @@ class Store:
         # the last commits then), so a message accepted or marked sent stays so.
         db.execute("PRAGMA synchronous=FULL")
         db.execute("PRAGMA foreign_keys=ON")
+        if self.client and 0 < (found := schema_version(db)) < LATEST_VERSION:
+            raise SchemaVersionError(
+                f"{self.path}: database schema version {found} is older than this Switchboard's ({LATEST_VERSION});"
+                " the running service is older than this command: restart it (it migrates the database), then retry")
         found = migrate(db, str(self.path))
         log.info("store open db=%s schema_found=%d", self.path, found)
 
     def _disconnect(self, checkpoint: bool = True) -> None:
         if self._db is None:
             return
-        if checkpoint:
+        # A client must not: TRUNCATE blocks the daemon's writers until every reader is done.
+        if checkpoint and not self.client:
             # Fold the WAL back into the main file so the database is one self-contained file.
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self._db.close()

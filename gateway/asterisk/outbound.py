@@ -218,7 +218,7 @@ async def run_outbound_call(config: Config, number: str, text: str, code: str | 
 
     s = config.ami
     host = s.outbound_audiosocket_host or config.audiosocket.host
-    services = await load_services(config, progress=False)
+    services = await load_services(config, progress=False, client=True)  # the daemon may be running
     ami = AmiClient(s)
     gateway = Gateway(services, host=host, port=0)
     try:
