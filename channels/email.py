@@ -35,6 +35,7 @@ from channels.base import (
     DeliveryHandler, InboundHandler, InboundMessage, OutgoingMessage, PermanentError, SendResult, Settings,
     TemporaryError,
 )
+from models.privacy import masked
 
 log = logging.getLogger(__name__)
 
@@ -176,16 +177,16 @@ class _Receiver:
             return "250 OK"
         message = parse_inbound(msg, envelope.mail_from)
         if not message.sender or not message.body:
-            log.info("email inbound ignored from=%s reason=%s", message.sender or "-",
+            log.info("email inbound ignored from=%s reason=%s", masked(message.sender),
                      "no sender" if not message.sender else "empty body")
             return "250 OK"
         try:
             await self.on_inbound(message)
         except Exception:
             # The sender's relay keeps the mail and tries again: nothing is lost.
-            log.exception("email inbound handler failed from=%s", message.sender)
+            log.exception("email inbound handler failed from=%s", masked(message.sender))
             return "451 4.3.0 temporary failure, try again later"
-        log.info("email inbound from=%s ref=%s", message.sender, message.provider_ref)
+        log.info("email inbound from=%s ref=%s", masked(message.sender), message.provider_ref)
         return "250 OK"
 
 

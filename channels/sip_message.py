@@ -43,6 +43,7 @@ from channels.base import (
     SendResult,
     TemporaryError,
 )
+from models.privacy import masked
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ class AmiMessageChannel:
     async def send(self, message: OutgoingMessage) -> SendResult:
         to = message.to.strip()
         if not to or any(c in to for c in "\r\n,"):
-            raise PermanentError(f"not a SIP destination: {message.to!r}")
+            raise PermanentError(f"not a SIP destination: {masked(message.to)}")
         size = len(message.body.encode())
         if size > self.settings.max_body_bytes:
             raise PermanentError(f"text is {size} bytes; AMI MessageSend takes at most {self.settings.max_body_bytes}")
@@ -98,8 +99,9 @@ class AmiMessageChannel:
         except (TemporaryError, PermanentError):
             raise
         except Exception as exc:
-            raise TemporaryError(f"AMI MessageSend to {destination} failed: {type(exc).__name__}: {exc}") from exc
-        log.info("sip message queued via=ami channel=%s id=%d to=%s bytes=%d", self.name, message.id, destination, size)
+            raise TemporaryError(f"AMI MessageSend to {masked(destination)} failed: {type(exc).__name__}: {exc}") from exc
+        log.info("sip message queued via=ami channel=%s id=%d to=%s bytes=%d", self.name, message.id,
+                 masked(destination), size)
         return SendResult()
 
 
@@ -343,7 +345,7 @@ class SipMessageChannel:
         if to.startswith(("sip:", "sips:")):
             return to
         if not re.fullmatch(r"[\w+.\-*#]+", to):
-            raise PermanentError(f"not a SIP user or number: {to!r}")
+            raise PermanentError(f"not a SIP user or number: {masked(to)}")
         return f"sip:{to}@{self.settings.domain or self.settings.gateway_host}"
 
     def _request(self, uri: str, call_id: str, tag: str, cseq: int, branch: str, body: bytes,
@@ -495,14 +497,15 @@ class SipMessageChannel:
     async def _deliver(self, packet: SipPacket, addr: tuple[str, int], key: tuple[str, str, str]) -> None:
         sender = uri_user(packet.get("from") or "")
         body = packet.body.decode("utf-8", "replace").strip()  # gateways often end the body with CRLF
-        log.info("sip message received channel=%s from=%s src=%s chars=%d", self.name, sender, addr[0], len(body))
+        log.info("sip message received channel=%s from=%s src=%s chars=%d", self.name, masked(sender), addr[0],
+                 len(body))
         try:
             assert self._on_inbound
             # Call-ID and CSeq: what a sender keeps when it re-sends the same MESSAGE.
             await self._on_inbound(InboundMessage(channel=self.name, sender=sender, body=body, at=time.time(),
                                                   provider_ref=f"{packet.get('call-id')};{packet.get('cseq')}"))
         except Exception as exc:  # the gateway keeps the message and may retry
-            log.error("sip inbound handler failed channel=%s from=%s error=%s", self.name, sender, exc)
+            log.error("sip inbound handler failed channel=%s from=%s error=%s", self.name, masked(sender), exc)
             self._respond(packet, addr, key, 500, "Server Internal Error")
         else:
             self._respond(packet, addr, key, 200, "OK")

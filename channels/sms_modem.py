@@ -52,6 +52,7 @@ from channels.base import (
     TemporaryError,
 )
 from channels.sms_text import from_wire, segments, to_wire
+from models.privacy import masked
 from models.store import Store
 
 log = logging.getLogger(__name__)
@@ -324,7 +325,7 @@ class ModemSmsChannel:
         await self.store.sms_part(self.name, sender, concat.reference, concat.parts, concat.number, sent_at,
                                   text.encode(_PART_CODEC, "surrogatepass"))
         log.info("sms part channel=%s from=%s ref=%d part=%d/%d",
-                 self.name, sender, concat.reference, concat.number, concat.parts)
+                 self.name, masked(sender), concat.reference, concat.number, concat.parts)
         await self._assemble((sender, concat.reference, concat.parts))
 
     async def _assemble(self, group: _Group, *, expired: bool = False) -> None:
@@ -346,7 +347,7 @@ class ModemSmsChannel:
             timer.cancel()
         if len(texts) < total:
             log.warning("sms multipart incomplete channel=%s from=%s ref=%d got=%d/%d",
-                        self.name, sender, ref, len(texts), total)
+                        self.name, masked(sender), ref, len(texts), total)
         text = "".join(texts.get(i, "[...]") for i in range(1, total + 1))
         await self._deliver(sender, text, f"{sender} {min(p['sent_at'] for p in parts)} {ref}/{total}")
         await self.store.sms_parts_assembled(self.name, sender, ref, total)
@@ -364,7 +365,7 @@ class ModemSmsChannel:
 
     async def _deliver(self, sender: str, text: str, provider_ref: str | None) -> None:
         body = from_wire(text)
-        log.info("sms received channel=%s from=%s chars=%d", self.name, sender, len(body))
+        log.info("sms received channel=%s from=%s chars=%d", self.name, masked(sender), len(body))
         assert self._on_inbound
         await self._on_inbound(InboundMessage(channel=self.name, sender=sender, body=body, at=time.time(),
                                               provider_ref=provider_ref))
@@ -387,7 +388,7 @@ class ModemSmsChannel:
     async def send(self, message: OutgoingMessage) -> SendResult:
         to = message.to.strip().replace(" ", "")
         if not _NUMBER.fullmatch(to):
-            raise PermanentError(f"not a phone number: {message.to!r}")
+            raise PermanentError(f"not a phone number: {masked(message.to)}")
         seg = segments(message.body)
         if seg.parts > self.settings.max_parts:
             raise PermanentError(f"text needs {seg.parts} SMS parts ({seg.encoding}), more than "
@@ -400,7 +401,7 @@ class ModemSmsChannel:
                 self._executor, self._send_blocking, modem, to, to_wire(message.body))
         except CmsError as exc:
             if exc.code in _PERMANENT_CMS:
-                raise PermanentError(f"network rejected the SMS to {to}: +CMS ERROR: {exc.code}") from exc
+                raise PermanentError(f"network rejected the SMS to {masked(to)}: +CMS ERROR: {exc.code}") from exc
             raise TemporaryError(f"modem could not send: +CMS ERROR: {exc.code}") from exc
         except TimeoutException as exc:
             raise TemporaryError("modem did not confirm the SMS in time") from exc

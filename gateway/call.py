@@ -21,6 +21,7 @@ from gateway.pacer import MediaClock, OutputStream
 from gateway.services import Services
 from llm.dialog import Action, Dialog, Reply
 from llm.site import StaffMember
+from models.privacy import masked, said
 from models.records import CallEvent, CallRecord, TakenMessage, Turn
 from speech.stt import Transcript
 from speech.vad import Endpointer, SpeechResumed, SpeechStarted, TentativeEnd, Utterance
@@ -102,7 +103,7 @@ class CallSession:
             call_id=self.call.call_id, caller=self.caller, dialled=self.dialled, site=cfg.site.name,
             transport="audiosocket", started_at=time.time()))
         self.clock.register(self.out)
-        log.info("call started call=%s caller=%s", self.call.call_id, self.caller or "-")
+        log.info("call started call=%s caller=%s", self.call.call_id, masked(self.caller))
         try:
             if not self.services.admit():
                 self._start_reply(self._deliver(Reply(cfg.site.wording.busy, Action.TRANSFER,
@@ -267,7 +268,8 @@ class CallSession:
         self._seq += 1
         await self.services.store.add_turn(Turn(self.call.call_id, self._seq, "caller", text, time.time(),
                                                 timings_ms=dict(turn.timings)))
-        log.info("caller said call=%s text=%r stt_ms=%.0f", self.call.call_id, text, transcript.elapsed_ms)
+        log.info("caller said call=%s chars=%d text=%s stt_ms=%.0f", self.call.call_id, len(text), said(text),
+                 transcript.elapsed_ms)
         self._unheard_text = text  # until some of our reply is heard
         reply = await self.dialog.respond(text, cancel=self._cancel_llm)
         turn.timings.update(reply.timings_ms)

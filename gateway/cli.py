@@ -13,15 +13,17 @@ from pathlib import Path
 from gateway.config import Config, ConfigError, default_config, load_config
 from gateway.models_cmd import add_models_parser
 from gateway.questions_cmd import add_questions_parser
+from models.privacy import set_log_transcripts
 
 log = logging.getLogger("switchboard")
 
 
-def setup_logging(level: str) -> None:
+def setup_logging(level: str, *, transcripts: bool = False) -> None:
     # Under systemd the journal adds its own timestamps.
     fmt = "%(levelname)s %(name)s %(message)s" if os.environ.get("JOURNAL_STREAM") else \
         "%(asctime)s %(levelname)s %(name)s %(message)s"
     logging.basicConfig(level=level, format=fmt, stream=sys.stderr, force=True)
+    set_log_transcripts(transcripts)
 
 
 def _load(args: argparse.Namespace) -> Config | None:
@@ -36,7 +38,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = _load(args)
     if config is None:
         return 2
-    setup_logging(config.log_level)
+    setup_logging(config.log_level, transcripts=config.log_transcripts)
     if args.port is not None:
         config = dataclasses.replace(config, audiosocket=config.audiosocket.model_copy(update={"port": args.port}))
     from gateway.app import serve
@@ -54,7 +56,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     config = _load(args)
     if config is None:
         return 2
-    setup_logging("WARNING" if not args.verbose else "INFO")
+    setup_logging("WARNING" if not args.verbose else "INFO", transcripts=config.log_transcripts)
     from gateway.demo import run_demo
 
     if (args.wav is None) == (args.say is None):
@@ -83,7 +85,7 @@ def cmd_call(args: argparse.Namespace) -> int:
     if args.code is not None and not args.code.isdigit():
         print("switchboard call: --code must be digits only", file=sys.stderr)
         return 2
-    setup_logging(config.log_level if args.verbose else "WARNING")
+    setup_logging(config.log_level if args.verbose else "WARNING", transcripts=config.log_transcripts)
     from gateway.asterisk.outbound import run_outbound_call
 
     return asyncio.run(run_outbound_call(config, args.number, args.text, args.code))

@@ -187,6 +187,8 @@ class FileConfig(Section):
     ari: AriSettings | None = None  # Stasis mode, instead of the AudioSocket() dialplan line
     messaging: MessagingSettings = MessagingSettings()
     log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
+    # Debugging aid: what callers say, in the log. Off, the log has only lengths (and numbers are masked).
+    log_transcripts: bool = False
 
 
 @dataclass(frozen=True)
@@ -201,6 +203,7 @@ class Config:
     models: ModelSettings
     calls: CallSettings
     log_level: str
+    log_transcripts: bool = False
     ami: AmiSettings = AmiSettings()
     ari: AriSettings | None = None
     messaging: MessagingSettings = MessagingSettings()
@@ -277,6 +280,7 @@ def load_config(path: Path | str | None = None, *, data_dir: Path | None = None)
         models=models,
         calls=top.calls,
         log_level=top.log_level,
+        log_transcripts=top.log_transcripts,
         ami=top.ami,
         ari=top.ari,
         messaging=top.messaging,

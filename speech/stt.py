@@ -177,7 +177,7 @@ class Transcriber:
         if x.size:
             text, avg_logprob, no_speech_prob, path = self._decode(x, prompt, full_window)
             if _is_phantom(text, x, avg_logprob, no_speech_prob, prompt):
-                log.info("stt dropped phantom text=%r no_speech=%.2f", text, no_speech_prob or 0)
+                log.info("stt dropped phantom chars=%d no_speech=%.2f", len(text), no_speech_prob or 0)
                 text = ""
         elapsed = (time.perf_counter() - started) * 1000
         log.info("stt done audio_ms=%d ms=%.0f path=%s chars=%d", audio_ms, elapsed, path, len(text))

@@ -34,6 +34,7 @@ from panoramisk.manager import Manager
 from panoramisk.message import Message
 
 from gateway.config import AmiSettings
+from models.privacy import masked
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +92,10 @@ class _Manager(Manager):
 
 
 def _masked(fields: dict[str, Any]) -> dict[str, Any]:
-    return {k: ("***" if k.lower() == "secret" else v) for k, v in fields.items()}
+    """For the log: no secret, and no callee's full number in an Originate's dial string."""
+    dials = fields.get("Action") == "Originate"
+    return {k: "***" if k.lower() == "secret" else masked(v) if dials and k == "Channel" else v
+            for k, v in fields.items()}
 
 
 class AmiClient:

@@ -47,6 +47,8 @@ from typing import Any, Literal
 import aiohttp
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from models.privacy import masked
+
 log = logging.getLogger(__name__)
 
 _RECONNECT_MIN_S = 0.5
@@ -270,7 +272,7 @@ class AriController:
         call = AriCall(str(uuid.uuid4()), channel["id"], channel.get("name", ""), caller.get("number", ""),
                        caller.get("name", ""), dialplan.get("exten", ""), dialplan.get("context", ""))
         log.info("ari caller entered call=%s channel=%s caller=%s exten=%s", call.call_id, call.channel_name,
-                 call.caller_number or "-", call.dialled)
+                 masked(call.caller_number), call.dialled)
         if self._stopping:
             self._spawn(self._quiet("POST", f"/channels/{call.channel_id}/continue"))
             return

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from panoramisk.message import Message
 
 from gateway.asterisk.ami import AmiClient
+from models.privacy import masked
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +100,7 @@ class CallDirectory:
             return
         self._calls[value] = CallInfo(value, info, dict(info.variables))
         log.info("call correlated uuid=%s channel=%s caller=%s dialled=%s", value, info.channel,
-                 info.caller or "-", info.dialled or "-")
+                 masked(info.caller), info.dialled or "-")
         self._changed.set()
         self._changed = asyncio.Event()
 

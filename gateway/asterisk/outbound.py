@@ -27,6 +27,7 @@ from gateway.config import AmiSettings, Config
 from gateway.pacer import MediaClock, OutputStream
 from gateway.services import Services
 from llm.site import Site
+from models.privacy import masked
 from models.records import CallEvent, CallRecord
 from models.store import Store
 
@@ -147,8 +148,8 @@ class OutboundCalls:
             self._responses.pop(action_id, None)
             self._jobs.pop(job.uuid, None)
         ms = (time.perf_counter() - t0) * 1000
-        log.info("outbound call number=%s code=%s attempt=%d result=%s repeats=%d ms=%.0f error=%s", shown["number"],
-                 shown["code"] or "-", attempt, result, repeats, ms, error or "-")
+        log.info("outbound call number=%s code=%s attempt=%d result=%s repeats=%d ms=%.0f error=%s",
+                 masked(shown["number"]), shown["code"] or "-", attempt, result, repeats, ms, error or "-")
         await self.store.add_event(CallEvent(job.uuid, "outbound_result", time.time(), {
             **shown, "attempt": attempt, "result": result, "repeats": repeats, "ms": round(ms), "error": error}))
         await self.store.end_call(job.uuid, result, time.time())

@@ -101,3 +101,5 @@ async def test_outbound_call_command_keeps_the_daemons_knowledge_and_wal(daemon:
     assert [e.id for e in await daemon.knowledge()] == [DAEMON_ONLY.id]
     with contextlib.closing(sqlite3.connect(daemon.path)) as db:  # written to the daemon's database
         assert db.execute("SELECT count(*) FROM calls WHERE dialled = '0612345678'").fetchone() == (1,)
+    # The log (-v) shows the callee's number masked.
+    assert "number=***678" in proc.stderr and "0612345678" not in proc.stderr
