@@ -14,11 +14,12 @@ import threading
 import time
 from dataclasses import dataclass, field
 from contextlib import aclosing
-from typing import Any, Awaitable, Callable, Coroutine, Protocol, TypeVar
+from typing import Awaitable, Callable, Protocol
 
 from gateway.audiosocket import AudioIn, AudioSocketCall, Dtmf, Hangup
 from gateway.pacer import MediaClock, OutputStream
 from gateway.services import Services
+from gateway.tasks import TaskSet
 from llm.dialog import Action, Dialog, Reply
 from llm.site import StaffMember
 from models.privacy import masked, said
@@ -27,7 +28,6 @@ from speech.stt import Transcript
 from speech.vad import Endpointer, SpeechResumed, SpeechStarted, TentativeEnd, Utterance
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 # Transfers that must end with a person even when the control plane cannot make them.
 _TO_A_PERSON = frozenset({"rule:emergency", "rule:busy"})
@@ -93,7 +93,7 @@ class CallSession:
         self._seq = 0
         self._prompts = 0
         self._quiet_since = time.monotonic()
-        self._tasks: set[asyncio.Task[object]] = set()  # everything this call started; ended in _cleanup
+        self._tasks = TaskSet(f"call:{call.call_id}")  # everything this call started; ended in _cleanup
         self._end_reason = "eof"
 
     # ---- lifecycle ---------------------------------------------------------------------------------
@@ -146,9 +146,7 @@ class CallSession:
             await asyncio.wait([self._reply], timeout=5)
         await self._cancel_reply()
         self._drop_speculation()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._tasks.finish()
         self.clock.unregister(self.out)
         self.services.release()
         await self.services.store.end_call(self.call.call_id, self._end_reason, time.time())
@@ -194,9 +192,9 @@ class CallSession:
             self._prompts = 0
             if self._reply is not None and self._reply_interruptible and self.services.config.calls.barge_in:
                 log.info("barge-in call=%s queued_frames=%d", self.call.call_id, self.out.queued_frames)
-                self._spawn(self._cancel_reply())
+                self._tasks.spawn(self._cancel_reply())
         elif isinstance(event, TentativeEnd):
-            self._speculation = _Speculation(event.seq, self._spawn(self._transcribe(event.pcm)))
+            self._speculation = _Speculation(event.seq, self._tasks.spawn(self._transcribe(event.pcm)))
         elif isinstance(event, SpeechResumed):
             self._drop_speculation()
         elif isinstance(event, Utterance):
@@ -213,18 +211,6 @@ class CallSession:
     async def _transcribe(self, pcm: bytes) -> Transcript:
         return await self.services.transcriber.transcribe_async(pcm, prompt=self.services.config.site.speech_prompt)
 
-    def _spawn(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
-        """A task owned by this call: cancelled and awaited when the call ends, its failure logged."""
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-        return task
-
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("call task failed call=%s error=%r", self.call.call_id, task.exception())
-
     def _drop_speculation(self) -> None:
         if self._speculation is not None:
             self._speculation.task.cancel()  # the worker finishes, the result is ignored
@@ -236,7 +222,7 @@ class CallSession:
             self._reply.cancel()
         self._cancel_llm = threading.Event()
         self._reply_interruptible = True
-        self._reply = self._spawn(coro)
+        self._reply = self._tasks.spawn(coro)
         self._reply.add_done_callback(self._reply_done)
 
     def _reply_done(self, task: asyncio.Task[None]) -> None:

@@ -34,6 +34,7 @@ from panoramisk.manager import Manager
 from panoramisk.message import Message
 
 from gateway.config import AmiSettings
+from gateway.tasks import TaskSet
 from models.privacy import masked
 
 log = logging.getLogger(__name__)
@@ -109,7 +110,7 @@ class AmiClient:
         self._connected = asyncio.Event()
         self._lost = asyncio.Event()
         self._supervisor: asyncio.Task[None] | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = TaskSet("ami")  # async event callbacks
         self.last_error: str | None = None
         self.connects = 0  # successful logins, for tests and `doctor`
 
@@ -136,9 +137,7 @@ class AmiClient:
             await asyncio.gather(self._supervisor, return_exceptions=True)
             self._supervisor = None
         self._drop_connection()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._tasks.finish()
 
     async def _supervise(self) -> None:
         s = self.settings
@@ -243,15 +242,8 @@ class AmiClient:
                 log.exception("ami event callback failed event=%s", message.event)
                 return
             if asyncio.iscoroutine(result):
-                task = asyncio.ensure_future(result)
-                self._tasks.add(task)
-                task.add_done_callback(self._callback_done)
+                self._tasks.spawn(result)
         return run
-
-    def _callback_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("ami event callback failed error=%r", task.exception())
 
     # ---- actions ----------------------------------------------------------------------------------
     async def action(self, fields: dict[str, Any], *, timeout: float | None = None) -> Message:

@@ -47,6 +47,7 @@ from typing import Any, Literal
 import aiohttp
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from gateway.tasks import TaskSet
 from models.privacy import masked
 
 log = logging.getLogger(__name__)
@@ -133,7 +134,7 @@ class AriController:
         self._base = settings.url.rstrip("/") + "/ari"
         self._calls: dict[str, AriCall] = {}
         self._by_channel: dict[str, AriCall] = {}
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = TaskSet("ari")
         self._http: aiohttp.ClientSession | None = None
         self._runner: asyncio.Task[None] | None = None
         self._stopping = False
@@ -160,8 +161,7 @@ class AriController:
         self._stopping = True
         for call in list(self._calls.values()):
             self._end(call, "stop")
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=4 * self.settings.request_timeout_s + 1)
+        await self._tasks.finish(4 * self.settings.request_timeout_s + 1)
         if self._runner:
             self._runner.cancel()
             await asyncio.gather(self._runner, return_exceptions=True)
@@ -178,7 +178,7 @@ class AriController:
             log.warning("ari transfer refused call=%s state=%s", call_id, call.state if call else "unknown")
             return False
         call.state = "leaving"
-        return await asyncio.shield(self._spawn(self._transfer(call, extension)))
+        return await asyncio.shield(self._tasks.spawn(self._transfer(call, extension)))
 
     # --- REST -------------------------------------------------------------------------
 
@@ -228,7 +228,7 @@ class AriController:
                     delay = _RECONNECT_MIN_S
                     log.info("ari connected url=%s app=%s", self.settings.url, self.settings.app)
                     if reconnect:
-                        self._spawn(self._reconcile())
+                        self._tasks.spawn(self._reconcile())
                     reconnect = True
                     async for msg in ws:
                         if msg.type is aiohttp.WSMsgType.TEXT:
@@ -274,11 +274,11 @@ class AriController:
         log.info("ari caller entered call=%s channel=%s caller=%s exten=%s", call.call_id, call.channel_name,
                  masked(call.caller_number), call.dialled)
         if self._stopping:
-            self._spawn(self._quiet("POST", f"/channels/{call.channel_id}/continue"))
+            self._tasks.spawn(self._quiet("POST", f"/channels/{call.channel_id}/continue"))
             return
         self._calls[call.call_id] = call
         self._by_channel[call.channel_id] = call
-        self._spawn(self._setup(call))
+        self._tasks.spawn(self._setup(call))
 
     def _channel_gone(self, channel_id: str, kind: str) -> None:
         call = self._by_channel.get(channel_id)
@@ -295,7 +295,7 @@ class AriController:
             call.end_reason = call.end_reason or reason
         elif call.state == "live":
             call.state = "leaving"
-            self._spawn(self._teardown(call, reason))
+            self._tasks.spawn(self._teardown(call, reason))
 
     # --- call lifecycle ---------------------------------------------------------------
 
@@ -407,16 +407,6 @@ class AriController:
                 if call.state == "live" and channel_id and channel_id not in alive:
                     self._channel_gone(channel_id, "missed while disconnected")
 
-    def _spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-        return task
-
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("ari task failed error=%r", task.exception())
 
 
 def _json(body: bytes) -> Any:
