@@ -15,6 +15,7 @@ from models.store import Store
 from speech.models import bundled_piper_voice, bundled_whisper_dir, check_piper_voice, check_whisper_dir
 from speech.stt import Transcriber
 from speech.tts import Synthesizer
+from speech.voice import load_model as load_voice_model
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +96,7 @@ async def load_services(config: Config, *, progress: bool = True, client: bool =
             _timed("llm", timings, LlmEngine, llm_path, threads=config.models.llm.threads,
                    context=config.models.llm.context, chat_format=config.models.llm.chat_format),
         )
+        await asyncio.to_thread(load_voice_model)  # barge-in's second opinion, off the event loop
     except BaseException:
         await store.close()
         raise

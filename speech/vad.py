@@ -3,8 +3,14 @@
 Time is counted in frames, never by the wall clock, so the same audio always gives
 the same events. Per utterance (`seq`, counting from 1 per Endpointer):
 
-  SpeechStarted -> [TentativeEnd -> SpeechResumed]* -> [TentativeEnd] -> Utterance
-                                                    or -> SpeechDropped (too little speech)
+  SpeechStarted -> [SpeechConfirmed] -> [TentativeEnd -> SpeechResumed]* -> [TentativeEnd] -> Utterance
+                                                                         or -> SpeechDropped
+
+With a VoiceDetector (Silero, speech/voice.py) as second opinion, webrtcvad only opens an
+utterance: SpeechConfirmed(seq) comes once Silero has heard `confirm_ms` of speech in it (what
+may stop our reply: a cough never gets there), and an utterance in which Silero heard less than
+`min_voice_ms` ends as SpeechDropped, so noise never reaches speech recognition. Without one,
+webrtcvad's voiced frames count for both.
 
 Audio kept for an utterance: `preroll_ms` before the first voiced frame, then
 everything up to the end of the last voiced stretch plus at most
@@ -21,6 +27,7 @@ from dataclasses import dataclass
 import webrtcvad
 
 from .audio import FRAME_BYTES, FRAME_MS, SAMPLE_RATE
+from .voice import VoiceDetector
 
 # A pause is only broken by this many consecutive voiced frames: lone voiced frames
 # in a pause (clicks, breath, line noise) count as silence.
@@ -38,12 +45,36 @@ class EndpointerConfig:
     # Shorter blips are dropped. Measured on webrtcvad's flags, which hang on ~80-120 ms
     # after a sound stops: an 80 ms click counts as ~160 ms.
     min_speech_ms: int = 200
+    # Speech (by the second opinion) that confirms the caller is talking over us: ~300 ms is a
+    # syllable or two, longer than a cough or a click; a backchannel ("mm-hm") may get there.
+    confirm_ms: int = 300
+    min_voice_ms: int = 100  # speech (by the second opinion) an utterance needs; less is noise
+    voice_threshold: float = 0.5  # Silero speech probability of a 32 ms window
+
+    def __post_init__(self) -> None:
+        if self.mode not in (0, 1, 2, 3):
+            raise ValueError("mode must be 0, 1, 2 or 3")
+        if not 0 < self.voice_threshold < 1:
+            raise ValueError("voice_threshold must be between 0 and 1")
+        for name in ("start_ms", "tentative_silence_ms", "end_silence_ms", "max_utterance_ms", "confirm_ms"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+        for name in ("preroll_ms", "min_speech_ms", "min_voice_ms"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative")
 
 
 @dataclass(frozen=True)
 class SpeechStarted:
     at_ms: int  # stream time of the first voiced frame (emitted start_ms or so later)
     seq: int = 0
+
+
+@dataclass(frozen=True)
+class SpeechConfirmed:
+    """Utterance `seq` has `confirm_ms` of speech: a caller talking, not a noise."""
+
+    seq: int
 
 
 @dataclass(frozen=True)
@@ -67,13 +98,15 @@ class Utterance:
 
 @dataclass(frozen=True)
 class SpeechDropped:
-    """The sound that raised SpeechStarted(seq) was shorter than min_speech_ms."""
+    """The sound that raised SpeechStarted(seq) was shorter than min_speech_ms ("short"), or had
+    less than min_voice_ms of speech in it by the second opinion ("no voice")."""
 
     seq: int
     speech_ms: int
+    reason: str = "short"
 
 
-Event = SpeechStarted | TentativeEnd | SpeechResumed | Utterance | SpeechDropped
+Event = SpeechStarted | SpeechConfirmed | TentativeEnd | SpeechResumed | Utterance | SpeechDropped
 
 
 def _frames(ms: int) -> int:
@@ -83,8 +116,9 @@ def _frames(ms: int) -> int:
 class Endpointer:
     """One per call: feed 320-byte frames, get events."""
 
-    def __init__(self, config: EndpointerConfig | None = None) -> None:
+    def __init__(self, config: EndpointerConfig | None = None, voice: VoiceDetector | None = None) -> None:
         self.config = config or EndpointerConfig()
+        self.voice = voice
         c = self.config
         self._start = _frames(c.start_ms)
         # Onset needs start_ms voiced within a window half as long again: tolerates a
@@ -112,6 +146,13 @@ class Endpointer:
         self._voice_end = 0  # index in _buffer just after the last voiced stretch
         self._run = 0  # consecutive voiced frames at the buffer's end
         self._tentative_sent = False
+        self._voiced = 0  # webrtcvad voiced frames since the onset
+        self._confirmed = False
+
+    @property
+    def voice_ms(self) -> int:
+        """Speech heard in the current utterance: by the second opinion if there is one."""
+        return self.voice.speech_ms if self.voice is not None else self._voiced * FRAME_MS
 
     def feed(self, frame: bytes) -> list[Event]:
         if len(frame) != FRAME_BYTES:
@@ -135,16 +176,31 @@ class Endpointer:
         self._voice_end = len(self._buffer)
         self._run = 1
         self._tentative_sent = False
+        self._confirmed = False
+        self._voiced = sum(v for _, v in window[first_voiced:])
         self._history.clear()
         self._seq += 1
         at_ms = (self._frame_no - (len(self._buffer) - self._onset)) * FRAME_MS
-        return [SpeechStarted(at_ms=at_ms, seq=self._seq)]
+        events: list[Event] = [SpeechStarted(at_ms=at_ms, seq=self._seq)]
+        if self.voice is not None:
+            self.voice.reset()
+            self.voice.feed(b"".join(self._buffer[self._onset :]))  # ~0.5 ms: a few windows
+        return self._check_confirmed(events)
+
+    def _check_confirmed(self, events: list[Event]) -> list[Event]:
+        if not self._confirmed and self.voice_ms >= self.config.confirm_ms:
+            self._confirmed = True
+            events.append(SpeechConfirmed(self._seq))
+        return events
 
     def _speaking(self, frame: bytes, voiced: bool) -> list[Event]:
         assert self._buffer is not None
         self._buffer.append(frame)
         self._run = self._run + 1 if voiced else 0
-        events: list[Event] = []
+        self._voiced += voiced
+        if self.voice is not None:
+            self.voice.feed(frame)
+        events = self._check_confirmed([])
         in_pause = self._voice_end < len(self._buffer) - self._run
         if not in_pause or self._run >= RESUME_FRAMES:
             self._voice_end = len(self._buffer)
@@ -153,7 +209,7 @@ class Endpointer:
                 events.append(SpeechResumed(self._seq))
         # Voiced frames that may yet end the pause are not counted as silence meanwhile.
         silence = len(self._buffer) - self._voice_end - self._run
-        long_enough = self._voice_end - self._onset >= self._min_speech
+        long_enough = self._voice_end - self._onset >= self._min_speech and self._has_voice()
         if silence >= self._tentative and not self._tentative_sent and long_enough:
             self._tentative_sent = True
             events.append(TentativeEnd(self._kept_pcm(), self._seq))
@@ -167,6 +223,9 @@ class Endpointer:
         assert self._buffer is not None
         return b"".join(self._buffer[: self._voice_end + self._tentative])
 
+    def _has_voice(self) -> bool:
+        return self.voice is None or self.voice.speech_ms >= self.config.min_voice_ms
+
     def _finish(self, reason: str) -> Utterance | SpeechDropped:
         speech_frames = self._voice_end - self._onset
         pcm = self._kept_pcm()
@@ -174,4 +233,6 @@ class Endpointer:
         self._history.clear()
         if speech_frames < self._min_speech:
             return SpeechDropped(self._seq, speech_frames * FRAME_MS)
+        if not self._has_voice():
+            return SpeechDropped(self._seq, speech_frames * FRAME_MS, "no voice")
         return Utterance(pcm, speech_frames * FRAME_MS, self._seq, reason)

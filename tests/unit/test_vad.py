@@ -11,6 +11,7 @@ from speech.tts import Synthesizer
 from speech.vad import (
     Endpointer,
     EndpointerConfig,
+    SpeechConfirmed,
     SpeechDropped,
     SpeechResumed,
     SpeechStarted,
@@ -165,7 +166,7 @@ def test_in_speech_and_reset(voice: dict[str, bytes]) -> None:
     ep = Endpointer()
     frames = audio.split_frames(voice[SENTENCE])
     seen = [e for f in frames[:40] for e in ep.feed(f)]
-    assert [type(e) for e in seen] == [SpeechStarted] and ep.in_speech
+    assert [type(e) for e in seen] == [SpeechStarted, SpeechConfirmed] and ep.in_speech
     ep.reset()
     assert not ep.in_speech
     # After reset a new utterance gets the next seq, and silence alone emits nothing.
