@@ -1,9 +1,13 @@
 """One live call: caller frames in -> endpointing -> STT -> dialog -> TTS -> paced frames out.
 
-The session reads the caller's frames continuously, even while it thinks or speaks, so that
-barge-in (caller speech over our reply) is noticed within a few frames: the reply task is
-cancelled, which drops its queued audio and stops its LLM/TTS work. STT starts speculatively at
-a short pause and is reused when the pause turns out to be the end of the turn.
+The session reads the caller's frames continuously, even while it thinks or speaks. Barge-in:
+once the endpointer confirms that the caller is talking over our reply (SpeechConfirmed: Silero
+heard vad.confirm_ms of speech, so a cough or a click never gets there), the reply task is
+cancelled, which drops its queued audio and stops its LLM/TTS work. If that interruption then
+turns out to hold no words, the reply resumes from the clause that was cut. An utterance that
+ends while our reply still plays (too short to confirm, or calls.barge_in off) is held and
+answered once the reply is over. STT starts speculatively at a short pause and is reused when the
+pause turns out to be the end of the turn.
 """
 
 from __future__ import annotations
@@ -25,7 +29,10 @@ from llm.site import StaffMember
 from models.privacy import masked, said
 from models.records import CallEvent, CallRecord, TakenMessage, Turn
 from speech.stt import Transcript
-from speech.vad import Endpointer, SpeechResumed, SpeechStarted, TentativeEnd, Utterance
+from speech.tts import split_clauses
+from speech.vad import (Endpointer, SpeechConfirmed, SpeechDropped, SpeechResumed, SpeechStarted, TentativeEnd,
+                        Utterance)
+from speech.voice import VoiceDetector
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +70,28 @@ class _Speculation:
 
 
 @dataclass
+class _Playback:
+    """The reply being spoken, with one mark per clause: which clauses the caller has heard."""
+
+    reply: Reply
+    clauses: list[str]
+    marks: list[asyncio.Future[bool]] = field(default_factory=list)
+
+    def unheard(self) -> str:
+        """The clause being played (cut: it is said again whole) and all after it."""
+        heard = sum(1 for m in self.marks if m.done() and m.result())
+        return " ".join(self.clauses[heard:])
+
+
+@dataclass
+class _Cut:
+    """A reply stopped by barge-in (utterance `seq`), kept in case the interruption held no words."""
+
+    seq: int
+    rest: Reply | None
+
+
+@dataclass
 class _Turn:
     """Timings of one caller turn, in ms, from the moment the endpointer closed the utterance."""
 
@@ -81,7 +110,7 @@ class CallSession:
         self.unavailable = unavailable  # back from a transfer this person did not take
         cfg = services.config
         self.out = OutputStream(call.send_audio, name=call.call_id)
-        self.endpointer = Endpointer(cfg.vad)
+        self.endpointer = Endpointer(cfg.vad, VoiceDetector(cfg.vad.voice_threshold))
         self.dialog = Dialog(cfg.site, services.retriever, services.store, call_id=call.call_id, caller=caller,
                              engine=services.dialog_engine, max_reply_tokens=cfg.models.llm.max_reply_tokens,
                              on_message_taken=on_message_taken)
@@ -89,6 +118,9 @@ class CallSession:
         self._reply_interruptible = True
         self._cancel_llm = threading.Event()
         self._speculation: _Speculation | None = None
+        self._playback: _Playback | None = None
+        self._cut: _Cut | None = None
+        self._held: list[Utterance] = []  # utterances that ended while our reply played
         self._unheard_text = ""  # a turn cancelled before we said anything is merged into the next
         self._seq = 0
         self._prompts = 0
@@ -141,6 +173,7 @@ class CallSession:
             await self.call.hangup()
 
     async def _cleanup(self) -> None:
+        self._held.clear()
         if self._reply is not None and not self._reply_interruptible:
             # A transfer or goodbye ends the call itself: let it finish recording its outcome.
             await asyncio.wait([self._reply], timeout=5)
@@ -190,23 +223,70 @@ class CallSession:
     def _on_vad(self, event: object) -> None:
         if isinstance(event, SpeechStarted):
             self._prompts = 0
+        elif isinstance(event, SpeechConfirmed):
             if self._reply is not None and self._reply_interruptible and self.services.config.calls.barge_in:
-                log.info("barge-in call=%s queued_frames=%d", self.call.call_id, self.out.queued_frames)
-                self._tasks.spawn(self._cancel_reply())
+                self._interrupt(event.seq)
         elif isinstance(event, TentativeEnd):
             self._speculation = _Speculation(event.seq, self._tasks.spawn(self._transcribe(event.pcm)))
         elif isinstance(event, SpeechResumed):
             self._drop_speculation()
+        elif isinstance(event, SpeechDropped):
+            self._drop_speculation()
+            rest = self._take_cut(event.seq)
+            if rest is not None and self._reply is None:
+                log.info("reply resumed call=%s reason=%s", self.call.call_id, event.reason)
+                self._start_reply(self._deliver(rest))
         elif isinstance(event, Utterance):
             speculation = self._speculation if self._speculation and self._speculation.seq == event.seq else None
-            if speculation is None:
+            if speculation is None or self._held:
+                speculation = None
                 self._drop_speculation()
             self._speculation = None
-            turn = _Turn(ended_at=time.monotonic(), timings={"endpoint": float(self.services.config.vad.end_silence_ms)})
             if self._reply is not None and not self._reply_interruptible:
                 log.info("utterance ignored call=%s reason=transfer in progress", self.call.call_id)
                 return
-            self._start_reply(self._turn(event, speculation, turn))
+            if self._reply is not None:  # not an interruption: answered once our reply is over
+                log.info("utterance held call=%s audio_ms=%d", self.call.call_id, event.speech_ms)
+                self._held.append(event)
+                return
+            turn = _Turn(ended_at=time.monotonic(), timings={"endpoint": float(self.services.config.vad.end_silence_ms)})
+            self._start_reply(self._answer(self._with_held(event), speculation, turn))
+
+    def _interrupt(self, seq: int) -> None:
+        """Barge-in confirmed: stop the reply now, keeping what the caller has not heard of it."""
+        assert self._reply is not None
+        rest = None
+        if self._playback is not None:
+            unheard = self._playback.unheard()
+            rest = Reply(unheard, source=f"resume:{self._playback.reply.source}") if unheard else None
+        self._cancel_llm.set()
+        self._reply.cancel()
+        self._reply = None  # cancelled: its own handler logs what it dropped
+        self._playback = None
+        self._cut = _Cut(seq, rest)
+        log.info("barge-in call=%s queued_frames=%d", self.call.call_id, self.out.queued_frames)
+        self.out.clear()
+
+    def _take_cut(self, seq: int) -> Reply | None:
+        """What to say again if utterance `seq` (which stopped our reply) holds no words."""
+        cut, self._cut = self._cut, None
+        return cut.rest if cut is not None and cut.seq == seq else None
+
+    def _with_held(self, utterance: Utterance) -> Utterance:
+        """One utterance of the held ones and this one, in order (a reply answers them together)."""
+        if not self._held:
+            return utterance
+        parts, self._held = [*self._held, utterance], []
+        return Utterance(b"".join(u.pcm for u in parts), sum(u.speech_ms for u in parts), utterance.seq,
+                         utterance.reason)
+
+    async def _answer(self, utterance: Utterance, speculation: _Speculation | None, turn: _Turn) -> None:
+        resume = self._take_cut(utterance.seq)
+        before = self._seq
+        await self._turn(utterance, speculation, turn)
+        if resume is not None and self._seq == before:  # no turn stored: the interruption held no words
+            log.info("reply resumed call=%s reason=no words", self.call.call_id)
+            await self._deliver(resume)
 
     async def _transcribe(self, pcm: bytes) -> Transcript:
         return await self.services.transcriber.transcribe_async(pcm, prompt=self.services.config.site.speech_prompt)
@@ -219,6 +299,7 @@ class CallSession:
     # ---- a turn -------------------------------------------------------------------------------------
     def _start_reply(self, coro) -> None:  # type: ignore[no-untyped-def]
         if self._reply is not None and not self._reply.done():
+            self._cancel_llm.set()  # its generation stops at the next token, freeing the LLM thread
             self._reply.cancel()
         self._cancel_llm = threading.Event()
         self._reply_interruptible = True
@@ -229,6 +310,10 @@ class CallSession:
         if self._reply is task:
             self._reply = None
             self._quiet_since = time.monotonic()
+            if self._held and not task.cancelled() and self._reply_interruptible:
+                held = self._with_held(self._held.pop())
+                self._start_reply(self._answer(held, None, _Turn(ended_at=time.monotonic(),
+                                                                 timings={"endpoint": 0.0})))
 
     async def _cancel_reply(self) -> None:
         task = self._reply
@@ -274,13 +359,15 @@ class CallSession:
         forget_first_frame = self.out.on_first_frame(lambda at: first_audio.done() or first_audio.set_result(at))
         t0 = time.perf_counter()
         played = False
+        self._playback = playback = _Playback(reply, split_clauses(reply.text))
         try:
             async with aclosing(self.services.synthesizer.stream(reply.text)) as speech:
-                async for pcm in speech:
+                async for pcm in speech:  # one clause at a time
                     if "tts_first" not in timings:
                         timings["tts_first"] = (time.perf_counter() - t0) * 1000
                         self._unheard_text = ""
                     self.out.enqueue(pcm)
+                    playback.marks.append(self.out.mark())
             played = await self.out.mark()
         except asyncio.CancelledError:
             dropped = self.out.clear()
@@ -288,6 +375,8 @@ class CallSession:
             raise
         finally:
             forget_first_frame()
+            if self._playback is playback:
+                self._playback = None
             if first_audio.done() and turn is not None:
                 timings["voice_to_voice"] = (first_audio.result() - turn.ended_at) * 1000 + timings["endpoint"]
             self._seq += 1
