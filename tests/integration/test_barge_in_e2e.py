@@ -15,6 +15,7 @@ import pytest
 
 from gateway.app import Gateway
 from gateway.caller import CallerClient, Reply
+from llm.engine import Cancelled
 from llm.rules import normalize
 from speech import audio
 
@@ -141,3 +142,27 @@ async def test_barge_in_off_keeps_the_answer_whole_then_answers(services, speak)
     finally:
         await client.close()
         await gateway.stop(grace_s=1.0)
+
+
+async def test_a_replaced_reply_stops_its_generation(gateway, services) -> None:  # type: ignore[no-untyped-def]
+    """The LLM thread is shared by every call: a reply abandoned for another must stop generating."""
+    client = await CallerClient("127.0.0.1", gateway.port).connect()
+    try:
+        for _ in range(100):
+            session = next((s for s in gateway.sessions if s.call.call_id == client.call_id), None)
+            if session is not None:
+                break
+            await asyncio.sleep(0.05)
+        assert session is not None
+        schema = {"type": "object", "properties": {"reply": {"type": "string", "maxLength": 40}}, "required": ["reply"]}
+
+        def generate():  # type: ignore[no-untyped-def]
+            return services.engine.complete_json("Caller: hello\nJSON:", schema, cancel=session._cancel_llm)
+
+        thinking = asyncio.ensure_future(generate())
+        session._start_reply(asyncio.shield(thinking))  # a turn waiting on the model
+        session._start_reply(asyncio.sleep(0))  # e.g. the goodbye at calls.max_call_s replaces it
+        with pytest.raises(Cancelled):
+            await thinking
+    finally:
+        await client.close()
