@@ -10,34 +10,18 @@ import asyncio
 import dataclasses
 import time
 
-import numpy as np
 import pytest
 
 from gateway.app import Gateway
 from gateway.caller import CallerClient, Reply
 from llm.engine import Cancelled
 from llm.rules import normalize
-from speech import audio
+from tests.support.sounds import cough, far_away
 
 pytestmark = pytest.mark.models
 
 QUESTION = "What's your address?"
 INTERRUPTION = "Sorry, is there parking near the clinic?"
-
-
-def cough(ms: int = 160, seed: int = 0) -> bytes:
-    """A cough-like burst at -12 dBFS: broadband noise, fast attack, exponential decay."""
-    n = ms * 8
-    x = np.random.default_rng(seed).normal(0.0, 1.0, n)
-    attack = n // 10
-    x *= np.concatenate([np.linspace(0, 1, attack), np.exp(-np.linspace(0, 4, n - attack))])
-    return audio.float_to_pcm(x / np.sqrt(np.mean(x**2)) * 10 ** (-12 / 20))
-
-
-def background(pcm: bytes, peak_dbfs: float = -44.0) -> bytes:
-    """Speech far from the phone (a TV, someone across the room): a voice to Silero, no words to Whisper."""
-    x = audio.pcm_to_float(pcm)
-    return audio.float_to_pcm(x / np.max(np.abs(x)) * 10 ** (peak_dbfs / 20))
 
 
 async def heard(services, reply: Reply) -> str:  # type: ignore[no-untyped-def]
@@ -64,15 +48,20 @@ async def ask_and_cut_in(client: CallerClient, speak, pcm: bytes, into_s: float)
     return asked, cut_in, await client.say(pcm)
 
 
+async def greeted(port: int) -> CallerClient:
+    client = await CallerClient("127.0.0.1", port).connect()
+    await client.wait_reply(time.monotonic() - 1)
+    return client
+
+
 async def spoken(services, client: CallerClient) -> tuple[list, list]:  # type: ignore[no-untyped-def]
     turns = await services.store.turns(client.call_id)
     return [t for t in turns if t.speaker == "caller"], [t for t in turns if t.speaker == "assistant"]
 
 
 async def test_a_cough_does_not_stop_the_answer(gateway, services, speak) -> None:
-    client = await CallerClient("127.0.0.1", gateway.port).connect()
+    client = await greeted(gateway.port)
     try:
-        await client.wait_reply(time.monotonic() - 1)  # greeting
         asked, _, _ = await ask_and_cut_in(client, speak, cough(), 2.0)
         reply = await client.wait_reply(asked)
         callers, assistant = await spoken(services, client)
@@ -89,9 +78,8 @@ async def test_a_cough_does_not_stop_the_answer(gateway, services, speak) -> Non
 
 
 async def test_a_spoken_interruption_stops_the_answer_and_is_answered(gateway, services, speak) -> None:
-    client = await CallerClient("127.0.0.1", gateway.port).connect()
+    client = await greeted(gateway.port)
     try:
-        await client.wait_reply(time.monotonic() - 1)
         interruption = await speak(INTERRUPTION)
         _, cut_in, said = await ask_and_cut_in(client, speak, interruption, 1.5)
         # Stopped within a second of the caller starting to talk (bench/barge_in.py measures how soon).
@@ -106,10 +94,9 @@ async def test_a_spoken_interruption_stops_the_answer_and_is_answered(gateway, s
 
 
 async def test_an_interruption_without_words_resumes_the_answer(gateway, services, speak) -> None:
-    client = await CallerClient("127.0.0.1", gateway.port).connect()
+    client = await greeted(gateway.port)
     try:
-        await client.wait_reply(time.monotonic() - 1)
-        _, _, said = await ask_and_cut_in(client, speak, background(await speak(INTERRUPTION)), 2.0)
+        _, _, said = await ask_and_cut_in(client, speak, far_away(await speak(INTERRUPTION)), 2.0)
         resumed = await client.wait_reply(said)
         callers, assistant = await spoken(services, client)
         cut, again = assistant[-2:]
@@ -128,9 +115,8 @@ async def test_barge_in_off_keeps_the_answer_whole_then_answers(services, speak)
     calm = dataclasses.replace(config, calls=config.calls.model_copy(update={"barge_in": False}))
     gateway = Gateway(dataclasses.replace(services, config=calm), host="127.0.0.1", port=0)
     await gateway.start()
-    client = await CallerClient("127.0.0.1", gateway.port).connect()
+    client = await greeted(gateway.port)
     try:
-        await client.wait_reply(time.monotonic() - 1)
         asked, cut_in, said = await ask_and_cut_in(client, speak, await speak(INTERRUPTION), 1.5)
         assert [f for f in client.received if cut_in + 1.0 <= f.at <= said and f.voiced]  # still talking
         both = await heard(services, await client.wait_reply(asked))  # the held question follows at once

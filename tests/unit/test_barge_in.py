@@ -5,7 +5,6 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from gateway.config import ConfigError, load_config
@@ -14,6 +13,7 @@ from speech.models import bundled_piper_voice
 from speech.tts import Synthesizer
 from speech.vad import Endpointer, EndpointerConfig, SpeechConfirmed, SpeechDropped, SpeechStarted, Utterance
 from speech.voice import VoiceDetector
+from tests.support.sounds import cough
 
 ETC = Path(__file__).resolve().parents[2] / "etc"
 INTERRUPTION = "Sorry to interrupt, where are you located?"
@@ -26,15 +26,6 @@ def voice() -> dict[str, bytes]:
         return {text: synth.synthesize(text) for text in (INTERRUPTION, "Yes.")}
     finally:
         synth.close()
-
-
-def cough(ms: int, seed: int) -> bytes:
-    """A cough-like burst: broadband noise with a fast attack and an exponential decay, at -12 dBFS."""
-    n = ms * 8
-    x = np.random.default_rng(seed).normal(0.0, 1.0, n)
-    attack = n // 10
-    x *= np.concatenate([np.linspace(0, 1, attack), np.exp(-np.linspace(0, 4, n - attack))])
-    return audio.float_to_pcm(x / np.sqrt(np.mean(x**2)) * 10 ** (-12 / 20))
 
 
 def silence(ms: int) -> bytes:
