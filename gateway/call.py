@@ -261,7 +261,7 @@ class CallSession:
             rest = Reply(unheard, source=f"resume:{self._playback.reply.source}") if unheard else None
         self._cancel_llm.set()
         self._reply.cancel()
-        self._reply = None  # cancelled: its own handler logs what it dropped
+        self._reply = None  # cancelled: it still records its turn as interrupted
         self._playback = None
         self._cut = _Cut(seq, rest)
         log.info("barge-in call=%s queued_frames=%d", self.call.call_id, self.out.queued_frames)
