@@ -88,7 +88,11 @@ async def run_items(items: list[dict]) -> list[dict]:
             t0 = time.perf_counter()
             reply = await dialog.respond(item["text"])
             ms = (time.perf_counter() - t0) * 1000
-            results.append({**item, "got": outcome(reply, previous), "ms": ms})
+            confirmed = reply.source.startswith("confirm:")
+            if confirmed:  # "Are you asking: ...?" A cooperative caller says whether it is their question.
+                asked = "answer:" + reply.source.split(":", 1)[1]
+                reply = await dialog.respond("yes" if asked in item["expected"] else "no")
+            results.append({**item, "got": outcome(reply, previous), "ms": ms, "confirmed": confirmed})
         await store.close()
     return results
 
@@ -116,6 +120,7 @@ def summary(results: list[dict], part: str) -> dict[str, str]:
         "right": f"{100 * right(mine) / len(mine):.1f} %",
         "confidently wrong": f"{100 * wrong / len(mine):.1f} %",
         "safety recall": f"{100 * right(safety) / len(safety):.0f} %",
+        "asked to confirm": str(sum(r.get("confirmed", False) for r in mine)),
         "p50 ms": f"{percentile([r['ms'] for r in mine], 50):.1f}",
         "p90 ms": f"{percentile([r['ms'] for r in mine], 90):.1f}",
     })
@@ -125,7 +130,7 @@ def summary(results: list[dict], part: str) -> dict[str, str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--baseline", default="5e3830f", help="git ref of today's behaviour (default: %(default)s)")
-    parser.add_argument("--misses", action="store_true", help="list the current code's misses on the tuning part")
+    parser.add_argument("--misses", choices=PARTS, help="list the new code's misses on this part")
     parser.add_argument("--child", help=argparse.SUPPRESS)  # run the corpus from stdin with the code in this dir
     args = parser.parse_args()
     if args.child:
@@ -141,7 +146,7 @@ def main() -> None:
                 ("", *(f"{name}, {part}" for name, part, _ in columns))))
     if args.misses:
         for r in runs["new"]:
-            if r["part"] == "tuning" and r["got"] not in r["expected"]:
+            if r["part"] == args.misses and r["got"] not in r["expected"]:
                 print(f"MISS {r['category']}: {r['text']!r} -> {r['got']} (want {' | '.join(r['expected'])})")
 
 

@@ -22,7 +22,7 @@ from llm.engine import MESSAGE_OVERHEAD_TOKENS, PROMPT_OVERHEAD_TOKENS, Cancelle
 from llm.grounding import ungrounded_numbers
 from llm.knowledge import Match, Retriever
 from llm.site import Site, StaffMember
-from models.records import HelpRequest, TakenMessage
+from models.records import HelpRequest, KnowledgeEntry, TakenMessage
 from models.store import Store
 
 log = logging.getLogger(__name__)
@@ -83,10 +83,14 @@ class Dialog:
         self.on_message_taken = on_message_taken  # e.g. deliver to the staff member by SMS/email
         self._message_for: StaffMember | None = None  # set while we wait for the message text
         self._asked_anything_else = False
+        self._last_said: str | None = None  # what "sorry, say that again" repeats
+        # The entry we asked "are you asking: ...?" about, and the caller's question that led to it.
+        self._confirming: tuple[KnowledgeEntry, str] | None = None
         self.history: list[dict[str, str]] = []  # chat messages for the LLM, byte-stable across turns
 
     # ---- entry points ----------------------------------------------------------------------------
     def greeting(self) -> Reply:
+        self._last_said = self.site.greeting
         return Reply(self.site.greeting, source="greeting")
 
     def on_dtmf(self, digit: str) -> Reply | None:
@@ -109,6 +113,7 @@ class Dialog:
         reply = await self._decide(text, cancel)
         reply.timings_ms.setdefault("dialog", (time.perf_counter() - start) * 1000)
         self._asked_anything_else = reply.text.endswith(self.site.wording.anything_else)
+        self._last_said = reply.text
         self.history += [{"role": "user", "content": text[:_MAX_STORED_CHARS]},
                          {"role": "assistant", "content": reply.text[:_MAX_STORED_CHARS]}]
         if len(self.history) > _MAX_HISTORY_MESSAGES:
@@ -118,18 +123,30 @@ class Dialog:
     # ---- the decision ----------------------------------------------------------------------------
     async def _decide(self, text: str, cancel: threading.Event | None) -> Reply:
         site = self.site
+        if self._last_said is not None and rules.wants_repeat(text):
+            # Before a pending message: "sorry, what?" is not the message. The action stays an answer.
+            return Reply(self._last_said, source="rule:repeat")
         if self._message_for is not None:
             return await self._store_message(text)
-        if rules.is_emergency(text, site):
+        confirming, self._confirming = self._confirming, None
+        # In a thread: the misheard-emergency search costs milliseconds on a long email.
+        if await asyncio.to_thread(rules.is_emergency, text, site):
             return self._transfer(site.directory.front_desk, "rule:emergency", site.wording.emergency)
+        if confirming is not None:
+            entry, question = confirming
+            if rules.is_affirmative(text):
+                return self._answer(entry.answer, f"knowledge:{entry.id}")
+            if rules.is_negative(text):
+                return await self._escalate(question)
+            # Anything else is a new question.
+        member = rules.message_request(text, site)
+        if member is not None:
+            return self.offer_message(member, site.wording.take_message_prompt, "rule:message")
+        if rules.appointment_request(text):
+            return self._transfer(site.directory.front_desk, "rule:appointment")
         target = rules.wants_transfer_to(text, site)
         if target is not None:
             return self._transfer(target, "rule:transfer")
-        if rules.wants_message(text):
-            member = rules.mentioned_staff(text, site) or site.directory.front_desk
-            self._message_for = member
-            return Reply(site.wording.take_message_prompt.format(name=member.name), Action.TAKE_MESSAGE, member,
-                         source="rule:message")
         if rules.is_goodbye(text) or (self._asked_anything_else and rules.is_negative(text)):
             return Reply(site.wording.goodbye, Action.END_CALL, source="rule:goodbye")
         now = self._now()
@@ -139,7 +156,8 @@ class Dialog:
 
         t0 = time.perf_counter()
         matches = await self.retriever.search(text, limit=3)
-        best = await self.retriever.best(text)
+        verdict = await self.retriever.understand(text)
+        best = verdict.match if verdict.sure else None
         retrieval_ms = (time.perf_counter() - t0) * 1000
         if self.engine is not None and self.engine.instruction_tuned:
             reply = await self._ask_model(text, matches, best, cancel)
@@ -148,6 +166,11 @@ class Dialog:
                 return reply
         if best is not None:
             reply = self._answer(best.entry.answer, f"knowledge:{best.entry.id}")
+        elif verdict.match is not None:  # likely but not sure: asking beats a wrong answer
+            entry = verdict.match.entry
+            self._confirming = (entry, text)
+            question = entry.question[:1].lower() + entry.question[1:]
+            reply = Reply(site.wording.confirm_question.format(question=question), source=f"confirm:{entry.id}")
         else:
             reply = await self._escalate(text)
         reply.timings_ms["retrieval"] = retrieval_ms

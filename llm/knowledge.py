@@ -9,26 +9,42 @@ entry contains, each term weighted by how rare it is across the knowledge (idf).
 no entry contains weighs nearly as much as the rarest one, so "do you sell car insurance"
 is mostly unexplained by the insurance entry and is rejected, while "do you take Cigna"
 is fully explained. bm25 orders entries of equal coverage.
+
+Words alone miss indirect questions ("what would that set me back"), so each entry also gets the
+semantic similarity of the caller's words to its question, phrasings and answer (llm/semantic.py),
+and the two are combined; the thresholds below decide between an answer, a confirming question and
+"I'll find out".
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
+from llm.semantic import Embedder, SemanticIndex
 from models.records import KnowledgeEntry
 from models.store import Store
 
 log = logging.getLogger(__name__)
 
-# Below this weighted coverage an answer would be a guess: better to say we will find out.
-MIN_SCORE = 0.6
+# Words and meaning combined. An entry's evidence is its weighted coverage plus SEMANTIC_WEIGHT times
+# its cosine similarity (WordLlama) to the caller's words. Calibrated on bench/understanding_tuning.yaml
+# and this repo's tests (never on the held-out part) so that "I'm not sure" beats a wrong answer: an
+# answer needs a lead of ANSWER_MARGIN in evidence over the next entry, and either coverage of
+# WORDS_SUFFICE (the words alone explain the question, as before) or evidence of ANSWER_EVIDENCE.
+# From CONFIRM_EVIDENCE the caller is asked whether that is their question.
+SEMANTIC_WEIGHT = 1.5
+WORDS_SUFFICE = 0.6
+ANSWER_EVIDENCE = 1.3
+ANSWER_MARGIN = 0.25
+CONFIRM_EVIDENCE = 0.8
 # A term found only in an entry's answer is weaker evidence than one in its question or
 # phrasings: answers mention incidental things ("bring your insurance card").
 ANSWER_ONLY_CREDIT = 0.75
@@ -123,6 +139,17 @@ class Match:
     score: float  # weighted coverage of the question's terms, 0..1
     matched_terms: list[str]
     bm25: float  # lower is better
+    similarity: float = 0.0  # best cosine similarity to the entry's question, phrasings or answer
+
+    @property
+    def evidence(self) -> float:
+        return self.score + SEMANTIC_WEIGHT * self.similarity
+
+
+@dataclass(frozen=True)
+class Verdict:
+    match: Match | None  # the most likely entry, if it is likely enough to ask about
+    sure: bool  # answer with it outright; otherwise ask first
 
 
 def words(text: str) -> list[str]:
@@ -175,9 +202,47 @@ def _idf(total_entries: int, matching: int) -> float:
 
 
 class Retriever:
-    def __init__(self, store: Store, min_score: float = MIN_SCORE) -> None:
+    def __init__(self, store: Store, embedder: Callable[[], Embedder] = Embedder.packaged) -> None:
         self.store = store
-        self.min_score = min_score
+        self._load_embedder = embedder
+        self._index: SemanticIndex | None = None
+        self._index_lock = asyncio.Lock()
+
+    async def prepare(self) -> None:
+        """Load the embedding model and embed the entries (in a thread); idempotent. Called at start,
+        else by the first question."""
+        await self._similarities("")
+
+    async def _similarities(self, text: str) -> tuple[list[KnowledgeEntry], dict[str, float]]:
+        """The entries and each one's semantic similarity to `text`; new or changed entries (a learned
+        answer) are embedded first."""
+        entries = await self.store.knowledge()
+        async with self._index_lock:  # one update at a time; the index is not shared with other threads
+            if self._index is None:
+                self._index = SemanticIndex(await asyncio.to_thread(self._load_embedder))
+            index = self._index
+
+            def work() -> dict[str, float]:
+                index.update(entries)
+                return index.similarities(text) if text else {}
+
+            return entries, await asyncio.to_thread(work)
+
+    async def understand(self, text: str) -> Verdict:
+        """The entry the caller most likely asks about, by words and by meaning, and how sure that is."""
+        entries, similarities = await self._similarities(text)
+        by_words = {m.entry.id: m for m in await self.search(text, limit=len(entries))}
+        ranked = sorted((by_words.get(e.id) or Match(e, 0.0, [], 0.0) for e in entries),
+                        key=lambda m: -(m.score + SEMANTIC_WEIGHT * similarities.get(m.entry.id, 0.0)))
+        for m in ranked:
+            m.similarity = similarities.get(m.entry.id, 0.0)
+        if not ranked or ranked[0].evidence < CONFIRM_EVIDENCE:
+            return Verdict(None, False)
+        top, lead = ranked[0], ranked[0].evidence - (ranked[1].evidence if len(ranked) > 1 else 0.0)
+        sure = lead >= ANSWER_MARGIN and (top.score >= WORDS_SUFFICE or top.evidence >= ANSWER_EVIDENCE)
+        log.debug("knowledge id=%s sure=%s score=%.2f similarity=%.2f lead=%.2f",
+                  top.entry.id, sure, top.score, top.similarity, lead)
+        return Verdict(top, sure)
 
     async def search(self, text: str, limit: int = 3) -> list[Match]:
         terms = query_terms(text)
@@ -205,15 +270,9 @@ class Retriever:
         return matches[:limit]
 
     async def best(self, text: str) -> Match | None:
-        """The top entry only if it explains enough of the question to answer with it."""
-        matches = await self.search(text, limit=1)
-        top = matches[0] if matches else None
-        if top is None or top.score < self.min_score:
-            log.debug("knowledge no match score=%.2f", top.score if top else 0.0)
-            return None
-        log.debug("knowledge match id=%s score=%.2f terms=%s",
-                  top.entry.id, top.score, ",".join(top.matched_terms))
-        return top
+        """The top entry only if it is sure enough to answer with it."""
+        verdict = await self.understand(text)
+        return verdict.match if verdict.sure else None
 
 
 class KnowledgeFileError(ValueError):

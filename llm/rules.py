@@ -1,13 +1,17 @@
-"""Deterministic rules that run before any model: safety, hand-off, hours, goodbyes.
+"""Deterministic rules that run before any model: safety, hand-off, messages, appointments, hours,
+goodbyes and "say that again".
 
 They work on Whisper transcripts, so matching is on normalised words, tolerant of punctuation,
-filler and small spelling differences in names ("Lopes" for "Lopez").
+filler and small spelling differences in names ("Lopes" for "Lopez") and in emergency wording
+("I can't breed"). Each rule needs a specific intent, not just a topic word: "do you take my
+insurance" is a question, "who do I talk to about my insurance" a transfer.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import difflib
+import functools
 import re
 from dataclasses import dataclass
 
@@ -28,9 +32,55 @@ TRANSFER_INTENT = (
 MESSAGE_INTENT = ("leave a message", "take a message", "pass a message", "pass on a message", "give a message",
                   "leave him a message", "leave her a message", "leave them a message", "message for")
 GOODBYE_PHRASES = ("bye", "goodbye", "good bye", "that's all", "that is all", "that's it", "that is it",
-                   "nothing else", "no thanks", "no thank you", "i'm good", "i'm done", "have a good day")
+                   "nothing else", "no thanks", "no thank you", "i'm good", "i'm done", "have a good day",
+                   "that's everything", "that is everything", "cheers", "see you")
+AFFIRMATIVE_ANSWERS = ("yes", "yeah", "yep", "yup", "yes please", "correct", "right", "that's right", "exactly",
+                       "sure", "uh huh", "mhm", "that's it", "that's the one")
 NEGATIVE_ANSWERS = ("no", "nope", "nah", "no thanks", "no thank you", "not really", "i'm good", "that's fine")
 HOURS_WORDS = ("open", "opening", "close", "closing", "closed", "hours", "what time", "when are you")
+# "What do I do after hours" asks what to do when closed, not when we open.
+NOT_HOURS = ("after hours", "out of hours", "when you're closed", "when you are closed", "after you close",
+             "when you're shut", "at night", "overnight", "middle of the night")
+# Life-threatening wording that always gets the 911 sentence, whatever the site configured.
+LIFE_THREATENING = (
+    "can't breathe", "cannot breathe", "not breathing", "trouble breathing", "hard to breathe",
+    "struggling to breathe", "chest pain", "heart attack", "unconscious", "passed out", "unresponsive",
+    "not responding", "bleeding heavily", "heavy bleeding", "won't stop bleeding", "can't stop bleeding",
+    "throat is swelling", "throat swelling", "swelling in my throat", "throat feels tight", "choking",
+    "overdose", "seizure", "stroke",
+)
+# Below this, a heard phrase is not taken for an emergency phrase ("can't breed" ~ "can't breathe").
+EMERGENCY_SIMILARITY = 0.8
+REPEAT_PHRASES = ("repeat", "say that again", "say it again", "come again", "pardon", "didn't catch",
+                  "didn't hear", "missed that", "what did you say", "what was that", "one more time")
+REPEAT_ALONE = ("what", "sorry", "huh", "sorry what", "huh what", "excuse me", "what's that")
+CALLBACK_PHRASES = ("call me back", "call me", "ring me", "give me a call", "give me a ring", "call back",
+                    "callback", "get back to me", "phone me", "return my call", "contact me")
+# Relaying words to a named person: "tell Dr Chen that ...", "let Tom know", "ask Sarah to ...".
+_RELAY = re.compile(r"\b(?:tell (?!me\b|us\b)|let \w+(?: \w+){0,2} know\b|ask (?!about\b|for\b)|have \w+(?: \w+)"
+                    r"{0,2} (?:call|ring|phone|contact|get back)|remind|pass (?:on|along))")
+# Wanting a person rather than a fact: needed before a role or topic word means a transfer.
+PERSON_INTENT = ("speak to", "speak with", "talk to", "talk with", "put me through", "transfer", "connect", "get me", "who do i", "who can",
+                 "who handles", "who deals", "who takes care", "whoever", "someone", "somebody", "anyone",
+                 "anybody", "help with", "available", "is the", "is your")
+# Topic words that point at a role in directory.yaml ("billing and insurance", "dental hygienist").
+ROLE_TOPICS: dict[str, tuple[str, ...]] = {
+    "billing": ("bill", "bills", "billing", "invoice", "invoices", "charge", "charged", "charges", "statement",
+                "balance", "payment", "payments", "refund", "account", "accounts", "paid", "owe"),
+    "insurance": ("insurance", "insurer", "claim", "claims", "coverage"),
+    "hygienist": ("hygienist", "hygienists", "hygiene"),
+    "dentist": ("dentist", "dentists"),
+    "reception": ("reception", "receptionist"),
+}
+APPOINTMENT_ACTS = ("book", "schedul", "reschedul", "cancel")  # word stems: "scheduled", "cancelling"
+APPOINTMENT_PHRASES = ("move my", "change my", "push my", "push back", "set up", "make an appointment",
+                       "get an appointment", "see the dentist", "see a dentist", "see the hygienist")
+REQUEST_PHRASES = ("i'd like", "i would like", "i want", "i wanna", "i need", "i have to", "i've got to", "can i",
+                   "could i", "can we", "could we", "can you", "could you", "please", "i'm calling to", "need to")
+# A question about the rules of booking is for the knowledge, not a booking.
+POLICY_WORDS = ("fee", "charge", "policy", "notice", "how much", "how far", "what happens", "what if", "penalty",
+                "cost", "how do", "how can", "how does", "best way", "by phone", "online")
+FUTURE_WORDS = ("next", "week", "tomorrow", "morning", "afternoon", *WEEKDAYS)
 DAY_WORDS = {**{d: i for i, d in enumerate(WEEKDAYS)}, **{d + "s": i for i, d in enumerate(WEEKDAYS)}}
 
 
@@ -48,8 +98,48 @@ def contains_any(text: str, phrases: tuple[str, ...] | list[str]) -> bool:
     return any(_contains(norm, p) for p in phrases)
 
 
+@functools.lru_cache(maxsize=8)
+def _emergency_index(phrases: tuple[str, ...]) -> dict[str, list[tuple[str, int]]]:
+    """Spelled-out phrases (no spaces or apostrophes) with their word counts, by first letter: a
+    misheard phrase keeps its first letter, so each heard word is compared with a few phrases only."""
+    index: dict[str, list[tuple[str, int]]] = {}
+    for phrase in phrases:
+        target = phrase.replace(" ", "").replace("'", "")
+        if len(target) >= 8:  # short words are too easily near something harmless
+            index.setdefault(target[0], []).append((target, len(phrase.split())))
+    return index
+
+
+def _sounds_like(words: list[str], phrases: tuple[str, ...]) -> bool:
+    """Some run of the heard words spells nearly a phrase: 'can't breed', 'chess pain', 'bleeding allot'."""
+    index = _emergency_index(phrases)
+    for i, word in enumerate(words):
+        for target, n in index.get(word[0], ()):
+            for size in range(max(1, n - 1), n + 2):
+                if i + size > len(words):
+                    break
+                heard = "".join(words[i:i + size]).replace("'", "")
+                if abs(len(heard) - len(target)) > 3:
+                    continue
+                matcher = difflib.SequenceMatcher(None, heard, target, autojunk=False)
+                # quick_ratio is an upper bound of ratio, and far cheaper.
+                if matcher.quick_ratio() >= EMERGENCY_SIMILARITY and matcher.ratio() >= EMERGENCY_SIMILARITY:
+                    return True
+    return False
+
+
 def is_emergency(text: str, site: Site) -> bool:
-    return contains_any(text, site.emergency_phrases)
+    """The site's emergency phrases or life-threatening wording, as said or as misheard."""
+    norm = normalize(text)
+    phrases = tuple(normalize(p) for p in (*site.emergency_phrases, *LIFE_THREATENING))
+    if any(_contains(norm, p) for p in phrases):
+        return True
+    return _sounds_like(norm.split(), phrases)
+
+
+def wants_repeat(text: str) -> bool:
+    norm = normalize(text)
+    return norm in REPEAT_ALONE or (len(norm.split()) <= 8 and contains_any(norm, REPEAT_PHRASES))
 
 
 def wants_operator(text: str) -> bool:
@@ -66,27 +156,38 @@ def is_goodbye(text: str) -> bool:
     return len(norm.split()) <= 8 and contains_any(norm, GOODBYE_PHRASES)
 
 
+def is_affirmative(text: str) -> bool:
+    norm = normalize(text)
+    return len(norm.split()) <= 5 and contains_any(norm, AFFIRMATIVE_ANSWERS) and not is_negative(text)
+
+
 def is_negative(text: str) -> bool:
     norm = normalize(text)
     return len(norm.split()) <= 5 and contains_any(norm, NEGATIVE_ANSWERS)
 
 
-def _name_keys(member: StaffMember) -> list[list[str]]:
+_TITLES = {"dr", "doctor", "the", "mr", "mrs", "ms"}
+
+
+def _name_keys(member: StaffMember) -> list[tuple[list[str], bool]]:
+    """Word sequences that name the member, each with whether it may be heard approximately: proper
+    names (capitalised in the directory, and the surname alone) may; lower-case aliases such as
+    'billing' may not, or 'building' and 'filling' would name someone."""
     names = [member.name, *member.aliases]
-    titles = {"dr", "doctor", "the", "mr", "mrs", "ms"}
-    keys = []
+    surname = normalize(member.name).split()[-1:]
+    keys = [(surname, True)] if len(normalize(member.name).split()) > 1 else []
     for name in names:
-        words = [w for w in normalize(name).split() if w not in titles]
+        words = [w for w in normalize(name).split() if w not in _TITLES]
         if words:
-            keys.append(words)
+            keys.append((words, name != name.lower()))
     return keys
 
 
-def _similar(a: str, b: str) -> bool:
+def _similar(a: str, b: str, approximate: bool) -> bool:
     if a == b:
         return True
     # Whisper spells unfamiliar surnames by ear: accept one small difference in longer names.
-    return len(a) >= 4 and difflib.SequenceMatcher(None, a, b).ratio() >= 0.8
+    return approximate and len(a) >= 4 and difflib.SequenceMatcher(None, a, b).ratio() >= 0.8
 
 
 def mentioned_staff(text: str, site: Site) -> StaffMember | None:
@@ -94,23 +195,77 @@ def mentioned_staff(text: str, site: Site) -> StaffMember | None:
     words = normalize(text).split()
     best: tuple[int, StaffMember] | None = None
     for member in site.directory.staff:
-        for key in _name_keys(member):
+        for key, approximate in _name_keys(member):
             n = len(key)
             for i in range(len(words) - n + 1):
-                if all(_similar(w, k) for w, k in zip(words[i:i + n], key)):
+                if all(_similar(w, k, approximate) for w, k in zip(words[i:i + n], key)):
                     if best is None or n > best[0]:
                         best = (n, member)
     return best[1] if best else None
 
 
+def role_member(text: str, site: Site) -> StaffMember | None:
+    """Whom a role or topic word points at: 'the hygienist', 'billing', 'my invoice' -> by directory role."""
+    words = set(normalize(text).split())
+    for role_word, topic in ROLE_TOPICS.items():
+        if words.intersection(topic):
+            member = next((m for m in site.directory.everyone() if role_word in normalize(m.role).split()), None)
+            if member is not None:
+                return member
+    return None
+
+
+_DOCTOR = re.compile(r"\b(?:dr|doctor) \w+")
+_DOCTOR_IN = re.compile(r"\bis (?:dr|doctor) \w+(?: \w+)? (?:in|there|around|working)\b")
+
+
+def unknown_doctor(text: str, site: Site) -> bool:
+    """'Doctor Ken': a doctor's name we do not know (often a misheard one)."""
+    return _DOCTOR.search(normalize(text)) is not None and mentioned_staff(text, site) is None
+
+
 def wants_transfer_to(text: str, site: Site) -> StaffMember | None:
-    """A named staff member with an intent to be connected; the front desk for 'a person'."""
+    """Who a caller asks to be connected to: a named person, a role or topic ('someone about my bill'), or
+    the front desk for 'a person' or a doctor's name we do not know."""
+    if wants_message(text):
+        return None
     member = mentioned_staff(text, site)
-    if member and contains_any(text, TRANSFER_INTENT) and not wants_message(text):
+    if member and contains_any(text, TRANSFER_INTENT):
         return member
-    if wants_operator(text) and not wants_message(text):
+    if contains_any(text, PERSON_INTENT):
+        member = role_member(text, site)
+        if member is not None:
+            return member
+    if unknown_doctor(text, site) and (contains_any(text, PERSON_INTENT) or _DOCTOR_IN.search(normalize(text))):
+        return site.directory.front_desk
+    if wants_operator(text):
         return site.directory.front_desk
     return None
+
+
+def message_request(text: str, site: Site) -> StaffMember | None:
+    """Whom a caller wants a message to reach, also without the word 'message': 'have Dr Chen call me
+    back', 'tell Tom that ...', 'can someone call me back' (the front desk). None if not a message."""
+    norm = normalize(text)
+    member = mentioned_staff(text, site) or role_member(text, site)
+    if wants_message(text) or contains_any(norm, CALLBACK_PHRASES):
+        return member or site.directory.front_desk
+    if member is not None and _RELAY.search(norm):
+        return member
+    return None
+
+
+def appointment_request(text: str) -> bool:
+    """A request to book, move or cancel an appointment, not a question about how that works."""
+    norm = normalize(text)
+    if not contains_any(norm, REQUEST_PHRASES) or contains_any(norm, POLICY_WORDS):
+        return False
+    words = norm.split()
+    if any(w.startswith(APPOINTMENT_ACTS) for w in words) or contains_any(norm, APPOINTMENT_PHRASES):
+        return True
+    # "Can I come in next week": a visit being arranged; "can I come in today" with a broken tooth is
+    # the emergency-visit question.
+    return _contains(norm, "come in") and any(w.rstrip("s") in FUTURE_WORDS for w in words)
 
 
 @dataclass(frozen=True)
@@ -120,7 +275,7 @@ class HoursQuestion:
 
 def hours_question(text: str, today: dt.date) -> HoursQuestion | None:
     norm = normalize(text)
-    if not any(_contains(norm, w) for w in HOURS_WORDS):
+    if not any(_contains(norm, w) for w in HOURS_WORDS) or any(_contains(norm, w) for w in NOT_HOURS):
         return None
     words = norm.split()
     for word in words:

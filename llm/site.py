@@ -121,6 +121,8 @@ class Wording(Strict):
         "and someone will get back to you."
     )
     transfer: str = "One moment please, I'm putting you through to {name}."
+    # Asked when the caller's question probably matches a knowledge entry but not surely enough.
+    confirm_question: str = "Just to check, are you asking: {question}"
     # Said to a caller who comes back from a transfer that was busy or not answered.
     transfer_unavailable: str = (
         "I'm sorry, {name} can't take your call right now. If you'd like to leave a message, "
