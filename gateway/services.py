@@ -88,19 +88,21 @@ async def load_services(config: Config, *, progress: bool = True, client: bool =
         voice = check_piper_voice(config.models.tts.voice or bundled_piper_voice())
         llm_path = config.models.llm.path or await asyncio.to_thread(
             ensure_bundled_gguf, config.models_dir, progress)
-        transcriber, synthesizer, engine = await asyncio.gather(
+        retriever = Retriever(store)
+        transcriber, synthesizer, engine, _ = await asyncio.gather(
             _timed("stt", timings, Transcriber, stt_dir, cpu_threads=config.models.stt.threads,
                    workers=config.models.stt.workers),
             _timed("tts", timings, Synthesizer, voice, workers=config.models.tts.workers,
                    cache_dir=config.data_dir / "tts-cache"),
             _timed("llm", timings, LlmEngine, llm_path, threads=config.models.llm.threads,
                    context=config.models.llm.context, chat_format=config.models.llm.chat_format),
+            retriever.prepare(),  # the embedding model and the entries' vectors, before the first caller
         )
         await asyncio.to_thread(load_voice_model)  # barge-in's second opinion, off the event loop
     except BaseException:
         await store.close()
         raise
-    services = Services(config, store, Retriever(store), transcriber, synthesizer, engine, timings)
+    services = Services(config, store, retriever, transcriber, synthesizer, engine, timings)
     health = await engine.health_check()
     log.info("models loaded stt=%s tts=%s llm=%s load_ms=%s llm_health_ms=%.0f", stt_dir, voice, llm_path,
              {k: round(v) for k, v in timings.items()}, health.elapsed_ms)

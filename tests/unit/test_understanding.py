@@ -1,0 +1,205 @@
+"""Callers who talk naturally: intents by role, topic, callback, appointment, repeat, misheard
+emergencies, and knowledge matched by meaning, on the real knowledge file, directory and store and
+the real embedding model. (The phrasings differ from bench/understanding_heldout.yaml.)"""
+
+from __future__ import annotations
+
+import datetime as dt
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+
+from gateway.config import load_config
+from llm import rules
+from llm.dialog import Action, Dialog
+from llm.knowledge import WORDS_SUFFICE, Retriever
+from llm.semantic import Embedder, SemanticIndex
+from models.records import HelpRequest, KnowledgeEntry
+from models.store import Store
+
+CFG = load_config(Path(__file__).resolve().parents[2] / "etc" / "switchboard.yaml")
+SITE = CFG.site
+MONDAY_10AM = dt.datetime(2026, 11, 23, 10, tzinfo=SITE.tz)
+
+
+@pytest.fixture
+async def store(tmp_path: Path):  # type: ignore[no-untyped-def]
+    s = await Store.open(tmp_path / "u.db")
+    await s.replace_admin_knowledge(CFG.knowledge)
+    yield s
+    await s.close()
+
+
+def dialog(store: Store) -> Dialog:
+    return Dialog(SITE, Retriever(store), store, call_id="u1", caller="+15550001", now=lambda: MONDAY_10AM)
+
+
+def test_embedding_model_loads_from_the_wheel_with_networking_impossible(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_network(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise AssertionError("the embedding model tried to reach the network")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setattr(socket, "getaddrinfo", no_network)
+    embedder = Embedder.packaged()
+    hygienist, near, far = embedder.embed(["could I talk to the hygienist", "put me through to your dental "
+                                           "hygienist", "what are your opening hours"])
+    assert hygienist @ near > hygienist @ far + 0.3
+    assert abs(float(hygienist @ hygienist) - 1) < 1e-5
+    # WordLlama's own module is not imported: it configures root logging at import.
+    assert "wordllama.inference" not in sys.modules
+
+
+def test_semantic_index_embeds_only_new_texts() -> None:
+    class Counting(Embedder):
+        def __init__(self) -> None:
+            real = Embedder.packaged()
+            self.__dict__.update(real.__dict__)
+            self.embedded: list[str] = []
+
+        def embed(self, texts: list[str]):  # type: ignore[no-untyped-def]
+            self.embedded += texts
+            return super().embed(texts)
+
+    embedder = Counting()
+    index = SemanticIndex(embedder)
+    entries = [KnowledgeEntry("parking", "Where can I park?", "Behind the building.")]
+    index.update(entries)
+    index.update(entries)
+    learned = KnowledgeEntry("learned-7", "Do you do Invisalign?", "Yes, from 3000 dollars.", source="learned")
+    index.update([*entries, learned])
+    assert embedder.embedded == ["Where can I park?", "Behind the building.", "Do you do Invisalign?",
+                                 "Yes, from 3000 dollars."]
+    similarities = index.similarities("do you offer clear aligners like invisalign")
+    assert max(similarities, key=similarities.get) == "learned-7"
+
+
+@pytest.mark.parametrize(("text", "extension"), [
+    ("Could I have a word with the hygienist?", "203"),
+    ("Please transfer me to billing.", "204"),
+    ("Who should I talk to about an invoice I got?", "204"),
+    ("Can somebody help with an insurance claim?", "204"),
+    ("I'd like to talk to one of your dentists", "201"),
+    ("Can I talk to Doctor Kent?", "200"),  # a name we do not know: the front desk
+])
+def test_transfer_by_role_topic_or_unknown_name(text: str, extension: str) -> None:
+    member = rules.wants_transfer_to(text, SITE)
+    assert member is not None and member.extension == extension
+
+
+@pytest.mark.parametrize("text", [
+    "Do you take my insurance?", "How much do you charge for a filling?", "Is there a lot behind the building?",
+    "I think I need a filling", "Do your dentists speak Spanish?"])
+def test_topic_words_alone_are_questions_not_transfers(text: str) -> None:
+    assert rules.wants_transfer_to(text, SITE) is None
+
+
+@pytest.mark.parametrize(("text", "name"), [
+    ("Could you get Dr. Lopez to call me back?", "Dr. Maria Lopez"),
+    ("Let Tom know I paid already.", "Tom Becker"),
+    ("Tell Sarah I'm running late.", "Sarah Johnson"),
+    ("Please have someone ring me back.", "the front desk"),
+])
+def test_messages_without_the_word_message(text: str, name: str) -> None:
+    member = rules.message_request(text, SITE)
+    assert member is not None and member.name == name
+
+
+@pytest.mark.parametrize("text", ["Can you tell me your hours?", "Does Doctor Lopez do whitening?",
+                                  "Can I speak to Doctor Chen?"])
+def test_not_messages(text: str) -> None:
+    assert rules.message_request(text, SITE) is None
+
+
+@pytest.mark.parametrize(("text", "wanted"), [
+    ("I'd like to book a check-up.", True),
+    ("Could we reschedule my cleaning?", True),
+    ("I need to cancel on Friday.", True),
+    ("Can I come in on Tuesday?", True),
+    ("What's your cancellation fee?", False),
+    ("How do I book?", False),  # how booking works: the knowledge answers it
+    ("I broke a tooth, can I come in today?", False),  # the emergency-visit question
+])
+def test_appointment_requests(text: str, wanted: bool) -> None:
+    assert rules.appointment_request(text) is wanted
+
+
+@pytest.mark.parametrize("text", ["my son cant breeth", "she passed out", "there is heavy bleeding from his mouth",
+                                  "I'm having chess pains", "its an emergancy", "my throat is swelling shut"])
+def test_misheard_and_life_threatening_emergencies(text: str) -> None:
+    assert rules.is_emergency(text, SITE)
+
+
+@pytest.mark.parametrize("text", ["Can I bring my kids?", "How much is a filling?", "Where can I park my car?",
+                                  "Can't bring my insurance card, is that ok?", "Do you do check ups?"])
+def test_everyday_questions_are_not_emergencies(text: str) -> None:
+    assert not rules.is_emergency(text, SITE)
+
+
+async def test_misheard_emergency_gets_911_and_the_front_desk(store: Store) -> None:
+    reply = await dialog(store).respond("Please help, my father cant breeth")
+    assert reply.action is Action.TRANSFER and reply.target == SITE.directory.front_desk
+    assert "9 1 1" in reply.text
+
+
+async def test_appointment_goes_to_the_front_desk(store: Store) -> None:
+    reply = await dialog(store).respond("Hi, I'd like to move my appointment to next week")
+    assert (reply.action, reply.target, reply.source) == (Action.TRANSFER, SITE.directory.front_desk,
+                                                         "rule:appointment")
+
+
+async def test_callback_request_takes_a_message_for_that_person(store: Store) -> None:
+    d = dialog(store)
+    reply = await d.respond("Could you get Doctor Chen to call me back?")
+    assert reply.action is Action.TAKE_MESSAGE and reply.target.name == "Dr. James Chen"
+    assert (await d.respond("sorry, what?")).text == reply.text  # asking again is not the message
+    taken = await d.respond("My jaw still hurts after the filling, please call 555 0100.")
+    assert taken.source == "rule:message_taken" and "Dr. James Chen" in taken.text
+
+
+@pytest.mark.parametrize("again", ["Sorry, could you repeat that?", "what?", "I didn't catch that"])
+async def test_repeat_says_the_last_reply_again(store: Store, again: str) -> None:
+    d = dialog(store)
+    first = await d.respond("Do you take Cigna?")
+    repeated = await d.respond(again)
+    assert repeated.text == first.text and repeated.action is Action.ANSWER and repeated.source == "rule:repeat"
+
+
+@pytest.mark.parametrize(("text", "entry"), [
+    ("is it a problem to use a wheelchair at your place", "wheelchair"),
+    ("do I have to pay up front", "payment"),
+    ("what do I have to bring along the first time", "first-visit"),
+])
+async def test_indirect_question_is_answered_by_meaning(store: Store, text: str, entry: str) -> None:
+    by_words = (await Retriever(store).search(text, limit=1))[0]
+    assert by_words.score < WORDS_SUFFICE  # the words alone would not have answered it
+    reply = await dialog(store).respond(text)
+    assert reply.source == f"knowledge:{entry}"
+
+
+async def test_unsure_match_asks_first_then_answers_on_yes(store: Store) -> None:
+    d = dialog(store)
+    asked = await d.respond("Does Doctor Lopez do whitening?")
+    assert asked.source == "confirm:whitening-price" and asked.text.startswith("Just to check, are you asking:")
+    reply = await d.respond("yes")
+    assert reply.source == "knowledge:whitening-price" and "350" in reply.text
+
+
+async def test_unsure_match_escalates_the_original_question_on_no(store: Store) -> None:
+    d = dialog(store)
+    asked = await d.respond("Does Doctor Lopez do whitening?")
+    assert asked.source.startswith("confirm:")
+    reply = await d.respond("no, not really")
+    assert reply.action is Action.ESCALATE
+    assert [r.question for r in await store.help_requests(status="open")] == ["Does Doctor Lopez do whitening?"]
+
+
+async def test_learned_answer_is_matched_by_meaning(store: Store) -> None:
+    retriever = Retriever(store)
+    await retriever.prepare()
+    request_id = await store.create_help_request(HelpRequest(None, "c1", "+15550102030", "Do you do Invisalign?"))
+    await store.answer_help_request(request_id, "Yes, Invisalign starts at 3000 dollars.")
+    match = (await retriever.understand("what about clear aligners like invisalign")).match
+    assert match is not None and match.entry.id == f"learned-{request_id}"
