@@ -44,7 +44,7 @@ class Embedder:
         from safetensors.numpy import load_file  # wordllama's own dependencies, imported where used
         from tokenizers import Tokenizer
 
-        self._table = load_file(str(weights))["embedding.weight"].astype(np.float32)
+        self._table = load_file(str(weights))["embedding.weight"]  # float16, 16 MB; summed in float32
         self._tokenizer = Tokenizer.from_file(str(tokenizer))
 
     @classmethod
@@ -57,7 +57,7 @@ class Embedder:
         for row, encoding in enumerate(self._tokenizer.encode_batch(texts, add_special_tokens=False)):
             ids = np.clip(np.asarray(encoding.ids, dtype=np.int64), 0, self._table.shape[0] - 1)
             if ids.size:
-                vector = self._table[ids].mean(axis=0)
+                vector = self._table[ids].astype(np.float32).mean(axis=0)
                 norm = float(np.linalg.norm(vector))
                 out[row] = vector / norm if norm else vector
         return out
