@@ -60,9 +60,9 @@ CALLBACK_PHRASES = ("call me back", "call me", "ring me", "give me a call", "giv
 _RELAY = re.compile(r"\b(?:tell (?!me\b|us\b)|let \w+(?: \w+){0,2} know\b|ask (?!about\b|for\b)|have \w+(?: \w+)"
                     r"{0,2} (?:call|ring|phone|contact|get back)|remind|pass (?:on|along))")
 # Wanting a person rather than a fact: needed before a role or topic word means a transfer.
-PERSON_INTENT = ("speak to", "speak with", "talk to", "talk with", "put me through", "transfer", "connect", "get me", "who do i", "who can",
-                 "who handles", "who deals", "who takes care", "whoever", "someone", "somebody", "anyone",
-                 "anybody", "help with", "available", "is the", "is your")
+PERSON_INTENT = ("speak to", "speak with", "talk to", "talk with", "put me through", "transfer", "connect", "get me",
+                 "who do i", "who can", "who handles", "who deals", "who takes care", "whoever", "someone",
+                 "somebody", "anyone", "anybody", "help with", "available", "is the", "is your")
 # Topic words that point at a role in directory.yaml ("billing and insurance", "dental hygienist").
 ROLE_TOPICS: dict[str, tuple[str, ...]] = {
     "billing": ("bill", "bills", "billing", "invoice", "invoices", "charge", "charged", "charges", "statement",

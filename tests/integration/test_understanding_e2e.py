@@ -25,7 +25,8 @@ async def test_transfer_by_topic_without_a_name(gateway, services, speak) -> Non
         await client.close()
 
 
-async def test_callback_request_becomes_a_message_for_that_person(gateway, services, speak) -> None:  # type: ignore[no-untyped-def]
+async def test_callback_request_becomes_a_message_for_that_person(  # type: ignore[no-untyped-def]
+        gateway, services, speak) -> None:
     client, _ = await connect(gateway)
     try:
         prompt = await ask(client, speak, "Could you have Doctor Lopez call me back?")

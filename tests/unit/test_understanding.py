@@ -4,36 +4,18 @@ the real embedding model. (The phrasings differ from bench/understanding_heldout
 
 from __future__ import annotations
 
-import datetime as dt
 import socket
 import sys
-from pathlib import Path
 
 import pytest
+from test_dialog import SITE, dialog, store  # noqa: F401  # store: a real one holding the site's knowledge
 
-from gateway.config import load_config
 from llm import rules
-from llm.dialog import Action, Dialog
+from llm.dialog import Action
 from llm.knowledge import WORDS_SUFFICE, Retriever
 from llm.semantic import Embedder, SemanticIndex
 from models.records import HelpRequest, KnowledgeEntry
 from models.store import Store
-
-CFG = load_config(Path(__file__).resolve().parents[2] / "etc" / "switchboard.yaml")
-SITE = CFG.site
-MONDAY_10AM = dt.datetime(2026, 11, 23, 10, tzinfo=SITE.tz)
-
-
-@pytest.fixture
-async def store(tmp_path: Path):  # type: ignore[no-untyped-def]
-    s = await Store.open(tmp_path / "u.db")
-    await s.replace_admin_knowledge(CFG.knowledge)
-    yield s
-    await s.close()
-
-
-def dialog(store: Store) -> Dialog:
-    return Dialog(SITE, Retriever(store), store, call_id="u1", caller="+15550001", now=lambda: MONDAY_10AM)
 
 
 def test_embedding_model_loads_from_the_wheel_with_networking_impossible(monkeypatch: pytest.MonkeyPatch) -> None:
