@@ -22,14 +22,14 @@ from typing import Awaitable, Callable, Protocol
 
 from gateway.audiosocket import AudioIn, AudioSocketCall, Dtmf, Hangup
 from gateway.pacer import MediaClock, OutputStream
-from gateway.services import Services
+from gateway.services import Overloaded, Services
 from gateway.tasks import TaskSet
 from llm.dialog import Action, Dialog, Reply
 from llm.site import StaffMember
 from models.privacy import masked, said
 from models.records import CallEvent, CallRecord, TakenMessage, Turn
-from speech.stt import Transcript
-from speech.tts import split_clauses
+from speech.stt import SttBusy, SttJob, Transcript
+from speech.tts import TtsBusy, split_clauses
 from speech.vad import (Endpointer, SpeechConfirmed, SpeechDropped, SpeechResumed, SpeechStarted, TentativeEnd,
                         Utterance)
 from speech.voice import VoiceDetector
@@ -121,6 +121,7 @@ class CallSession:
         self._playback: _Playback | None = None
         self._cut: _Cut | None = None
         self._held: list[Utterance] = []  # utterances that ended while our reply played
+        self._speculative_job: SttJob | None = None  # the STT job behind self._speculation
         self._unheard_text = ""  # a turn cancelled before we said anything is merged into the next
         self._seq = 0
         self._prompts = 0
@@ -138,8 +139,7 @@ class CallSession:
         log.info("call started call=%s caller=%s", self.call.call_id, masked(self.caller))
         try:
             if not self.services.admit():
-                self._start_reply(self._deliver(Reply(cfg.site.wording.busy, Action.TRANSFER,
-                                                      cfg.site.directory.front_desk, source="rule:busy")))
+                self._start_reply(self._hand_off_busy("admission", Overloaded("every AI turn slot taken")))
             elif self.unavailable is not None:
                 self._start_reply(self._deliver(self._offer_message(self.unavailable, "rule:transfer_returned")))
             else:
@@ -181,7 +181,6 @@ class CallSession:
         self._drop_speculation()
         await self._tasks.finish()
         self.clock.unregister(self.out)
-        self.services.release()
         await self.services.store.end_call(self.call.call_id, self._end_reason, time.time())
         log.info("call ended call=%s reason=%s", self.call.call_id, self._end_reason)
 
@@ -288,8 +287,13 @@ class CallSession:
             log.info("reply resumed call=%s reason=no words", self.call.call_id)
             await self._deliver(resume)
 
-    async def _transcribe(self, pcm: bytes) -> Transcript:
-        return await self.services.transcriber.transcribe_async(pcm, prompt=self.services.config.site.speech_prompt)
+    def _transcribe(self, pcm: bytes, speculative: bool = True) -> Awaitable[Transcript]:
+        """Queue STT for `pcm`; a speculation waits behind every caller whose turn has ended."""
+        job = self.services.transcriber.submit(pcm, prompt=self.services.config.site.speech_prompt,
+                                               speculative=speculative)
+        if speculative:
+            self._speculative_job = job
+        return job.result()
 
     def _drop_speculation(self) -> None:
         if self._speculation is not None:
@@ -324,27 +328,67 @@ class CallSession:
         await asyncio.gather(task, return_exceptions=True)
 
     async def _turn(self, utterance: Utterance, speculation: _Speculation | None, turn: _Turn) -> None:
+        cap = self.services.config.capacity
+        stage = "admission"
+        try:
+            with self.services.ai_turn():
+                stage = "stt"
+                async with asyncio.timeout(cap.stt_timeout_s):
+                    transcript = await self._transcript(utterance, speculation, turn)
+                text = f"{self._unheard_text} {transcript.text}".strip() if transcript.text else ""
+                if not text:
+                    log.info("utterance dropped call=%s reason=no words audio_ms=%d", self.call.call_id,
+                             utterance.speech_ms)
+                    return
+                self._seq += 1
+                await self.services.store.add_turn(Turn(self.call.call_id, self._seq, "caller", text, time.time(),
+                                                        timings_ms=dict(turn.timings)))
+                log.info("caller said call=%s chars=%d text=%s stt_ms=%.0f", self.call.call_id, len(text), said(text),
+                         transcript.elapsed_ms)
+                self._unheard_text = text  # until some of our reply is heard
+                stage = "dialog"
+                cancel = self._cancel_llm
+                try:
+                    async with asyncio.timeout(cap.dialog_timeout_s):
+                        reply = await self.dialog.respond(text, cancel=cancel)
+                except TimeoutError:
+                    cancel.set()  # the LLM thread stops at its next token
+                    raise
+        except (Overloaded, SttBusy, TimeoutError) as exc:
+            await self._hand_off_busy(stage, exc)
+            return
+        turn.timings.update(reply.timings_ms)
+        try:
+            await self._deliver(reply, turn)
+        except TtsBusy as exc:  # raised before any of the reply was heard
+            await self._hand_off_busy("first_audio", exc)
+
+    async def _transcript(self, utterance: Utterance, speculation: _Speculation | None, turn: _Turn) -> Transcript:
+        """The speculation's transcript when it was started on this very utterance and not dropped, else a
+        fresh one; both go ahead of every speculation in the STT queue."""
         t0 = time.perf_counter()
-        if speculation is not None:
+        job = self._speculative_job
+        if speculation is not None and job is not None and job.pcm == utterance.pcm and job.promote():
             transcript = await speculation.task
             turn.timings["stt_speculative"] = 1.0
         else:
-            transcript = await self._transcribe(utterance.pcm)
+            transcript = await self._transcribe(utterance.pcm, speculative=False)
         turn.timings["stt"] = transcript.elapsed_ms
         turn.timings["stt_wait"] = (time.perf_counter() - t0) * 1000
-        text = f"{self._unheard_text} {transcript.text}".strip() if transcript.text else ""
-        if not text:
-            log.info("utterance dropped call=%s reason=no words audio_ms=%d", self.call.call_id, utterance.speech_ms)
-            return
-        self._seq += 1
-        await self.services.store.add_turn(Turn(self.call.call_id, self._seq, "caller", text, time.time(),
-                                                timings_ms=dict(turn.timings)))
-        log.info("caller said call=%s chars=%d text=%s stt_ms=%.0f", self.call.call_id, len(text), said(text),
-                 transcript.elapsed_ms)
-        self._unheard_text = text  # until some of our reply is heard
-        reply = await self.dialog.respond(text, cancel=self._cancel_llm)
-        turn.timings.update(reply.timings_ms)
-        await self._deliver(reply, turn)
+        return transcript
+
+    async def _hand_off_busy(self, stage: str, reason: Exception) -> None:
+        """Past capacity: the pre-synthesised busy wording, then a person (AMI transfer, else the dialplan)."""
+        cfg = self.services.config
+        log.warning("over capacity call=%s stage=%s reason=%s", self.call.call_id, stage,
+                    str(reason) or type(reason).__name__)
+        await self.services.store.add_event(CallEvent(self.call.call_id, "over_capacity", time.time(),
+                                                      {"stage": stage}))
+        try:
+            await self._deliver(Reply(cfg.site.wording.busy, Action.TRANSFER, cfg.site.directory.front_desk,
+                                      source="rule:busy"))
+        except TtsBusy:  # the wording is cached from start; until then a person answers without it
+            await self._hand_to_dialplan("rule:busy")
 
     async def _deliver(self, reply: Reply, turn: _Turn | None = None) -> None:
         """Speak a reply, then carry out its action; a transfer is not interruptible once decided."""

@@ -96,9 +96,20 @@ class CallSettings(Section):
     no_speech_prompts: int = Field(1, ge=0)  # prompts before goodbye
     barge_in: bool = True
     max_call_s: float = Field(900.0, gt=0)
-    max_concurrent_dialogs: int = Field(40, ge=1)  # admission control on AI work
 
 
+class CapacitySettings(Section):
+    """AI work shared by all calls. Past any bound a caller hears `wording.busy` and is put through to
+    the front desk (without AMI: the leg ends and the dialplan rings a person), never silence."""
+
+    max_turns: int = Field(12, ge=1)  # caller turns in STT, dialog or waiting for first audio at once
+    stt_queue: int = Field(12, ge=1)  # utterances waiting for an STT worker
+    llm_queue: int = Field(4, ge=1)  # generations waiting for the LLM (past it: answers from knowledge)
+    tts_queue: int = Field(6, ge=1)  # clause renders in flight when a reply needs its first audio
+    # Each stage's limit, counted from the end of the caller's turn (STT) or from the stage's start.
+    stt_timeout_s: float = Field(2.0, gt=0)
+    dialog_timeout_s: float = Field(6.0, gt=0)
+    first_audio_timeout_s: float = Field(2.0, gt=0)
 
 
 class AmiSettings(Section):
@@ -183,6 +194,7 @@ class FileConfig(Section):
     vad: EndpointerConfig = EndpointerConfig()
     models: ModelSettings = ModelSettings()
     calls: CallSettings = CallSettings()
+    capacity: CapacitySettings = CapacitySettings()
     ami: AmiSettings = AmiSettings()
     ari: AriSettings | None = None  # Stasis mode, instead of the AudioSocket() dialplan line
     messaging: MessagingSettings = MessagingSettings()
@@ -204,6 +216,7 @@ class Config:
     calls: CallSettings
     log_level: str
     log_transcripts: bool = False
+    capacity: CapacitySettings = CapacitySettings()
     ami: AmiSettings = AmiSettings()
     ari: AriSettings | None = None
     messaging: MessagingSettings = MessagingSettings()
@@ -279,6 +292,7 @@ def load_config(path: Path | str | None = None, *, data_dir: Path | None = None)
         vad=top.vad,
         models=models,
         calls=top.calls,
+        capacity=top.capacity,
         log_level=top.log_level,
         log_transcripts=top.log_transcripts,
         ami=top.ami,

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from gateway.config import Config
@@ -25,6 +27,10 @@ CAPABLE_MODEL_HINT = (
 )
 
 
+class Overloaded(Exception):
+    """Every AI turn slot is taken (capacity.max_turns)."""
+
+
 @dataclass
 class Services:
     config: Config
@@ -34,7 +40,7 @@ class Services:
     synthesizer: Synthesizer
     engine: LlmEngine
     load_ms: dict[str, float] = field(default_factory=dict)
-    _active: int = 0
+    _turns: int = 0  # caller turns in STT or dialog now
 
     @property
     def dialog_engine(self) -> LlmEngine | None:
@@ -42,19 +48,28 @@ class Services:
         return self.engine if self.engine.instruction_tuned else None
 
     def admit(self) -> bool:
-        """Count a call in; False when past capacity (the caller is then put through to staff)."""
-        self._active += 1
-        return self._active <= self.config.calls.max_concurrent_dialogs
+        """May a new call start? Calls cost nothing while silent (the greeting is a cached phrase), so
+        this is False only while every AI turn slot is taken; the caller is then put through to staff."""
+        return self._turns < self.config.capacity.max_turns
 
-    def release(self) -> None:
-        self._active -= 1
+    @contextlib.contextmanager
+    def ai_turn(self) -> Iterator[None]:
+        """Hold one of capacity.max_turns slots for a caller turn's STT and dialog; raises Overloaded."""
+        if self._turns >= self.config.capacity.max_turns:
+            raise Overloaded(f"{self._turns} turns in progress")
+        self._turns += 1
+        try:
+            yield
+        finally:
+            self._turns -= 1
 
     def fixed_phrases(self) -> list[str]:
         """Sentences worth synthesising before any caller needs them."""
         site = self.config.site
         w = site.wording
-        phrases = [site.greeting, w.anything_else, w.not_understood, w.no_speech_prompt, w.goodbye, w.emergency,
-                   w.busy, w.shutting_down, w.unknown_answer, w.press_to_repeat]
+        # The busy hand-off first: it must play even when speech synthesis is saturated.
+        phrases = [w.busy, site.greeting, w.anything_else, w.not_understood, w.no_speech_prompt, w.goodbye, w.emergency,
+                   w.shutting_down, w.unknown_answer, w.press_to_repeat]
         for member in site.directory.everyone():
             phrases += [w.transfer.format(name=member.name), w.take_message_prompt.format(name=member.name),
                         w.message_taken.format(name=member.name), w.transfer_unavailable.format(name=member.name)]
@@ -89,13 +104,16 @@ async def load_services(config: Config, *, progress: bool = True, client: bool =
         llm_path = config.models.llm.path or await asyncio.to_thread(
             ensure_bundled_gguf, config.models_dir, progress)
         retriever = Retriever(store)
+        cap = config.capacity
         transcriber, synthesizer, engine, _ = await asyncio.gather(
             _timed("stt", timings, Transcriber, stt_dir, cpu_threads=config.models.stt.threads,
-                   workers=config.models.stt.workers),
+                   workers=config.models.stt.workers, max_queue=cap.stt_queue),
             _timed("tts", timings, Synthesizer, voice, workers=config.models.tts.workers,
-                   cache_dir=config.data_dir / "tts-cache"),
+                   cache_dir=config.data_dir / "tts-cache", max_queue=cap.tts_queue,
+                   first_audio_timeout_s=cap.first_audio_timeout_s),
             _timed("llm", timings, LlmEngine, llm_path, threads=config.models.llm.threads,
-                   context=config.models.llm.context, chat_format=config.models.llm.chat_format),
+                   context=config.models.llm.context, chat_format=config.models.llm.chat_format,
+                   max_queue=cap.llm_queue),
             retriever.prepare(),  # the embedding model and the entries' vectors, before the first caller
         )
         await asyncio.to_thread(load_voice_model)  # barge-in's second opinion, off the event loop

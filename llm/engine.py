@@ -3,7 +3,9 @@
 A llama.cpp context is not thread-safe (PROTOCOLS §8), so every call is queued onto one
 dedicated thread; that also keeps the prompt prefix of the last call in the KV cache. Work is
 streamed token by token inside the thread so an abandoned reply (barge-in, hang-up) stops
-generating at the next token instead of running to max_tokens.
+generating at the next token instead of running to max_tokens. At most `max_queue` generations
+wait or run at once; one more raises LlmBusy (an LlmError, so a dialog answers from its
+knowledge without the model) rather than queueing behind work that would make it late.
 """
 
 from __future__ import annotations
@@ -33,6 +35,10 @@ class LlmError(Exception):
     pass
 
 
+class LlmBusy(LlmError):
+    """The engine's queue is at its bound."""
+
+
 class Cancelled(Exception):
     """The caller no longer wants this generation."""
 
@@ -47,7 +53,7 @@ class Generation:
 
 class LlmEngine:
     def __init__(self, model_path: Path, *, threads: int = 2, context: int = 4096,
-                 chat_format: str | None = None) -> None:
+                 chat_format: str | None = None, max_queue: int | None = None) -> None:
         path = Path(model_path)
         if not path.is_file():
             raise LlmError(f"model file {path}: not found (set models.llm.path in etc/switchboard.yaml)")
@@ -67,6 +73,7 @@ class LlmEngine:
         # `chat_format` is for instruction-tuned GGUFs converted without their template: the admin vouches.
         self.chat_template: str | None = meta.get("tokenizer.chat_template") or chat_format
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llm")
+        self.max_queue, self._queued = max_queue, 0  # generations submitted and not finished
         # A dialog re-measures its whole history every turn; the texts repeat, so their counts are kept.
         self._count = functools.lru_cache(maxsize=1024)(self._count_uncached)
 
@@ -155,6 +162,15 @@ class LlmEngine:
         except Exception as exc:  # e.g. llama.cpp's ValueError when a prompt overflows the context
             raise LlmError(f"llama.cpp failed: {type(exc).__name__}: {exc}") from exc
 
+    async def _generate(self, fn: Any, *args: Any) -> Any:
+        if self.max_queue is not None and self._queued >= self.max_queue:
+            raise LlmBusy(f"{self._queued} generations queued")
+        self._queued += 1
+        try:
+            return await self._run(fn, *args)
+        finally:
+            self._queued -= 1
+
     async def health_check(self) -> Generation:
         return await self._run(self._health)
 
@@ -163,12 +179,12 @@ class LlmEngine:
         """Grammar-constrained chat completion: the result always parses and matches `schema`'s enums."""
         if not self.instruction_tuned:
             raise LlmError(f"{self.name} has no chat template; it is not fit for dialog")
-        return await self._run(self._chat_json, messages, schema, max_tokens, cancel)
+        return await self._generate(self._chat_json, messages, schema, max_tokens, cancel)
 
     async def complete_json(self, prompt: str, schema: dict[str, Any], *, max_tokens: int = 160,
                             cancel: threading.Event | None = None) -> tuple[dict[str, Any], Generation]:
         """Grammar-constrained raw completion (works on base models too)."""
-        return await self._run(self._complete_json, prompt, schema, max_tokens, cancel)
+        return await self._generate(self._complete_json, prompt, schema, max_tokens, cancel)
 
 
 def _parse_json(text: str) -> dict[str, Any]:

@@ -8,20 +8,26 @@ tiny.en loop ("Is anybody there? Is anybody there? ...") in our measurements, so
 the window never goes below `_MIN_WINDOW`; loops still happen now and then (noise,
 a lone "No."), so a capped token budget and a repetition check catch them and redo
 that utterance the standard way.
+
+All calls share a few STT worker threads through one bounded queue (`SttQueue`): a caller whose turn
+has ended goes before any speculation (a transcript started at a short pause, in case the pause
+ends the turn), and a speculation whose caller spoke on is skipped, never run.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
+import collections
 import logging
 import os
 import re
+import threading
 import time
 import zlib
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before faster_whisper pulls in huggingface_hub
 
@@ -74,6 +80,118 @@ class Transcript:
     elapsed_ms: float
     avg_logprob: float | None = None
     no_speech_prob: float | None = None
+
+
+class SttBusy(Exception):
+    """The STT queue is at its bound: this utterance would not be transcribed in time."""
+
+
+class SttJob:
+    """One queued utterance. Cancelling the future `result()` gives (or calling `cancel()`) before a
+    worker takes the job means it is skipped, never transcribed."""
+
+    def __init__(self, queue: "SttQueue", pcm: bytes, prompt: str | None, speculative: bool) -> None:
+        self.pcm, self.prompt, self.speculative = pcm, prompt, speculative
+        self.future: Future[Transcript] = Future()
+        self._queue = queue
+
+    def result(self) -> asyncio.Future[Transcript]:
+        # A future, not a coroutine: cancelling it reaches the job even before anything awaited it.
+        return asyncio.wrap_future(self.future)
+
+    def promote(self) -> bool:
+        """The speculation turned out to be the caller's whole turn: run it ahead of other speculations.
+        False if it was dropped (to make room, or cancelled): transcribe the utterance afresh."""
+        return self._queue.promote(self)
+
+    def cancel(self) -> None:
+        self.future.cancel()
+
+
+class SttQueue:
+    """A bounded two-level queue feeding `workers` threads that call `run(job)`.
+
+    Final utterances go first, in order; speculations only when no final one waits. A final job
+    that finds the queue full takes the place of the newest waiting speculation, else `SttBusy`;
+    a speculation that finds it full is refused. Cancelled jobs are skipped when dequeued.
+    """
+
+    def __init__(self, run: Callable[[SttJob], Transcript], *, workers: int, max_queue: int) -> None:
+        self._run, self.max_queue = run, max_queue
+        self._finals: collections.deque[SttJob] = collections.deque()
+        self._speculations: collections.deque[SttJob] = collections.deque()
+        self._cond = threading.Condition()
+        self._closed = False
+        self._threads = [threading.Thread(target=self._work, name=f"stt-{i}", daemon=True) for i in range(workers)]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, pcm: bytes, prompt: str | None, *, speculative: bool) -> SttJob:
+        job = SttJob(self, pcm, prompt, speculative)
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("stt queue closed")
+            self._prune()
+            if self.waiting >= self.max_queue:
+                if speculative or not self._speculations:
+                    raise SttBusy(f"{self.waiting} utterances waiting for speech recognition")
+                self._speculations.pop().cancel()  # the newest guess gives way to a caller who finished
+            (self._speculations if speculative else self._finals).append(job)
+            self._cond.notify()
+        return job
+
+    def promote(self, job: SttJob) -> bool:
+        with self._cond:
+            if job.future.cancelled():
+                return False
+            if job in self._speculations:
+                self._speculations.remove(job)
+                self._finals.append(job)
+            job.speculative = False
+            return True
+
+    @property
+    def waiting(self) -> int:
+        return len(self._finals) + len(self._speculations)
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            for job in (*self._finals, *self._speculations):
+                job.cancel()
+            self._finals.clear()
+            self._speculations.clear()
+            self._cond.notify_all()
+        for thread in self._threads:
+            thread.join()
+
+    def _prune(self) -> None:
+        """Forget jobs cancelled while waiting, so they do not count against the bound."""
+        for jobs in (self._finals, self._speculations):
+            live = [j for j in jobs if not j.future.cancelled()]
+            if len(live) != len(jobs):
+                jobs.clear()
+                jobs.extend(live)
+
+    def _next(self) -> SttJob | None:
+        with self._cond:
+            while True:
+                for jobs in (self._finals, self._speculations):
+                    while jobs:
+                        job = jobs.popleft()
+                        if job.future.set_running_or_notify_cancel():
+                            return job
+                        log.debug("stt skipped cancelled speculative=%s", job.speculative)
+                if self._closed:
+                    return None
+                self._cond.wait()
+
+    def _work(self) -> None:
+        while (job := self._next()) is not None:
+            try:
+                job.future.set_result(self._run(job))
+            except BaseException as exc:  # delivered to the awaiting call, never lost in this thread
+                job.future.set_exception(exc)
 
 
 def normalize_text(text: str) -> str:
@@ -145,7 +263,8 @@ class Transcriber:
     """
 
     def __init__(
-        self, model_dir: Path, *, cpu_threads: int = 2, workers: int = 1, language: str = "en"
+        self, model_dir: Path, *, cpu_threads: int = 2, workers: int = 1, max_queue: int = 16,
+        language: str = "en",
     ) -> None:
         model_dir = check_whisper_dir(model_dir)
         started = time.monotonic()
@@ -161,7 +280,8 @@ class Transcriber:
         )
         self._prompts: dict[str, list[int]] = {}  # prompt text -> tokens; one per site
         self._suppress = list(get_suppressed_tokens(self._tokenizer, [-1]))
-        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="stt")
+        self._queue = SttQueue(lambda job: self.transcribe(job.pcm, prompt=job.prompt), workers=workers,
+                               max_queue=max_queue)
         log.info("stt loaded model=%s ms=%d", model_dir, (time.monotonic() - started) * 1000)
 
     def transcribe(
@@ -183,16 +303,19 @@ class Transcriber:
         log.info("stt done audio_ms=%d ms=%.0f path=%s chars=%d", audio_ms, elapsed, path, len(text))
         return Transcript(text, audio_ms, elapsed, avg_logprob, no_speech_prob)
 
+    def submit(self, pcm8k: bytes, *, prompt: str | None = None, speculative: bool = False) -> SttJob:
+        """Queue an utterance for the workers; raises SttBusy when the queue is at its bound."""
+        return self._queue.submit(pcm8k, prompt, speculative=speculative)
+
     async def transcribe_async(self, pcm8k: bytes, *, prompt: str | None = None) -> Transcript:
-        job = functools.partial(self.transcribe, pcm8k, prompt=prompt)
-        return await asyncio.get_running_loop().run_in_executor(self._pool, job)
+        return await self.submit(pcm8k, prompt=prompt).result()
 
     def health_check(self) -> float:
         """Transcribe 0.5 s of silence; returns elapsed ms (raises if the model is broken)."""
         return self.transcribe(bytes(SAMPLE_RATE)).elapsed_ms
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._queue.close()
 
     def _prompt_tokens(self, prompt: str) -> list[int]:
         """Decoder prompt, built the way faster-whisper builds it for initial_prompt."""

@@ -4,6 +4,10 @@ Piper only yields whole sentences, so latency to first audio is the time to
 synthesise the first clause: text is cut at sentence ends and at long-enough
 comma/semicolon/colon pieces, and each clause is synthesised while the previous
 one plays.
+
+The voice's worker threads are shared by all calls, so a reply whose first clause would wait too
+long (too many renders in flight, or not ready within `first_audio_timeout_s`) raises `TtsBusy`
+at once instead of leaving its caller in silence; cached clauses never wait.
 """
 
 from __future__ import annotations
@@ -36,6 +40,10 @@ _FADE_MS = 5
 _SENTENCE_PAUSE_MS = 120
 _CLAUSE_PAUSE_MS = 40  # between clauses of one sentence, where Piper gives no pause
 _SILENT = 0.01  # |sample| below this counts as existing pause
+
+
+class TtsBusy(Exception):
+    """A reply's first audio cannot be ready in time: the voice's workers are saturated."""
 
 
 def _is_sentence_end(word: str, next_word: str | None) -> bool:
@@ -124,7 +132,8 @@ class Synthesizer:
     `cache_dir`, prepared clauses persist across restarts (keyed by voice file and text).
     """
 
-    def __init__(self, voice_path: Path, *, workers: int = 1, cache_dir: Path | None = None) -> None:
+    def __init__(self, voice_path: Path, *, workers: int = 1, cache_dir: Path | None = None,
+                 max_queue: int | None = None, first_audio_timeout_s: float | None = None) -> None:
         voice_path = check_piper_voice(voice_path)
         started = time.monotonic()
         self._voice = PiperVoice.load(str(voice_path))
@@ -135,6 +144,8 @@ class Synthesizer:
         self._voice_id = f"{voice_path.name}:{stat.st_size}:{stat.st_mtime_ns}"
         self._cache_dir = cache_dir
         self._live = 0  # streams in progress: warm-up waits for them
+        self._in_flight = 0  # clause renders submitted and not finished
+        self.max_queue, self.first_audio_timeout_s = max_queue, first_audio_timeout_s
         log.info("tts loaded voice=%s rate=%d ms=%d", voice_path, self.sample_rate,
                  (time.monotonic() - started) * 1000)
 
@@ -148,7 +159,8 @@ class Synthesizer:
 
         Cached clauses come at once. Close the generator (or use contextlib.aclosing) when
         abandoning it: the clause in flight is then cancelled if it has not started, and
-        nothing further is queued.
+        nothing further is queued. Raises TtsBusy before any audio when the first clause
+        would wait past the bounds given at construction.
         """
         clauses = split_clauses(text)
         loop = asyncio.get_running_loop()
@@ -159,14 +171,25 @@ class Synthesizer:
                 future: asyncio.Future[bytes] = loop.create_future()
                 future.set_result(hit)
                 return future
-            return loop.run_in_executor(self._pool, self._render, clauses[i], i == len(clauses) - 1)
+            if i == 0 and self.max_queue is not None and self._in_flight >= self.max_queue:
+                raise TtsBusy(f"{self._in_flight} clauses being synthesised")
+            self._in_flight += 1
+            future = loop.run_in_executor(self._pool, self._render, clauses[i], i == len(clauses) - 1)
+            future.add_done_callback(self._rendered)
+            return future
 
-        self._live += 1
         ahead = submit(0) if clauses else None
+        self._live += 1
         done = 0
         try:
             while ahead is not None:
-                pcm = await ahead
+                if done == 0 and not ahead.done() and self.first_audio_timeout_s is not None:
+                    try:
+                        pcm = await asyncio.wait_for(ahead, self.first_audio_timeout_s)
+                    except TimeoutError:
+                        raise TtsBusy(f"first audio not ready within {self.first_audio_timeout_s:g} s") from None
+                else:
+                    pcm = await ahead
                 done += 1
                 ahead = submit(done) if done < len(clauses) else None
                 yield pcm
@@ -192,6 +215,9 @@ class Synthesizer:
                 # Rendered with its trailing pause, so the clause fits anywhere in a reply.
                 self._cache[key] = await loop.run_in_executor(self._pool, self._load_or_render, clause)
         log.info("tts cache clauses=%d", len(self._cache))
+
+    def _rendered(self, _: asyncio.Future[bytes]) -> None:
+        self._in_flight -= 1
 
     def cached(self, text: str) -> bytes | None:
         return self._cache.get(cache_key(text))
