@@ -70,9 +70,11 @@ class Conversations:
     previous run left pending."""
 
     def __init__(self, site: Site, retriever: Retriever, store: Store, outbox: Outbox,
-                 settings: ConversationSettings | None = None, engine: LlmEngine | None = None) -> None:
+                 settings: ConversationSettings | None = None, engine: LlmEngine | None = None,
+                 max_reply_tokens: int = 256) -> None:
         self.site, self.retriever, self.store, self.outbox = site, retriever, store, outbox
         self.settings, self.engine = settings or ConversationSettings(), engine
+        self.max_reply_tokens = max_reply_tokens  # models.llm.max_reply_tokens, as for calls
         if self.settings.operator_channel and self.settings.operator_channel not in outbox.channels:
             raise ValueError(f"conversations.operator_channel: no channel {self.settings.operator_channel!r}")
         self._dialogs: OrderedDict[int, Dialog] = OrderedDict()
@@ -180,7 +182,7 @@ class Conversations:
     def _dialog(self, thread_id: int, message: InboundMessage) -> Dialog:
         dialog = self._dialogs.pop(thread_id, None) or Dialog(
             self.site, self.retriever, self.store, call_id=f"{message.channel}-thread-{thread_id}",
-            caller=message.sender, engine=self.engine)
+            caller=message.sender, engine=self.engine, max_reply_tokens=self.max_reply_tokens)
         self._dialogs[thread_id] = dialog
         while len(self._dialogs) > _MAX_DIALOGS:
             self._dialogs.popitem(last=False)

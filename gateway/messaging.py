@@ -39,7 +39,8 @@ class Messaging:
         self.settings, self.site = settings, services.config.site
         self.outbox = Outbox.from_settings(services.store, channels, settings.outbox)
         self.conversations = Conversations(self.site, services.retriever, services.store, self.outbox,
-                                           settings.conversations, engine=services.dialog_engine)
+                                           settings.conversations, engine=services.dialog_engine,
+                                           max_reply_tokens=services.config.models.llm.max_reply_tokens)
 
     async def start(self) -> None:
         await self.outbox.start(self.conversations.on_inbound)
