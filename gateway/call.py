@@ -288,9 +288,19 @@ class CallSession:
             await self._deliver(resume)
 
     def _transcribe(self, pcm: bytes, speculative: bool = True) -> Awaitable[Transcript]:
-        """Queue STT for `pcm`; a speculation waits behind every caller whose turn has ended."""
-        job = self.services.transcriber.submit(pcm, prompt=self.services.config.site.speech_prompt,
-                                               speculative=speculative)
+        """Queue STT for `pcm`; a speculation waits behind every caller whose turn has ended. A final
+        utterance may raise SttBusy; a speculation the full queue refuses is a cancelled future (the
+        turn, if this was its end, is then transcribed afresh)."""
+        try:
+            job = self.services.transcriber.submit(pcm, prompt=self.services.config.site.speech_prompt,
+                                                   speculative=speculative)
+        except SttBusy:
+            if not speculative:
+                raise
+            self._speculative_job = None
+            refused: asyncio.Future[Transcript] = asyncio.get_running_loop().create_future()
+            refused.cancel()
+            return refused
         if speculative:
             self._speculative_job = job
         return job.result()

@@ -102,12 +102,12 @@ class CapacitySettings(Section):
     """AI work shared by all calls. Past any bound a caller hears `wording.busy` and is put through to
     the front desk (without AMI: the leg ends and the dialplan rings a person), never silence."""
 
-    max_turns: int = Field(12, ge=1)  # caller turns in STT, dialog or waiting for first audio at once
-    stt_queue: int = Field(12, ge=1)  # utterances waiting for an STT worker
+    max_turns: int = Field(8, ge=1)  # caller turns in STT or dialog at once (a new call needs one free)
+    stt_queue: int = Field(8, ge=1)  # utterances waiting for an STT worker
     llm_queue: int = Field(4, ge=1)  # generations waiting for the LLM (past it: answers from knowledge)
     tts_queue: int = Field(6, ge=1)  # clause renders in flight when a reply needs its first audio
     # Each stage's limit, counted from the end of the caller's turn (STT) or from the stage's start.
-    stt_timeout_s: float = Field(2.0, gt=0)
+    stt_timeout_s: float = Field(1.5, gt=0)
     dialog_timeout_s: float = Field(6.0, gt=0)
     first_audio_timeout_s: float = Field(2.0, gt=0)
 
