@@ -26,8 +26,11 @@ def config(data_dir: Path):  # type: ignore[no-untyped-def]
     from gateway.config import load_config
 
     cfg = load_config(ETC / "switchboard.yaml", data_dir=data_dir)
-    # Tests must not wait 10 s for the no-speech prompt unless they ask for it.
-    return dataclasses.replace(cfg, calls=cfg.calls.model_copy(update={"no_speech_timeout_s": 30.0}))
+    # Tests must not wait 10 s for the no-speech prompt unless they ask for it, nor hand a caller off
+    # because a shared machine is slow (test_capacity.py sets stage timeouts low on purpose).
+    slow_ok = {"stt_timeout_s": 30.0, "dialog_timeout_s": 30.0, "first_audio_timeout_s": 30.0}
+    return dataclasses.replace(cfg, calls=cfg.calls.model_copy(update={"no_speech_timeout_s": 30.0}),
+                               capacity=cfg.capacity.model_copy(update=slow_ok))
 
 
 @pytest.fixture(scope="session")
