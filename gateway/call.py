@@ -378,14 +378,27 @@ class CallSession:
         fresh one; both go ahead of every speculation in the STT queue."""
         t0 = time.perf_counter()
         job = self._speculative_job
+        cancel = self._cancel_llm  # set when this turn is interrupted, not when a stage times out
         if speculation is not None and job is not None and job.pcm == utterance.pcm and job.promote():
-            transcript = await speculation.task
+            task = speculation.task
             turn.timings["stt_speculative"] = 1.0
         else:
-            transcript = await self._transcribe(utterance.pcm, speculative=False)
+            task = self._tasks.spawn(self._transcribe(utterance.pcm, speculative=False))
+        try:
+            transcript = await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if cancel.is_set():  # the caller spoke again before we knew these words: the next turn gets them
+                task.add_done_callback(self._keep_unheard)
+            else:
+                task.cancel()
+            raise
         turn.timings["stt"] = transcript.elapsed_ms
         turn.timings["stt_wait"] = (time.perf_counter() - t0) * 1000
         return transcript
+
+    def _keep_unheard(self, task: asyncio.Task[Transcript]) -> None:
+        if not task.cancelled() and task.exception() is None and task.result().text:
+            self._unheard_text = f"{self._unheard_text} {task.result().text}".strip()
 
     async def _hand_off_busy(self, stage: str, reason: Exception) -> None:
         """Past capacity: the pre-synthesised busy wording, then a person (AMI transfer, else the dialplan)."""

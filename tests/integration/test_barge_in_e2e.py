@@ -152,3 +152,22 @@ async def test_a_replaced_reply_stops_its_generation(gateway, services) -> None:
             await thinking
     finally:
         await client.close()
+
+
+async def test_words_said_before_an_interruption_are_not_lost_while_stt_is_busy(gateway, services, speak) -> None:  # type: ignore[no-untyped-def]
+    """The caller speaks again while their last words still wait for STT: both reach the next turn."""
+    client = await greeted(gateway.port)
+    try:
+        first, second = await speak("Do you take Delta Dental?"), await speak(INTERRUPTION)
+        asked = await client.say(first)
+        # Another call's long utterance holds the STT worker, so this turn waits for its words ...
+        busy = asyncio.ensure_future(services.transcriber.transcribe_async((second + bytes(3200)) * 8))
+        await asyncio.sleep(0.7)  # ... past the end of the turn (end_silence_ms 500), then the caller goes on
+        await client.wait_reply(await client.say(second), timeout_s=40)
+        await busy
+        callers, _ = await spoken(services, client)
+        assert callers, "no turn was stored"
+        words = normalize(callers[-1].text)
+        assert "delta" in words and "parking" in words, words
+    finally:
+        await client.close()
