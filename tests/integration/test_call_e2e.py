@@ -71,7 +71,9 @@ async def test_named_staff_member_is_a_transfer_decision(gateway, services, spea
     client, _ = await connect(gateway)
     try:
         reply = await ask(client, speak, "Hi, could I speak to Doctor Chen please?")
-        assert "chen" in await heard(services, reply)
+        assert "through" in await heard(services, reply)  # "... putting you through to ..." was heard
+        said = [t.text for t in await services.store.turns(client.call_id) if t.speaker == "assistant"]
+        assert said[-1] == services.config.site.wording.transfer.format(name="Dr. James Chen")
         await asyncio.wait_for(client.hung_up.wait(), 10)  # leg ended so the dialplan continues
         kinds = {(e.kind, e.data.get("extension")) for e in await events(services, client, "transfer_done")}
         assert ("transfer", "202") in kinds
