@@ -105,7 +105,7 @@ async def load_services(config: Config, *, progress: bool = True, client: bool =
             ensure_bundled_gguf, config.models_dir, progress)
         retriever = Retriever(store)
         cap = config.capacity
-        transcriber, synthesizer, engine, _ = await asyncio.gather(
+        transcriber, synthesizer, engine, _, _ = await asyncio.gather(
             _timed("stt", timings, Transcriber, stt_dir, cpu_threads=config.models.stt.threads,
                    workers=config.models.stt.workers, max_queue=cap.stt_queue),
             _timed("tts", timings, Synthesizer, voice, workers=config.models.tts.workers,
@@ -115,8 +115,8 @@ async def load_services(config: Config, *, progress: bool = True, client: bool =
                    context=config.models.llm.context, chat_format=config.models.llm.chat_format,
                    max_queue=cap.llm_queue),
             retriever.prepare(),  # the embedding model and the entries' vectors, before the first caller
+            _timed("vad", timings, load_voice_model),  # barge-in's second opinion
         )
-        await asyncio.to_thread(load_voice_model)  # barge-in's second opinion, off the event loop
     except BaseException:
         await store.close()
         raise
