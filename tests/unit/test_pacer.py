@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from gateway.pacer import MediaClock, OutputStream
+from gateway.media.pacer import MediaClock, OutputStream
 from speech.audio import FRAME_BYTES, SILENCE_FRAME
 
 FRAME_S = 0.02
@@ -97,13 +97,19 @@ async def test_mark_resolves_after_its_audio_was_sent(clock: MediaClock) -> None
 
     stream.enqueue(frame_of(1) + frame_of(2) + frame_of(3))
     mark = stream.mark()
-    sent_when_resolved: list[int] = []
-    mark.add_done_callback(lambda _: sent_when_resolved.append(len(rec.sent)))
+    done_at_send: list[bool] = []  # the mark's state as each frame goes out (callbacks would run late under load)
+
+    def sink(frame: bytes) -> None:
+        done_at_send.append(mark.done())
+        rec(frame)
+
+    stream.sink = sink
     assert stream.playing and not mark.done()
     clock.register(stream)
     clock.start()
     assert await asyncio.wait_for(mark, 3) is True
-    assert sent_when_resolved == [3]
+    await until(lambda: len(rec.sent) >= 4)
+    assert done_at_send[:4] == [False, False, False, True]  # resolved right after its last frame
     assert rec.frames[:3] == [frame_of(1), frame_of(2), frame_of(3)]
     assert not stream.playing
 
@@ -188,7 +194,7 @@ async def test_failing_sink_drops_only_its_stream(
     clock.register(bad)
     clock.register(OutputStream(good[1], name="g1"))
     clock.start()
-    with caplog.at_level(logging.ERROR, logger="gateway.pacer"):
+    with caplog.at_level(logging.ERROR, logger="gateway.media.pacer"):
         await until(lambda: calls == 3)
         assert await asyncio.wait_for(bad_mark, 1) is False
         at_failure = len(good[0].sent)
