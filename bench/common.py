@@ -66,7 +66,7 @@ async def gateway_process(calls: dict | None = None, ready_line: str = "phrases 
         log_path = Path(tmp) / "gateway.log"
         log = log_path.open("w")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "--config", str(etc / "switchboard.yaml"), "--data-dir", str(data),
+            [sys.executable, "-m", "gateway.cli.main", "--config", str(etc / "switchboard.yaml"), "--data-dir", str(data),
              "run", "--port", str(port)],
             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
         try:

@@ -24,8 +24,8 @@ from pathlib import Path
 from common import gateway_process, peak_rss_mb, percentile, table
 from latency import QUESTIONS, measure_latency
 
-from gateway.caller import CallerClient
-from gateway.demo import speech_end_offset
+from gateway.media.caller import CallerClient
+from gateway.cli.demo import speech_end_offset
 from speech.audio import SAMPLE_RATE, SILENCE_FRAME
 from speech.models import bundled_piper_voice
 from speech.tts import Synthesizer

@@ -17,8 +17,8 @@ import time
 
 from common import gateway_process, peak_rss_mb, percentile, table
 
-from gateway.caller import CallerClient
-from gateway.demo import speech_end_offset
+from gateway.media.caller import CallerClient
+from gateway.cli.demo import speech_end_offset
 from speech.audio import SAMPLE_RATE, rms, split_frames
 from speech.models import bundled_piper_voice
 from speech.tts import Synthesizer

@@ -16,7 +16,6 @@ import asyncio
 import hashlib
 import html
 import logging
-import os
 import re
 import ssl
 import time
@@ -24,17 +23,15 @@ from email import policy
 from email.message import EmailMessage
 from email.parser import BytesParser
 from email.utils import formataddr, formatdate, parseaddr
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import aiosmtplib
 from aiosmtpd.smtp import SMTP, Envelope, Session
-from pydantic import Field, model_validator
 
 from channels.base import (
-    DeliveryHandler, InboundHandler, InboundMessage, OutgoingMessage, PermanentError, SendResult, Settings,
-    TemporaryError,
+    DeliveryHandler, InboundHandler, InboundMessage, OutgoingMessage, PermanentError, SendResult, TemporaryError,
 )
+from channels.settings import EmailSettings, SmtpListenerSettings
 from models.privacy import masked
 
 log = logging.getLogger(__name__)
@@ -43,57 +40,6 @@ _SAFE_KEY = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 # Where a reply's own text ends and the quoted original begins (the common clients' markers).
 _QUOTE_START = re.compile(r"^(On .{5,200} wrote:|-{2,} ?Original Message ?-{2,}|_{10,})\s*$", re.IGNORECASE)
 _TAG = re.compile(r"<[^>]+>")
-
-
-class SmtpSettings(Settings):
-    host: str = "127.0.0.1"
-    port: int = Field(25, ge=1, le=65535)
-    security: Literal["none", "starttls", "tls"] = "starttls"
-    username: str | None = None
-    password_env: str | None = None  # the name of an environment variable holding the password
-    from_address: str
-    from_name: str = "Switchboard"
-    ca_file: Path | None = None  # trust this CA, e.g. a relay with a self-signed certificate
-    verify_tls: bool = True
-    timeout_s: float = Field(30.0, gt=0)
-
-    @model_validator(mode="after")
-    def _auth(self) -> "SmtpSettings":
-        if (self.username is None) != (self.password_env is None):
-            raise ValueError("give both username and password_env for SMTP AUTH, or neither")
-        if "@" not in self.from_address:
-            raise ValueError(f"from_address {self.from_address!r} is not an email address")
-        return self
-
-    def password(self) -> str | None:
-        if self.password_env is None:
-            return None
-        value = os.environ.get(self.password_env)
-        if not value:
-            raise ValueError(f"email.smtp.password_env: environment variable {self.password_env!r} is not set")
-        return value
-
-
-class SmtpListenerSettings(Settings):
-    enabled: bool = False
-    host: str = "127.0.0.1"  # loopback: the local MTA relays to us
-    port: int = Field(2525, ge=0, le=65535)
-    recipients: tuple[str, ...] = ()  # the addresses we accept mail for (required when enabled)
-    max_message_bytes: int = Field(1_000_000, ge=1024)
-
-    @model_validator(mode="after")
-    def _recipients(self) -> "SmtpListenerSettings":
-        if self.enabled and not self.recipients:
-            raise ValueError("listener.recipients: list the addresses to accept mail for (e.g. the from_address)")
-        return self
-
-
-class EmailSettings(Settings):
-    """The `email:` section of etc/switchboard.yaml."""
-
-    smtp: SmtpSettings
-    listener: SmtpListenerSettings = SmtpListenerSettings()
-
 
 def message_id(idempotency_key: str, domain: str) -> str:
     token = idempotency_key if _SAFE_KEY.match(idempotency_key) else \

@@ -25,9 +25,8 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 
-from pydantic import Field
-
-from channels.base import Channel, InboundHandler, OutgoingMessage, PermanentError, Settings
+from channels.base import Channel, InboundHandler, OutgoingMessage, PermanentError
+from channels.settings import OutboxSettings, RateLimit, RetryPolicy
 from models.records import OutboxRecord
 from models.store import Store
 
@@ -36,28 +35,6 @@ log = logging.getLogger(__name__)
 _IDLE_RECHECK_S = 30.0  # also picks up rows another process (e.g. a CLI) enqueued
 _EARLY_REPORTS_MAX = 1000
 OPTED_OUT = "recipient opted out (STOP)"
-
-
-class RateLimit(Settings):
-    per_second: float = Field(gt=0)
-    burst: int = Field(1, ge=1)
-
-
-class RetryPolicy(Settings):
-    base_s: float = Field(2.0, gt=0)
-    cap_s: float = Field(600.0, gt=0)
-    # With the defaults a channel may be down for about three hours before a message fails.
-    max_attempts: int = Field(25, ge=1)
-
-
-class OutboxSettings(Settings):
-    """The `outbox:` section of etc/switchboard.yaml."""
-
-    retry: RetryPolicy = RetryPolicy()
-    rate_limits: dict[str, RateLimit] = {}
-    send_timeout_s: float = Field(60.0, gt=0)
-    channel_restart_s: float = Field(30.0, gt=0)  # a channel that failed to start is tried again
-
 
 def backoff_delay(attempts: int, policy: RetryPolicy, rand: Callable[[], float] = random.random) -> float:
     """Wait before the next attempt after `attempts` failed ones: half fixed, half random, so

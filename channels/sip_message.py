@@ -31,23 +31,21 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from urllib.parse import unquote
 
-from pydantic import Field, model_validator
-
 from channels.base import (
     DeliveryHandler,
     InboundHandler,
     InboundMessage,
     OutgoingMessage,
-    Settings,
     PermanentError,
     SendResult,
     TemporaryError,
 )
+from channels.settings import AmiMessageSettings, SipMessageSettings
 from models.privacy import masked
 
 log = logging.getLogger(__name__)
 
-MAX_UDP_REQUEST = 1300  # RFC 3428 §9: a MESSAGE outside a session must fit in 1300 bytes
+
 _COMPACT = {"v": "via", "f": "from", "t": "to", "i": "call-id", "l": "content-length",
             "c": "content-type", "m": "contact", "k": "supported"}
 _TEMPORARY_4XX = {408, 480, 486, 491}  # timeout, temporarily unavailable, busy, request pending
@@ -64,14 +62,6 @@ SendViaAmi = Callable[[str, str, str], Awaitable[None]]
 as given (the helper base64-encodes it if it has newlines). Returns when Asterisk acknowledged
 the action (queued, not delivered). It may raise TemporaryError / PermanentError itself; any
 other exception (not connected, timeout, `Response: Error`) is taken as temporary."""
-
-
-class AmiMessageSettings(Settings):
-    name: str = "sip"
-    destination: str = "pjsip:{to}"  # MessageSend Destination; {to} is the recipient (endpoint or number)
-    sender: str = '"Switchboard" <sip:switchboard@localhost>'  # the From header
-    max_body_bytes: int = Field(1300, ge=1, le=1300)  # Asterisk decodes Base64Body into 1301 bytes
-
 
 class AmiMessageChannel:
     """Outbound only: Asterisk routes inbound MESSAGE through its dialplan, not through this channel."""
@@ -106,33 +96,6 @@ class AmiMessageChannel:
 
 
 # -- (b) direct: RFC 3428 MESSAGE over UDP -----------------------------------------------------
-
-class SipMessageSettings(Settings):
-    name: str = "sip"
-    gateway_host: str  # the SIP SMS gateway (or PBX) requests go to
-    gateway_port: int = Field(5060, ge=1, le=65535)
-    domain: str | None = None  # request-URI / From host; default gateway_host
-    bind_host: str = "127.0.0.1"  # loopback: a gateway on this host; set an interface address for a remote one
-    bind_port: int = Field(5070, ge=0, le=65535)  # 0: any free port
-    advertised_host: str | None = None  # address in Via/From; default: the one routing to the gateway
-    from_user: str = "switchboard"
-    from_display: str | None = None
-    username: str | None = None  # digest user; default from_user
-    password_env: str | None = None  # name of the environment variable holding the digest password
-    inbound_from: list[str] = []  # source IPs allowed to send MESSAGE (and OPTIONS) in; empty: no inbound
-    inbound_username: str | None = None  # digest credentials inbound MESSAGE must carry, if the peer can
-    inbound_password_env: str | None = None
-    timer_t1_s: float = Field(0.5, gt=0)
-    timer_t2_s: float = Field(4.0, gt=0)
-    timer_f_s: float = Field(32.0, gt=0)  # give up on a transaction (64 * T1)
-    max_request_bytes: int = Field(MAX_UDP_REQUEST, ge=200, le=65000)
-
-    @model_validator(mode="after")
-    def _inbound_auth(self) -> "SipMessageSettings":
-        if (self.inbound_username is None) != (self.inbound_password_env is None):
-            raise ValueError("give both inbound_username and inbound_password_env, or neither")
-        return self
-
 
 @dataclass
 class SipPacket:

@@ -39,19 +39,18 @@ from gsmmodem.exceptions import (
 )
 from gsmmodem.modem import GsmModem, ReceivedSms, StatusReport
 from gsmmodem.pdu import Concatenation
-from pydantic import Field
 
 from channels.base import (
     DeliveryHandler,
     InboundHandler,
     InboundMessage,
     OutgoingMessage,
-    Settings,
     PermanentError,
     SendResult,
     TemporaryError,
 )
 from channels.sms_text import from_wire, segments, to_wire
+from channels.settings import ModemSettings
 from models.privacy import masked
 from models.store import Store
 
@@ -66,21 +65,6 @@ _CREG = {0: "not registered, not searching", 2: "searching for an operator", 3: 
          4: "unknown", 1: "registered", 5: "registered, roaming"}
 _PART_MAP_MAX = 1024
 _PART_CODEC = "utf-16-le"  # a part of a UCS-2 SMS may end inside a surrogate pair
-
-
-class ModemSettings(Settings):
-    """One GSM modem (the `sms:` channel)."""
-
-    name: str = "sms"  # the channel name the outbox routes by
-    port: str  # serial device; prefer a stable /dev/serial/by-id/... link
-    baudrate: int = Field(115200, gt=0)
-    pin_env: str | None = None  # name of the environment variable holding the SIM PIN, if any
-    network_timeout_s: float = Field(60.0, gt=0)  # wait this long for network registration at connect
-    reconnect_s: float = Field(30.0, gt=0)  # retry interval while the modem is unusable
-    multipart_timeout_s: float = Field(600.0, gt=0)  # then deliver a long SMS with its missing parts marked
-    max_parts: int = Field(6, ge=1, le=255)  # longer texts fail permanently instead of costing N SMS
-    handler_timeout_s: float = Field(30.0, gt=0)  # a received SMS stays on the SIM if not handled by then
-
 
 class ModemError(Exception):
     """Why the modem cannot be used, phrased for the admin. `retry` False: retrying would do harm."""

@@ -14,12 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator, with_config
 
-from channels.email import EmailSettings
-from channels.outbox import OutboxSettings
-from channels.sip_message import AmiMessageSettings, SipMessageSettings
-from channels.sms_modem import ModemSettings
-from gateway.asterisk.ari import AriSettings
-from gateway.conversations import ConversationSettings
+from channels.settings import AmiMessageSettings, EmailSettings, ModemSettings, OutboxSettings, SipMessageSettings
 from llm.knowledge import load_knowledge_yaml
 from llm.site import Directory, Site
 from models.records import KnowledgeEntry
@@ -27,6 +22,7 @@ from speech.vad import EndpointerConfig
 
 REPO_CONFIG = Path(__file__).resolve().parent.parent / "etc" / "switchboard.yaml"
 SYSTEM_CONFIG = Path("/etc/switchboard/switchboard.yaml")
+ARI_RECONNECT_MIN_S = 0.5  # the ARI client's first reconnection delay
 
 
 def default_config() -> Path:
@@ -159,6 +155,30 @@ class AmiSettings(Section):
         return value
 
 
+class ConversationSettings(Section):
+    """The `conversations:` section of etc/switchboard.yaml."""
+
+    buffer_s: float = Field(3.0, ge=0)  # messages closer together than this are answered once
+    max_buffer_s: float = Field(15.0, gt=0)  # ... but a steady stream is answered after this at the latest
+    operator_channel: str | None = None  # where escalations go, e.g. "email"
+    operator_to: str | None = None
+    staff_sms_channel: str = "sms"  # the channel for staff whose message_via is sms ("sip" for a SIP gateway)
+    opted_out_reply: str = "You will get no more messages from us. Reply START to resume."
+    opted_in_reply: str = "You will get our messages again. Reply STOP to opt out."
+    transfer_reply: str = "I've asked {name} to get back to you as soon as possible."
+    emergency_reply: str = ("If this is a life-threatening emergency, call 911 now. "
+                            "I've alerted our staff.")
+    # At most this many automatic replies to one sender per window: a loop with another robot ends here.
+    reply_limit: int = Field(10, ge=1)
+    reply_window_s: float = Field(3600.0, gt=0)
+
+    @model_validator(mode="after")
+    def _operator(self) -> "ConversationSettings":
+        if (self.operator_channel is None) != (self.operator_to is None):
+            raise ValueError("give both operator_channel and operator_to, or neither")
+        return self
+
+
 class MessagingSettings(Section):
     """The `messaging:` section; every channel is optional."""
 
@@ -180,6 +200,35 @@ class MessagingSettings(Section):
         if len(names) != len(set(names)):
             raise ValueError(f"two channels share the name {names!r}: give each a distinct `name`")
         return self
+
+
+class AriSettings(Section):
+    """`ari:` in etc/switchboard.yaml: the Stasis control plane (gateway.asterisk.ari)."""
+
+    url: str = Field("http://127.0.0.1:8088", pattern=r"^https?://[^/\s]+/?$")  # Asterisk's http.conf
+    username: str = "switchboard"
+    password: str | None = None
+    password_env: str | None = None  # name of an environment variable holding the password
+    app: str = Field("switchboard", pattern=r"^[A-Za-z0-9_.-]+$")  # Stasis(app) in the dialplan
+    external_host: str = Field("127.0.0.1:9092", pattern=r"^[^\s:/]+:\d{1,5}$")  # the AudioSocket server as Asterisk reaches it
+    format: Literal["slin", "slin16"] = "slin"
+    transfer_method: Literal["continue", "redirect"] = "continue"
+    transfer_context: str = "from-internal"  # continue: <context>,<extension>,1
+    redirect_endpoint: str = Field("PJSIP/{extension}", pattern=r"\{extension\}")  # redirect: same tech as the caller
+    request_timeout_s: float = Field(5.0, gt=0)
+    heartbeat_s: float = Field(10.0, gt=0)
+    reconnect_max_s: float = Field(5.0, ge=ARI_RECONNECT_MIN_S)
+
+    @model_validator(mode="after")
+    def _one_password(self) -> AriSettings:
+        if (self.password is None) == (self.password_env is None):
+            raise ValueError("give exactly one of password and password_env")
+        if self.password_env is not None and self.password_env not in os.environ:
+            raise ValueError(f"password_env: environment variable {self.password_env} is not set")
+        return self
+
+    def secret(self) -> str:
+        return self.password if self.password is not None else os.environ[self.password_env or ""]
 
 
 class FileConfig(Section):

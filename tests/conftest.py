@@ -44,7 +44,7 @@ async def services(config) -> AsyncIterator:  # type: ignore[no-untyped-def]
 
 @pytest.fixture(scope="session")
 async def gateway(services) -> AsyncIterator:  # type: ignore[no-untyped-def]
-    from gateway.app import Gateway
+    from gateway.daemon.app import Gateway
 
     gw = Gateway(services, host="127.0.0.1", port=0)
     await gw.start()

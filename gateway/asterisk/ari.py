@@ -38,57 +38,23 @@ import asyncio
 import inspect
 import json
 import logging
-import os
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import aiohttp
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from gateway.config import ARI_RECONNECT_MIN_S, AriSettings
 from gateway.tasks import TaskSet
 from models.privacy import masked
 
 log = logging.getLogger(__name__)
 
-_RECONNECT_MIN_S = 0.5
 _GONE = {404, 409, 422}  # channel/bridge no longer exists or is no longer in our app
 # Teardown reasons that hand a still-present caller back to the dialplan, and the SWITCHBOARD_END
 # value it finds there (etc/asterisk/extensions-ari.conf routes on it).
 _END_STATUS = {"media_gone": "ended", "setup_failed": "failed", "stop": "stopped"}
-
-
-class AriSettings(BaseModel):
-    """`ari:` in etc/switchboard.yaml. Defined here (not on gateway.config.Section) so that
-    gateway.config can import it without an import cycle; same rules: unknown keys are errors."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    url: str = Field("http://127.0.0.1:8088", pattern=r"^https?://[^/\s]+/?$")  # Asterisk's http.conf
-    username: str = "switchboard"
-    password: str | None = None
-    password_env: str | None = None  # name of an environment variable holding the password
-    app: str = Field("switchboard", pattern=r"^[A-Za-z0-9_.-]+$")  # Stasis(app) in the dialplan
-    external_host: str = Field("127.0.0.1:9092", pattern=r"^[^\s:/]+:\d{1,5}$")  # the AudioSocket server as Asterisk reaches it
-    format: Literal["slin", "slin16"] = "slin"
-    transfer_method: Literal["continue", "redirect"] = "continue"
-    transfer_context: str = "from-internal"  # continue: <context>,<extension>,1
-    redirect_endpoint: str = Field("PJSIP/{extension}", pattern=r"\{extension\}")  # redirect: same tech as the caller
-    request_timeout_s: float = Field(5.0, gt=0)
-    heartbeat_s: float = Field(10.0, gt=0)
-    reconnect_max_s: float = Field(5.0, ge=_RECONNECT_MIN_S)
-
-    @model_validator(mode="after")
-    def _one_password(self) -> AriSettings:
-        if (self.password is None) == (self.password_env is None):
-            raise ValueError("give exactly one of password and password_env")
-        if self.password_env is not None and self.password_env not in os.environ:
-            raise ValueError(f"password_env: environment variable {self.password_env} is not set")
-        return self
-
-    def secret(self) -> str:
-        return self.password if self.password is not None else os.environ[self.password_env or ""]
 
 
 class AriError(Exception):
@@ -213,7 +179,7 @@ class AriController:
 
     async def _run(self) -> None:
         assert self._http is not None
-        delay, cleaned, reconnect = _RECONNECT_MIN_S, False, False
+        delay, cleaned, reconnect = ARI_RECONNECT_MIN_S, False, False
         url = self._base + "/events"
         while True:
             try:
@@ -225,7 +191,7 @@ class AriController:
                                                      heartbeat=self.settings.heartbeat_s)
                 async with ws:
                     self.connected.set()
-                    delay = _RECONNECT_MIN_S
+                    delay = ARI_RECONNECT_MIN_S
                     log.info("ari connected url=%s app=%s", self.settings.url, self.settings.app)
                     if reconnect:
                         self._tasks.spawn(self._reconcile())
@@ -417,7 +383,7 @@ def _json(body: bytes) -> Any:
 
 
 class AriTransferer:
-    """gateway.call.Transferer for calls that came in through Stasis; other calls go to `fallback`."""
+    """gateway.sessions.call.Transferer for calls that came in through Stasis; other calls go to `fallback`."""
 
     def __init__(self, controller: AriController, fallback: Any) -> None:
         self.controller, self.fallback = controller, fallback

@@ -1,4 +1,4 @@
-"""Transfers to staff over AMI (gateway.call.Transferer), with outcomes and timings stored.
+"""Transfers to staff over AMI (a gateway.sessions.call.Transferer), with outcomes and timings stored.
 
 By the time `transfer` runs the caller has heard "putting you through to X". Then:
 - a call inside the `AudioSocket()` app is moved with `Redirect` to the transfer context
@@ -24,13 +24,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Protocol
 
 from panoramisk.message import Message
 
 from gateway.asterisk.ami import AmiClient, AmiError
 from gateway.asterisk.correlation import CallDirectory, CallInfo
-from gateway.asterisk.outbound import OutboundCalls
-from gateway.audiosocket import AudioSocketCall
+from gateway.asterisk.originate import OutboundCalls
 from gateway.config import AmiSettings
 from llm.site import Site, StaffMember
 from models.records import CallEvent
@@ -44,6 +44,18 @@ _END_MARK_TIMEOUT_S = 1.0  # the caller has heard goodbye: do not keep them wait
 _WARM_STATUS = {"busy": "BUSY", "no answer": "NOANSWER"}  # outbound result -> DIALSTATUS-like value
 
 
+class CallLeg(Protocol):
+    """Our side of a call, as PBX control sees it (an AudioSocket connection is one): control never
+    touches media, it only ends our leg once Asterisk has the call."""
+
+    call_id: str
+
+    @property
+    def closed(self) -> bool: ...
+
+    async def hangup(self, reason: str = ...) -> None: ...
+
+
 class AmiTransferer:
     def __init__(self, ami: AmiClient, calls: CallDirectory, store: Store, settings: AmiSettings, *,
                  site: Site | None = None, outbound: OutboundCalls | None = None) -> None:
@@ -55,7 +67,7 @@ class AmiTransferer:
         # Set(SB_TRANSFER_RESULT=${DIALSTATUS}) still tells the outcome.
         ami.on_event("VarSet", self._on_result_set)
 
-    async def transfer(self, call: AudioSocketCall, member: StaffMember) -> bool:
+    async def transfer(self, call: CallLeg, member: StaffMember) -> bool:
         info = self.calls.get(call.call_id)
         if info is None:
             log.warning("transfer impossible call=%s reason=no AMI channel for this call (see AS_UUID in the README)",
@@ -95,7 +107,7 @@ class AmiTransferer:
         await call.hangup("transferred")  # the app has already left via the async goto; this only ends our side
         return True
 
-    async def end_call(self, call: AudioSocketCall) -> None:
+    async def end_call(self, call: CallLeg) -> None:
         """A normal end (goodbye): SWITCHBOARD_END=ended tells the dialplan after AudioSocket() to hang up
         rather than ring a person. Without AMI the mark is missing and a person takes the call."""
         info = self.calls.get(call.call_id)
@@ -107,7 +119,7 @@ class AmiTransferer:
                 log.warning("end not marked call=%s error=%s", call.call_id, exc or "timeout")
         await call.hangup()
 
-    async def _warm(self, call: AudioSocketCall, info: CallInfo, member: StaffMember) -> bool:
+    async def _warm(self, call: CallLeg, info: CallInfo, member: StaffMember) -> bool:
         assert self.outbound is not None and self.site is not None
         s, channel = self.settings, info.channel
         t0 = time.perf_counter()
@@ -138,7 +150,7 @@ class AmiTransferer:
         return True
 
     @staticmethod
-    async def _left(call: AudioSocketCall, timeout: float) -> bool:
+    async def _left(call: CallLeg, timeout: float) -> bool:
         """True once Asterisk closed the caller's socket (Bridge() took the channel), within `timeout`."""
         deadline = time.monotonic() + timeout
         while not call.closed and time.monotonic() < deadline:

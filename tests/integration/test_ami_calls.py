@@ -11,10 +11,10 @@ from dataclasses import dataclass
 
 import pytest
 
-from gateway.app import Daemon, Gateway
+from gateway.daemon.app import Daemon, Gateway
 from gateway.asterisk.ami import AmiClient
 from gateway.asterisk.correlation import CallDirectory
-from gateway.caller import KIND_HANGUP, CallerClient
+from gateway.media.caller import KIND_HANGUP, CallerClient
 from gateway.config import AmiSettings
 from support.ami_server import Action, AmiTestServer
 

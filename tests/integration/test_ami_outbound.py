@@ -10,10 +10,10 @@ from dataclasses import dataclass
 
 import pytest
 
-from gateway.app import Gateway
+from gateway.daemon.app import Gateway
 from gateway.asterisk.ami import MAX_MESSAGE_BYTES, AmiClient, AmiError, message_send_action
-from gateway.asterisk.outbound import OutboundCalls, mask_code
-from gateway.caller import CallerClient
+from gateway.asterisk.originate import OutboundCalls, mask_code
+from gateway.media.caller import CallerClient
 from gateway.config import AmiSettings
 from llm.site import Wording
 from support.ami_server import Action, AmiTestServer

@@ -15,7 +15,8 @@ import aiohttp
 import pytest
 from pydantic import ValidationError
 
-from gateway.asterisk.ari import AriCall, AriController, AriSettings
+from gateway.asterisk.ari import AriCall, AriController
+from gateway.config import AriSettings
 from tests.support.ari_server import FIXTURES, AriTestServer
 
 ETC_ASTERISK = Path(__file__).resolve().parents[2] / "etc" / "asterisk"

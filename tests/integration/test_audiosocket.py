@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gateway.audiosocket import (
+from gateway.media.audiosocket import (
     AudioIn,
     AudioSocketCall,
     AudioSocketServer,
@@ -319,7 +319,7 @@ async def test_8bit_audio_labelled_slin_is_reported_once_with_the_fix(
     """The same capture at its real pace: half of slin's byte rate gives one clear warning."""
     data, messages = load_capture("audiosocket_in_chan102_ulaw_as_0x10")
     server = await start_server(Recorder(echo=False))
-    with caplog.at_level(logging.WARNING, logger="gateway.audiosocket"):
+    with caplog.at_level(logging.WARNING, logger="gateway.media.audiosocket"):
         client = await Client.connect(server.port)
         await client.send(encode(messages[0].kind, messages[0].payload))
         for message in [*messages[1:], *messages[1:]][:60]:  # 1.2 s, paced like Asterisk
@@ -513,7 +513,7 @@ async def test_failing_handler_ends_only_its_call(
     good = await Client.connect(server.port)
     await good.send(uuid_msg(GOOD_ID) + encode(Kind.AUDIO_8K, AUDIO))
     assert await good.read_messages(1) == [Message(Kind.AUDIO_8K, AUDIO)]
-    with caplog.at_level(logging.ERROR, logger="gateway.audiosocket"):
+    with caplog.at_level(logging.ERROR, logger="gateway.media.audiosocket"):
         bad = await Client.connect(server.port)
         await bad.send(uuid_msg(failing_id) + encode(Kind.AUDIO_8K, AUDIO))
         assert parse_stream(await bad.read_to_eof()) == [Message(Kind.HANGUP, b"")]

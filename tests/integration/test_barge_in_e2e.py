@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from gateway.app import Gateway
-from gateway.caller import CallerClient, Reply
+from gateway.daemon.app import Gateway
+from gateway.media.caller import CallerClient, Reply
 from llm.engine import Cancelled
 from llm.rules import normalize
 from tests.support.sounds import cough, far_away

@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from gateway.caller import CallerClient, Reply
+from gateway.media.caller import CallerClient, Reply
 from llm.rules import normalize
 
 pytestmark = pytest.mark.models
@@ -175,7 +175,7 @@ async def test_malformed_input_and_abrupt_disconnects_end_only_that_call(gateway
 async def test_twenty_concurrent_calls_without_cross_talk(services, speak) -> None:
     import dataclasses
 
-    from gateway.app import Gateway
+    from gateway.daemon.app import Gateway
     from speech.models import bundled_piper_voice, bundled_whisper_dir
     from speech.stt import Transcriber
     from speech.tts import Synthesizer
@@ -223,7 +223,7 @@ async def test_twenty_concurrent_calls_without_cross_talk(services, speak) -> No
 async def test_silent_caller_is_prompted_then_told_goodbye(services, config) -> None:  # type: ignore[no-untyped-def]
     import dataclasses
 
-    from gateway.app import Gateway
+    from gateway.daemon.app import Gateway
 
     quick = dataclasses.replace(config, calls=config.calls.model_copy(update={"no_speech_timeout_s": 1.5}))
     gateway = Gateway(dataclasses.replace(services, config=quick), host="127.0.0.1", port=0)

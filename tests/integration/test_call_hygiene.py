@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from gateway.caller import CallerClient
+from gateway.media.caller import CallerClient
 
 pytestmark = pytest.mark.models
 

@@ -11,8 +11,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from gateway.app import Gateway
-from gateway.caller import CallerClient
+from gateway.daemon.app import Gateway
+from gateway.media.caller import CallerClient
 from llm.rules import normalize
 
 pytestmark = pytest.mark.models

@@ -20,7 +20,7 @@ AMI_BANNER = (ROOT.parent / "shared" / "fixtures" / "asterisk" / "ami_received.t
 
 
 def switchboard(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "gateway.cli", *args], cwd=ROOT, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "gateway.cli.main", *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, "HF_HUB_OFFLINE": "1"})
 
 

@@ -28,7 +28,7 @@ DAEMON_ONLY = KnowledgeEntry(id="daemon-only", question="Is the daemon's knowled
 
 
 def switchboard(config: Path, data: Path, *args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "gateway.cli", "-c", str(config), "--data-dir", str(data), *args],
+    return subprocess.run([sys.executable, "-m", "gateway.cli.main", "-c", str(config), "--data-dir", str(data), *args],
                           cwd=ROOT, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, "HF_HUB_OFFLINE": "1"})
 

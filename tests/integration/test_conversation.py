@@ -13,12 +13,10 @@ import pytest
 from test_email_peer import SmtpPeer
 
 from channels.base import DeliveryHandler, InboundHandler, InboundMessage, OutgoingMessage, SendResult
-from gateway.conversations import (
-    ConversationSettings, Conversations, confirm_taken_message, deliver_taken_message,
-)
+from gateway.sessions.conversations import Conversations, confirm_taken_message, deliver_taken_message
 from channels.email import EmailChannel, EmailSettings
 from channels.outbox import Outbox
-from gateway.config import load_config
+from gateway.config import ConversationSettings, load_config
 from llm.knowledge import Retriever
 from models.records import CallRecord, TakenMessage
 from models.store import Store

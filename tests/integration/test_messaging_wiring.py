@@ -13,10 +13,10 @@ import pytest
 from aiosmtpd.controller import Controller
 from test_email_peer import SmtpPeer
 
-from gateway.app import Gateway
-from gateway.caller import CallerClient
+from gateway.daemon.app import Gateway
+from gateway.media.caller import CallerClient
 from gateway.config import MessagingSettings
-from gateway.messaging import Messaging
+from gateway.daemon.messaging import Messaging
 from tests.support.net import free_port
 
 pytestmark = pytest.mark.models

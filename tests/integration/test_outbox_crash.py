@@ -19,7 +19,8 @@ from test_email_peer import SmtpPeer
 from channels.email import EmailChannel, EmailSettings, message_id
 from channels.outbox import Outbox
 from gateway.config import load_config
-from gateway.conversations import ConversationSettings, Conversations
+from gateway.config import ConversationSettings
+from gateway.sessions.conversations import Conversations
 from llm.knowledge import Retriever
 from models.store import Store
 from tests.support.net import free_port

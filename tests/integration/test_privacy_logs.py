@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 from test_ami_calls import running
 
-from gateway.caller import CallerClient
+from gateway.media.caller import CallerClient
 from gateway.config import MessagingSettings
-from gateway.messaging import Messaging
+from gateway.daemon.messaging import Messaging
 from models import privacy
 from tests.support.fake_modem import FakeModem
 
@@ -98,7 +98,7 @@ def test_the_setting_reaches_the_log_through_the_cli(tmp_path, log_transcripts: 
         shutil.copy(ROOT / "etc" / name, tmp_path / name)
     config = tmp_path / "switchboard.yaml"
     config.write_text(config.read_text().replace("log_transcripts: false", f"log_transcripts: {log_transcripts}"))
-    proc = subprocess.run([sys.executable, "-m", "gateway.cli", "-c", str(config), "--data-dir", str(tmp_path / "data"),
+    proc = subprocess.run([sys.executable, "-m", "gateway.cli.main", "-c", str(config), "--data-dir", str(tmp_path / "data"),
                            "demo", "--say", "Do you take Delta Dental?", "--out", str(tmp_path / "reply.wav"), "-v"],
                           cwd=ROOT, capture_output=True, text=True, timeout=240,
                           env={**os.environ, "HF_HUB_OFFLINE": "1"})

@@ -10,7 +10,7 @@ application"; externalMedia without data is 400 "data can not be empty". Stasis(
 caller never enters) while no websocket is connected for the app, as in Asterisk.
 
 With `audiosocket=True`, creating an externalMedia channel connects to its external_host with the
-`data` UUID like chan_audiosocket (a gateway.caller.CallerClient plays the caller's side); deleting
+`data` UUID like chan_audiosocket (a gateway.media.caller.CallerClient plays the caller's side); deleting
 the channel closes that socket (no 0x00, as Asterisk), and the gateway closing it hangs the channel up.
 """
 
@@ -30,7 +30,7 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from gateway.caller import CallerClient
+from gateway.media.caller import CallerClient
 
 FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "asterisk"
 

@@ -77,7 +77,7 @@ def test_missing_file_and_bad_yaml(etc: Path) -> None:
 
 def test_cli_prints_the_error_and_exits_non_zero(etc: Path) -> None:
     edit(etc / "switchboard.yaml", "  port: 9092", "  port: -1")
-    proc = subprocess.run([sys.executable, "-m", "gateway.cli", "--config", str(etc / "switchboard.yaml"), "run"],
+    proc = subprocess.run([sys.executable, "-m", "gateway.cli.main", "--config", str(etc / "switchboard.yaml"), "run"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert f"{etc / 'switchboard.yaml'}: audiosocket.port:" in proc.stderr

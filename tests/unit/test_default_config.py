@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import gateway.config
-from gateway.cli import build_parser
+from gateway.cli.main import build_parser
 from gateway.config import REPO_CONFIG, SYSTEM_CONFIG, default_config
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -2,22 +2,22 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import hashlib
 import random
 import re
 import socket
 import threading
-from pathlib import Path
 
 import pytest
 from aiohttp import web
 
-from gateway import model_catalog
-from gateway.downloads import DownloadError, download, part_path
-from gateway.model_catalog import CATALOGUE, CatalogEntry, CatalogFile
-from gateway.models_cmd import MIRROR_ENV, add_models_parser, rebase_url
+from gateway.modelhub import catalog as model_catalog
+from gateway.modelhub.downloads import DownloadError, download, part_path
+from gateway.modelhub.catalog import CATALOGUE, CatalogEntry, CatalogFile
+from gateway.cli.common import MIRROR_ENV
+from gateway.cli.main import main as switchboard
+from gateway.cli.models import rebase_url
 
 DATA = random.Random(7).randbytes(3 * 1024 * 1024 + 123)
 SHA = hashlib.sha256(DATA).hexdigest()
@@ -240,12 +240,7 @@ def mirror(server, monkeypatch):
 
 
 def run_cli(*argv: str) -> int:
-    parser = argparse.ArgumentParser(prog="switchboard")
-    parser.add_argument("--config", default="etc/switchboard.yaml")
-    parser.add_argument("--data-dir", type=Path)
-    add_models_parser(parser.add_subparsers(required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
+    return switchboard(["--config", "etc/switchboard.yaml", *argv])
 
 
 def test_models_pull_end_to_end(mirror, tmp_path, capsys):

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gateway.asterisk.ari import AriSettings
+from gateway.config import AriSettings
 from gateway.config import MessagingSettings
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway import sdnotify
+from gateway.daemon import sdnotify
 
 
 def test_notify_never_blocks_when_the_receiver_stops_reading(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -12,7 +12,7 @@ from test_dialog import CFG, ScriptedEngine
 
 from channels.base import InboundMessage
 from gateway.config import MessagingSettings
-from gateway.messaging import Messaging
+from gateway.daemon.messaging import Messaging
 from gateway.services import Services
 from llm.knowledge import Retriever
 from models.store import Store

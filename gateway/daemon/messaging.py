@@ -9,26 +9,28 @@ from __future__ import annotations
 import logging
 
 from channels.base import Channel
-from channels.email import EmailChannel
 from channels.outbox import Outbox
-from channels.sip_message import AmiMessageChannel, SipMessageChannel
-from channels.sms_modem import ModemSmsChannel
 from gateway.asterisk.ami import AmiClient
 from gateway.config import MessagingSettings
-from gateway.conversations import Conversations, confirm_taken_message, deliver_taken_message
+from gateway.sessions.conversations import Conversations, confirm_taken_message, deliver_taken_message
 from gateway.services import Services
 from models.records import TakenMessage
 
 log = logging.getLogger(__name__)
 
 
-class Messaging:
-    def __init__(self, settings: MessagingSettings, services: Services, ami: AmiClient | None) -> None:
-        channels: dict[str, Channel] = {}
-        if settings.email:
-            channels["email"] = EmailChannel(settings.email)
-        if settings.sms_modem:
-            channels[settings.sms_modem.name] = ModemSmsChannel(settings.sms_modem, services.store)
+def build_channels(settings: MessagingSettings, services: Services, ami: AmiClient | None) -> dict[str, Channel]:
+    """The configured channels. Each transport module is imported only when its section is there:
+    a daemon without a modem never loads python-gsmmodem, one without email never loads aiosmtpd."""
+    channels: dict[str, Channel] = {}
+    if settings.email:
+        from channels.email import EmailChannel
+        channels["email"] = EmailChannel(settings.email)
+    if settings.sms_modem:
+        from channels.sms_modem import ModemSmsChannel
+        channels[settings.sms_modem.name] = ModemSmsChannel(settings.sms_modem, services.store)
+    if settings.sip_message or settings.sip_via_ami:
+        from channels.sip_message import AmiMessageChannel, SipMessageChannel
         if settings.sip_message:
             channels[settings.sip_message.name] = SipMessageChannel(settings.sip_message)
         if settings.sip_via_ami:
@@ -36,6 +38,12 @@ class Messaging:
                 raise ValueError("messaging.sip_via_ami needs ami.enabled: true")
             channels[settings.sip_via_ami.name] = AmiMessageChannel(
                 settings.sip_via_ami, lambda to, from_, body: ami.message_send(to, body, sender=from_))
+    return channels
+
+
+class Messaging:
+    def __init__(self, settings: MessagingSettings, services: Services, ami: AmiClient | None) -> None:
+        channels = build_channels(settings, services, ami)
         self.settings, self.site = settings, services.config.site
         self.outbox = Outbox.from_settings(services.store, channels, settings.outbox)
         self.conversations = Conversations(self.site, services.retriever, services.store, self.outbox,

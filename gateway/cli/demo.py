@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import sys
 import dataclasses
 import tempfile
 import time
 from pathlib import Path
 
-from gateway.app import Gateway
-from gateway.caller import CallerClient
+from gateway.cli.common import load, setup_logging
+from gateway.daemon.app import Gateway
+from gateway.media.caller import CallerClient
 from gateway.config import Config
 from gateway.services import load_services
 from speech.audio import SAMPLE_RATE, read_wav, resample, rms, split_frames, write_wav
@@ -69,3 +72,14 @@ async def run_demo(config: Config, out: Path, *, wav: Path | None = None, say: s
             await gateway.stop(grace_s=1.0)
             await services.close()
     return 0
+
+
+def command(args: argparse.Namespace) -> int:
+    config = load(args)
+    if config is None:
+        return 2
+    setup_logging("WARNING" if not args.verbose else "INFO", transcripts=config.log_transcripts)
+    if (args.wav is None) == (args.say is None):
+        print("switchboard demo: give either CALLER.wav or --say TEXT", file=sys.stderr)
+        return 2
+    return asyncio.run(run_demo(config, args.out, wav=args.wav, say=args.say))

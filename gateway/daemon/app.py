@@ -9,17 +9,18 @@ import signal
 import threading
 import time
 
-from gateway import sdnotify
+from gateway.daemon import sdnotify
 from gateway.asterisk.ami import AmiClient
 from gateway.asterisk.ari import AriController, AriTransferer
 from gateway.asterisk.correlation import CallDirectory
-from gateway.asterisk.outbound import OutboundCalls, OutboundMessageSession
+from gateway.asterisk.originate import OutboundCalls
 from gateway.asterisk.transfer import RETURN_STATUSES, AmiTransferer
-from gateway.audiosocket import AudioSocketCall, AudioSocketServer
-from gateway.call import CallSession, DialplanTransferer, Transferer
+from gateway.media.audiosocket import AudioSocketCall, AudioSocketServer
+from gateway.sessions.call import CallSession, DialplanTransferer, Transferer
+from gateway.sessions.outbound import OutboundMessageSession
 from gateway.config import Config
-from gateway.messaging import Messaging
-from gateway.pacer import MediaClock
+from gateway.daemon.messaging import Messaging
+from gateway.media.pacer import MediaClock
 from gateway.services import Services, load_services
 
 log = logging.getLogger(__name__)

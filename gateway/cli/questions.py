@@ -12,18 +12,6 @@ from models.migrations import SchemaVersionError
 from models.store import NotFoundError, Store
 
 
-def add_questions_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("questions", help="questions the assistant could not answer; answer them")
-    sub = parser.add_subparsers(dest="questions_command", required=True)
-    listing = sub.add_parser("list", help="open questions (with --all: answered ones too)")
-    listing.add_argument("--all", action="store_true")
-    listing.set_defaults(func=cmd_list)
-    answer = sub.add_parser("answer", help="answer question ID; the answer is spoken to the next caller who asks")
-    answer.add_argument("id", type=int)
-    answer.add_argument("text", help="the answer, as it should be spoken")
-    answer.set_defaults(func=cmd_answer)
-
-
 async def _with_store(args: argparse.Namespace, work) -> int:  # type: ignore[no-untyped-def]
     try:
         config = load_config(args.config, data_dir=args.data_dir)

@@ -16,29 +16,12 @@ from urllib.parse import urlsplit, urlunsplit
 import aiohttp
 from tqdm import tqdm
 
-from gateway import model_catalog
+from gateway.modelhub import catalog as model_catalog
+from gateway.cli.common import MIRROR_ENV
 from gateway.config import ConfigError, load_config
-from gateway.downloads import DownloadError, download, hash_file, part_path
-from gateway.model_catalog import CatalogEntry, CatalogFile
+from gateway.modelhub.downloads import DownloadError, download, hash_file, part_path
+from gateway.modelhub.catalog import CatalogEntry, CatalogFile
 from llm.bundled import GGUF_NAME, BundledModelError, verify_bundled_gguf
-
-MIRROR_ENV = "SWITCHBOARD_MODEL_MIRROR"
-
-
-def add_models_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("models", help="list, download and verify models",
-                                   description="List, download and verify models under <data_dir>/models.")
-    sub = parser.add_subparsers(dest="models_command", required=True, metavar="COMMAND")
-    sub.add_parser("list", help="show the catalogue and what is installed").set_defaults(func=cmd_list)
-    pull = sub.add_parser("pull", help="download a catalogue model into <data_dir>/models/NAME")
-    pull.add_argument("name", help="a name from `switchboard models list`")
-    pull.add_argument("--url-base", metavar="URL",
-                      help=f"fetch from this mirror (scheme://host[:port][/prefix]) instead of the catalogue's "
-                           f"host; the {MIRROR_ENV} environment variable does the same")
-    pull.set_defaults(func=cmd_pull)
-    sub.add_parser("verify", help="re-hash downloaded models and the assembled bundled Gemma; "
-                                  "exit 1 if anything is wrong").set_defaults(func=cmd_verify)
-
 
 def _models_dir(args: argparse.Namespace) -> Path:
     """<data_dir>/models, with data_dir from --data-dir or else from the config (as the daemon uses it)."""

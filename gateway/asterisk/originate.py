@@ -1,10 +1,10 @@
-"""Outbound calls that speak a message: a notification, or a one-time code read digit by digit.
+"""Originate outbound calls that speak a message: a notification, or a one-time code read digit by digit.
 
 `OutboundCalls.call()` originates (always Async, with our own ActionID) a channel to the number;
 once answered, the dialplan context `outbound_context` (etc/asterisk/extensions.conf) connects it
 to AudioSocket with the UUID we passed as `SB_UUID`, at the listener named in `SB_AUDIOSOCKET`.
-The Gateway hands that connection to an `OutboundMessageSession` instead of a CallSession: it
-speaks the text, offers "press 1 to hear it again", then hangs up. The result comes from the
+The daemon hands that connection to a spoken-message session (gateway.sessions.outbound) instead of
+a call session: it speaks the text, offers "press 1 to hear it again", then hangs up. The result comes from the
 `OriginateResponse` event's Reason code; busy / no answer / failure are retried as configured.
 One-time codes never reach a log or the database whole (all but the last 2 digits masked).
 """
@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import sys
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -22,10 +21,7 @@ from dataclasses import dataclass, field
 from panoramisk.message import Message
 
 from gateway.asterisk.ami import AmiClient, AmiError
-from gateway.audiosocket import AudioSocketCall, Dtmf, Hangup
-from gateway.config import AmiSettings, Config
-from gateway.pacer import MediaClock, OutputStream
-from gateway.services import Services
+from gateway.config import AmiSettings
 from llm.site import Site
 from models.privacy import masked
 from models.records import CallEvent, CallRecord
@@ -36,7 +32,6 @@ log = logging.getLogger(__name__)
 # OriginateResponse Reason: the AST_CONTROL code the dial ended with (main/manager.c).
 REASONS = {4: "answered", 5: "busy", 3: "no answer", 1: "no answer", 8: "failed", 0: "failed"}
 _NUMBER = re.compile(r"^[0-9A-Za-z+*#_.-]{1,40}$")  # nothing that could break the channel string
-MAX_REPEATS = 3
 
 
 def mask_code(code: str) -> str:
@@ -154,87 +149,3 @@ class OutboundCalls:
             **shown, "attempt": attempt, "result": result, "repeats": repeats, "ms": round(ms), "error": error}))
         await self.store.end_call(job.uuid, result, time.time())
         return result, error, repeats
-
-
-class OutboundMessageSession:
-    """The spoken part of an outbound call: say the text, repeat on '1', then hang up."""
-
-    def __init__(self, call: AudioSocketCall, services: Services, clock: MediaClock, job: OutboundJob) -> None:
-        self.call, self.services, self.clock, self.job = call, services, clock, job
-        self.out = OutputStream(call.send_audio, name=call.call_id)
-        self._digits: asyncio.Queue[str] = asyncio.Queue()
-        self._gone = asyncio.Event()
-
-    async def run(self) -> None:
-        self.clock.register(self.out)
-        reader = asyncio.create_task(self._read())
-        repeats = 0
-        try:
-            while not self._gone.is_set():
-                await self._speak()
-                if not self.job.repeat_wait_s or not await self._pressed_one() or repeats >= MAX_REPEATS:
-                    break
-                repeats += 1
-            await self.call.hangup()
-        finally:
-            reader.cancel()
-            await asyncio.gather(reader, return_exceptions=True)
-            self.clock.unregister(self.out)
-            if not self.job.played.done():
-                self.job.played.set_result(repeats)
-            log.info("outbound message done call=%s repeats=%d", self.call.call_id, repeats)
-
-    async def _read(self) -> None:
-        async for event in self.call.events():
-            if isinstance(event, Dtmf):
-                self._digits.put_nowait(event.digit)
-            elif isinstance(event, Hangup):
-                break
-        self._gone.set()
-
-    async def _speak(self) -> None:
-        async for pcm in self.services.synthesizer.stream(self.job.text):
-            self.out.enqueue(pcm)
-        gone = asyncio.ensure_future(self._gone.wait())
-        await asyncio.wait([self.out.mark(), gone], return_when=asyncio.FIRST_COMPLETED)
-        gone.cancel()
-
-    async def _pressed_one(self) -> bool:
-        """True if '1' was pressed during the message or within repeat_wait_s after it."""
-        deadline = time.monotonic() + self.job.repeat_wait_s
-        while not self._gone.is_set():
-            try:
-                digit = await asyncio.wait_for(self._digits.get(), max(0.0, deadline - time.monotonic()))
-            except TimeoutError:
-                return False
-            if digit == "1":
-                return True
-        return False
-
-
-async def run_outbound_call(config: Config, number: str, text: str, code: str | None) -> int:
-    """`switchboard call`: its own AudioSocket listener for the spoken part, so no daemon is needed."""
-    from gateway.app import Gateway  # here, not at the top: gateway.app imports this module
-    from gateway.services import load_services
-
-    s = config.ami
-    host = s.outbound_audiosocket_host or config.audiosocket.host
-    services = await load_services(config, progress=False, client=True)  # the daemon may be running
-    ami = AmiClient(s)
-    gateway = Gateway(services, host=host, port=0)
-    try:
-        await gateway.start()
-        await ami.start()
-        await ami.wait_connected(s.connect_timeout_s + 2)
-        gateway.outbound = OutboundCalls(ami, services.store, s, site=config.site, audiosocket=f"{host}:{gateway.port}")
-        result = await gateway.outbound.call(number, text, code=code)
-    except (AmiError, ValueError) as exc:
-        print(f"switchboard call: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        await ami.close()
-        await gateway.stop(grace_s=2.0)
-        await services.close()
-    print(f"{number}: {result.result} after {result.attempts} attempt(s)"
-          + (f" ({result.error})" if result.error else ""))
-    return 0 if result.result == "answered" else 1

@@ -13,15 +13,14 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from pydantic import Field, model_validator
-
 from channels.base import InboundMessage
 from channels.outbox import Outbox
 from channels.templates import render
+from gateway.config import ConversationSettings
 from llm.dialog import Action, Dialog, Reply
 from llm.engine import LlmEngine
 from llm.knowledge import Retriever
-from llm.site import Site, StaffMember, Strict
+from llm.site import Site, StaffMember
 from models.records import TakenMessage
 from models.store import Store, normalize_address, normalize_number
 
@@ -31,30 +30,6 @@ log = logging.getLogger(__name__)
 STOP_WORDS = frozenset({"STOP", "STOPALL", "UNSUBSCRIBE", "QUIT", "OPTOUT"})
 START_WORDS = frozenset({"START", "UNSTOP", "SUBSCRIBE"})
 _MAX_DIALOGS = 500  # live dialog states kept; an evicted thread starts a fresh dialog
-
-
-class ConversationSettings(Strict):
-    """The `conversations:` section of etc/switchboard.yaml."""
-
-    buffer_s: float = Field(3.0, ge=0)  # messages closer together than this are answered once
-    max_buffer_s: float = Field(15.0, gt=0)  # ... but a steady stream is answered after this at the latest
-    operator_channel: str | None = None  # where escalations go, e.g. "email"
-    operator_to: str | None = None
-    staff_sms_channel: str = "sms"  # the channel for staff whose message_via is sms ("sip" for a SIP gateway)
-    opted_out_reply: str = "You will get no more messages from us. Reply START to resume."
-    opted_in_reply: str = "You will get our messages again. Reply STOP to opt out."
-    transfer_reply: str = "I've asked {name} to get back to you as soon as possible."
-    emergency_reply: str = ("If this is a life-threatening emergency, call 911 now. "
-                            "I've alerted our staff.")
-    # At most this many automatic replies to one sender per window: a loop with another robot ends here.
-    reply_limit: int = Field(10, ge=1)
-    reply_window_s: float = Field(3600.0, gt=0)
-
-    @model_validator(mode="after")
-    def _operator(self) -> "ConversationSettings":
-        if (self.operator_channel is None) != (self.operator_to is None):
-            raise ValueError("give both operator_channel and operator_to, or neither")
-        return self
 
 
 @dataclass

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from contextlib import aclosing
 from typing import Awaitable, Callable, Protocol
 
-from gateway.audiosocket import AudioIn, AudioSocketCall, Dtmf, Hangup
-from gateway.pacer import MediaClock, OutputStream
+from gateway.media.audiosocket import AudioIn, AudioSocketCall, Dtmf, Hangup
+from gateway.media.pacer import MediaClock, OutputStream
 from gateway.services import Overloaded, Services
 from gateway.tasks import TaskSet
 from llm.dialog import Action, Dialog, Reply

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import errno
 import os
@@ -108,3 +109,7 @@ async def run_doctor(config_path: Path, data_dir: Path | None) -> int:
     failed = sum(not f.ok for f in findings)
     print(f"\n{failed} problem(s) found." if failed else "\nall checks passed.")
     return 1 if failed else 0
+
+
+def command(args: argparse.Namespace) -> int:
+    return asyncio.run(run_doctor(args.config, args.data_dir))
