@@ -27,8 +27,12 @@ ARI_RECONNECT_MIN_S = 0.5  # the ARI client's first reconnection delay
 
 def default_config() -> Path:
     """The installed service's config if there is one, else this checkout's: the daemon and every CLI
-    command find the same file, so `switchboard questions list` reads the database the service writes."""
-    return SYSTEM_CONFIG if SYSTEM_CONFIG.exists() else REPO_CONFIG
+    command find the same file, so `switchboard questions list` reads the database the service writes.
+    Installed from a checkout with `pip install .` (no checkout beside the code), it is the
+    checkout's etc/ when run from there."""
+    if SYSTEM_CONFIG.exists():
+        return SYSTEM_CONFIG
+    return REPO_CONFIG if REPO_CONFIG.exists() else Path.cwd() / "etc" / "switchboard.yaml"
 
 # Forbid unknown keys in the speech package's own dataclass without making speech depend on pydantic.
 with_config(ConfigDict(extra="forbid"))(EndpointerConfig)

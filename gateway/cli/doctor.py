@@ -103,7 +103,11 @@ async def run_doctor(config_path: Path, data_dir: Path | None) -> int:
     findings.append(_check_data_dir(config.data_dir))
     findings += _check_models(config)
     findings.append(_check_port(config.audiosocket.host, config.audiosocket.port))
-    findings.append(await _check_ami(config.ami.host, config.ami.port))
+    if config.ami.enabled:
+        findings.append(await _check_ami(config.ami.host, config.ami.port))
+    else:
+        findings.append(Finding(True, "AMI control plane off (ami.enabled: false): a transfer ends the AudioSocket "
+                                      "leg and the dialplan puts the caller through (see README, 'Connecting Asterisk')"))
     for f in findings:
         _print(f)
     failed = sum(not f.ok for f in findings)

@@ -67,7 +67,7 @@ async def test_doctor_passes_with_asterisk_reachable(etc: Path, tmp_path: Path) 
 
     server = await asyncio.start_server(banner, "127.0.0.1", 0)
     ami_port = server.sockets[0].getsockname()[1]
-    _set(etc, "log_level: INFO", f"log_level: INFO\nami:\n  port: {ami_port}")
+    _set(etc, "log_level: INFO", f"log_level: INFO\nami:\n  enabled: true\n  secret: s\n  port: {ami_port}")
     _set(etc, "port: 9092", f"port: {free_port()}")
     async with server:
         proc = await asyncio.to_thread(switchboard, "--config", str(etc / "switchboard.yaml"), "--data-dir",
@@ -77,7 +77,7 @@ async def test_doctor_passes_with_asterisk_reachable(etc: Path, tmp_path: Path) 
 
 
 def test_doctor_says_what_is_wrong_and_how_to_fix_it(etc: Path, tmp_path: Path) -> None:
-    _set(etc, "log_level: INFO", f"log_level: INFO\nami:\n  port: {free_port()}")  # nothing listens there
+    _set(etc, "log_level: INFO", f"log_level: INFO\nami:\n  enabled: true\n  secret: s\n  port: {free_port()}")  # nothing listens there
     busy = socket.socket()
     busy.bind(("127.0.0.1", 0))
     busy.listen()
@@ -91,6 +91,14 @@ def test_doctor_says_what_is_wrong_and_how_to_fix_it(etc: Path, tmp_path: Path) 
     assert "[FAIL] AudioSocket port" in proc.stdout and "in use" in proc.stdout
     assert "[FAIL] Asterisk AMI" in proc.stdout and "fix:" in proc.stdout
     assert "2 problem(s) found" in proc.stdout
+
+
+def test_doctor_passes_without_asterisk_when_ami_is_off(etc: Path, tmp_path: Path) -> None:
+    _set(etc, "port: 9092", f"port: {free_port()}")
+    proc = switchboard("--config", str(etc / "switchboard.yaml"), "--data-dir", str(tmp_path / "data"), "doctor",
+                       timeout=60)
+    assert proc.returncode == 0, proc.stdout
+    assert "AMI control plane off" in proc.stdout and "all checks passed" in proc.stdout
 
 
 def test_doctor_reports_a_config_error(etc: Path) -> None:

@@ -49,3 +49,11 @@ def test_the_service_runs_on_the_cli_default_config_and_its_data_dir() -> None:
     # No -c / --data-dir on the command line: the CLI, run without them, would read another database.
     assert service["ExecStart"].split()[1:] == ["run"]
     assert str(SYSTEM_CONFIG.parent) in service["ReadOnlyPaths"]
+
+
+def test_installed_without_a_checkout_it_reads_the_etc_of_the_directory_it_runs_in(
+        system_config: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """`pip install .` puts the code in site-packages, where no etc/ lies beside it."""
+    monkeypatch.setattr(gateway.config, "REPO_CONFIG", tmp_path / "site-packages" / "etc" / "switchboard.yaml")
+    monkeypatch.chdir(tmp_path)
+    assert default_config() == tmp_path / "etc" / "switchboard.yaml"
