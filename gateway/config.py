@@ -169,9 +169,6 @@ class ConversationSettings(Section):
     staff_sms_channel: str = "sms"  # the channel for staff whose message_via is sms ("sip" for a SIP gateway)
     opted_out_reply: str = "You will get no more messages from us. Reply START to resume."
     opted_in_reply: str = "You will get our messages again. Reply STOP to opt out."
-    transfer_reply: str = "I've asked {name} to get back to you as soon as possible."
-    emergency_reply: str = ("If this is a life-threatening emergency, call 911 now. "
-                            "I've alerted our staff.")
     # At most this many automatic replies to one sender per window: a loop with another robot ends here.
     reply_limit: int = Field(10, ge=1)
     reply_window_s: float = Field(3600.0, gt=0)

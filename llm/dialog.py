@@ -75,13 +75,18 @@ class Dialog:
     def __init__(self, site: Site, retriever: Retriever, store: Store, *, call_id: str, caller: str | None,
                  engine: LlmEngine | None = None, max_reply_tokens: int = 256,
                  now: Callable[[], dt.datetime] | None = None,
-                 on_message_taken: Callable[[TakenMessage], Awaitable[None]] | None = None) -> None:
+                 on_message_taken: Callable[[TakenMessage], Awaitable[None]] | None = None,
+                 written: bool = False) -> None:
         self.site, self.retriever, self.store, self.engine = site, retriever, store, engine
+        # Text channels get their own wording: no "is there anything else", "press 1" or "putting you through".
+        self.written = written
+        self.wording = site.text_wording if written else site.wording
         self.call_id, self.caller = call_id, caller
         self.max_reply_tokens = max_reply_tokens
         self._now = now or (lambda: dt.datetime.now(site.tz))
         self.on_message_taken = on_message_taken  # e.g. deliver to the staff member by SMS/email
-        self._message_for: StaffMember | None = None  # set while we wait for the message text
+        # Whom the next turn is a message for, after an offer to take one (None: not waiting for one).
+        self.awaiting_message: StaffMember | None = None
         self._asked_anything_else = False
         self._last_said: str | None = None  # what "sorry, say that again" repeats
         # The entry we asked "are you asking: ...?" about, and the caller's question that led to it.
@@ -100,19 +105,19 @@ class Dialog:
 
     def offer_message(self, member: StaffMember, wording: str, source: str) -> Reply:
         """Ask the caller for a message for `member`; their next turn is stored as that message."""
-        self._message_for = member
+        self.awaiting_message = member
         return Reply(wording.format(name=member.name), Action.TAKE_MESSAGE, member, source=source)
 
     def no_speech(self, prompts_so_far: int, max_prompts: int) -> Reply:
         if prompts_so_far < max_prompts:
-            return Reply(self.site.wording.no_speech_prompt, source="rule:no_speech")
-        return Reply(self.site.wording.goodbye, Action.END_CALL, source="rule:no_speech")
+            return Reply(self.wording.no_speech_prompt, source="rule:no_speech")
+        return Reply(self.wording.goodbye, Action.END_CALL, source="rule:no_speech")
 
     async def respond(self, text: str, cancel: threading.Event | None = None) -> Reply:
         start = time.perf_counter()
         reply = await self._decide(text, cancel)
         reply.timings_ms.setdefault("dialog", (time.perf_counter() - start) * 1000)
-        self._asked_anything_else = reply.text.endswith(self.site.wording.anything_else)
+        self._asked_anything_else = bool(self.wording.anything_else) and reply.text.endswith(self.wording.anything_else)
         self._last_said = reply.text
         self.history += [{"role": "user", "content": text[:_MAX_STORED_CHARS]},
                          {"role": "assistant", "content": reply.text[:_MAX_STORED_CHARS]}]
@@ -126,12 +131,12 @@ class Dialog:
         if self._last_said is not None and rules.wants_repeat(text):
             # Before a pending message: "sorry, what?" is not the message. The action stays an answer.
             return Reply(self._last_said, source="rule:repeat")
-        if self._message_for is not None:
-            return await self._store_message(text)
+        if self.awaiting_message is not None:
+            return await self.take_message(self.awaiting_message, text)
         confirming, self._confirming = self._confirming, None
         # In a thread: the misheard-emergency search costs milliseconds on a long email.
         if await asyncio.to_thread(rules.is_emergency, text, site):
-            return self._transfer(site.directory.front_desk, "rule:emergency", site.wording.emergency)
+            return self._transfer(site.directory.front_desk, "rule:emergency", self.wording.emergency)
         if confirming is not None:
             entry, question = confirming
             if rules.is_affirmative(text):
@@ -141,14 +146,14 @@ class Dialog:
             # Anything else is a new question.
         member = rules.message_request(text, site)
         if member is not None:
-            return self.offer_message(member, site.wording.take_message_prompt, "rule:message")
+            return self.offer_message(member, self.wording.take_message_prompt, "rule:message")
         if rules.appointment_request(text):
             return self._transfer(site.directory.front_desk, "rule:appointment")
         target = rules.wants_transfer_to(text, site)
         if target is not None:
             return self._transfer(target, "rule:transfer")
         if rules.is_goodbye(text) or (self._asked_anything_else and rules.is_negative(text)):
-            return Reply(site.wording.goodbye, Action.END_CALL, source="rule:goodbye")
+            return Reply(self.wording.goodbye, Action.END_CALL, source="rule:goodbye")
         now = self._now()
         question = rules.hours_question(text, now.date())
         if question is not None:
@@ -166,47 +171,56 @@ class Dialog:
                 return reply
         if best is not None:
             reply = self._answer(best.entry.answer, f"knowledge:{best.entry.id}")
+        elif verdict.match is not None and self.wording.probable_answer:
+            # By text a "did you mean" costs the sender a round trip: the answer, saying what it answers.
+            entry = verdict.match.entry
+            reply = Reply(self._then_offer(self.wording.probable_answer.format(question=entry.question,
+                                                                              answer=entry.answer)),
+                          source=f"probable:{entry.id}")
         elif verdict.match is not None:  # likely but not sure: asking beats a wrong answer
             entry = verdict.match.entry
             self._confirming = (entry, text)
             question = entry.question[:1].lower() + entry.question[1:]
-            reply = Reply(site.wording.confirm_question.format(question=question), source=f"confirm:{entry.id}")
+            reply = Reply(self.wording.confirm_question.format(question=question), source=f"confirm:{entry.id}")
         else:
             reply = await self._escalate(text)
         reply.timings_ms["retrieval"] = retrieval_ms
         return reply
 
     def _answer(self, text: str, source: str) -> Reply:
-        return Reply(f"{text} {self.site.wording.anything_else}", source=source)
+        return Reply(self._then_offer(text), source=source)
+
+    def _then_offer(self, text: str) -> str:
+        """`text` and the "anything else?" offer, where the channel has one."""
+        return f"{text} {self.wording.anything_else}".strip()
 
     def _transfer(self, member: StaffMember, source: str, preface: str = "") -> Reply:
-        words = self.site.wording.transfer.format(name=member.name)
+        words = self.wording.transfer.format(name=member.name)
         if preface:
             # The emergency wording already says we are putting them through.
             words = preface
         return Reply(words, Action.TRANSFER, member, source=source)
 
-    async def _store_message(self, text: str) -> Reply:
-        member, self._message_for = self._message_for, None
-        assert member is not None
+    async def take_message(self, member: StaffMember, text: str, at: float | None = None) -> Reply:
+        """Store `text` as a message for `member` and hand it to `on_message_taken`; `at` is when it was
+        sent (a written message answered again after a restart is then the same message)."""
+        self.awaiting_message = None
         message = TakenMessage(call_id=self.call_id, contact_number=self.caller, for_staff=member.name,
-                               caller_name=None, text=text, at=time.time())
+                               caller_name=None, text=text, at=time.time() if at is None else at)
         await self.store.take_message(message)
         if self.on_message_taken is not None:
             try:  # stored already: a delivery problem must not cost the caller their call
                 await self.on_message_taken(message)
             except Exception:
                 log.exception("message delivery failed call=%s for=%s", self.call_id, member.name)
-        wording = self.site.wording
-        return Reply(f"{wording.message_taken.format(name=member.name)} {wording.anything_else}",
+        return Reply(self._then_offer(self.wording.message_taken.format(name=member.name)), target=member,
                      source="rule:message_taken")
 
     async def _escalate(self, question: str) -> Reply:
         request_id = await self.store.create_help_request(HelpRequest(
             id=None, call_id=self.call_id, contact_number=self.caller, question=question, created_at=time.time()))
         log.info("help request created call=%s id=%s", self.call_id, request_id)
-        return Reply(f"{self.site.wording.unknown_answer} {self.site.wording.anything_else}", Action.ESCALATE,
-                     source="fallback")
+        return Reply(self._then_offer(self.wording.unknown_answer), Action.ESCALATE, source="fallback")
 
     # ---- optional model ----------------------------------------------------------------------------
     def _schema(self) -> dict:
@@ -225,8 +239,9 @@ class Dialog:
 
     def _system_prompt(self) -> str:
         return (
-            f"You are the telephone assistant of {self.site.name}, {self.site.address}. "
-            "Reply in one or two short spoken sentences. Use ONLY the facts given with each caller message; "
+            f"You are the {'written-message' if self.written else 'telephone'} assistant of {self.site.name}, "
+            f"{self.site.address}. Reply in one or two short {'written' if self.written else 'spoken'} sentences. "
+            "Use ONLY the facts given with each caller message; "
             "never guess numbers, times or prices. If the facts do not answer the question, use action "
             "\"escalate\". To connect the caller to someone, use action \"transfer\" with the person's exact name "
             "as target. Use \"take_message\" when the caller wants to leave a message, \"end_call\" when they "
@@ -288,10 +303,10 @@ class Dialog:
         elif action is Action.TAKE_MESSAGE:
             member = next((m for m in self.site.directory.everyone() if m.name == decision["target"]),
                           self.site.directory.front_desk)
-            self._message_for = member
-            reply = Reply(self.site.wording.take_message_prompt.format(name=member.name), action, member, "llm")
+            self.awaiting_message = member
+            reply = Reply(self.wording.take_message_prompt.format(name=member.name), action, member, "llm")
         elif action is Action.END_CALL:
-            reply = Reply(self.site.wording.goodbye, action, source="llm")
+            reply = Reply(self.wording.goodbye, action, source="llm")
         elif action is Action.ESCALATE or not reply_text:
             reply = await self._escalate(text)
         else:
@@ -301,6 +316,6 @@ class Dialog:
                 reply = (self._answer(best.entry.answer, f"knowledge:{best.entry.id}") if best
                          else await self._escalate(text))
             else:
-                reply = Reply(f"{reply_text} {self.site.wording.anything_else}", source="llm")
+                reply = Reply(self._then_offer(reply_text), source="llm")
         reply.timings_ms.update(timings)
         return reply

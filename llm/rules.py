@@ -81,7 +81,9 @@ REQUEST_PHRASES = ("i'd like", "i would like", "i want", "i wanna", "i need", "i
 POLICY_WORDS = ("fee", "charge", "policy", "notice", "how much", "how far", "what happens", "what if", "penalty",
                 "cost", "how do", "how can", "how does", "best way", "by phone", "online")
 FUTURE_WORDS = ("next", "week", "tomorrow", "morning", "afternoon", *WEEKDAYS)
-DAY_WORDS = {**{d: i for i, d in enumerate(WEEKDAYS)}, **{d + "s": i for i, d in enumerate(WEEKDAYS)}}
+# Written messages abbreviate days: "are u open sat".
+DAY_WORDS = {**{d: i for i, d in enumerate(WEEKDAYS)}, **{d + "s": i for i, d in enumerate(WEEKDAYS)},
+             **{d[:3]: i for i, d in enumerate(WEEKDAYS)}, "tues": 1, "thur": 3, "thurs": 3}
 
 
 def normalize(text: str) -> str:

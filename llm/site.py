@@ -123,6 +123,8 @@ class Wording(Strict):
     transfer: str = "One moment please, I'm putting you through to {name}."
     # Asked when the caller's question probably matches a knowledge entry but not surely enough.
     confirm_question: str = "Just to check, are you asking: {question}"
+    # Said instead of asking, when set: the probable entry's answer, saying which question it answers.
+    probable_answer: str = ""
     # Said to a caller who comes back from a transfer that was busy or not answered.
     transfer_unavailable: str = (
         "I'm sorry, {name} can't take your call right now. If you'd like to leave a message, "
@@ -143,6 +145,22 @@ class Wording(Strict):
     shutting_down: str = "I'm sorry, I have to end this call now. Please call us back in a moment. Goodbye."
 
 
+class TextWording(Wording):
+    """The same sentences for written replies (email, SMS): nothing that only makes sense on the phone.
+    A request for a person becomes a message to them (it is in writing already), so the sender is told
+    who will get back to them rather than asked to call or hold."""
+
+    anything_else: str = ""
+    not_understood: str = "Sorry, I didn't understand your message. Could you put it another way?"
+    goodbye: str = "Thank you for your message."
+    transfer: str = "I've passed this on to {name}, who will get back to you as soon as possible."
+    probable_answer: str = "If you are asking \u201c{question}\u201d: {answer}"
+    take_message_prompt: str = "Of course. Reply with your message, and I'll pass it on to {name}."
+    message_taken: str = "Thank you, I've passed your message on to {name}, who will get back to you."
+    emergency: str = "If this is a life-threatening emergency, call 911 now. I've alerted our staff."
+    greeting_reply: str = "Hello! How can we help you?"  # to a message that only says hello
+
+
 class Site(Strict):
     name: str
     greeting: str
@@ -154,6 +172,7 @@ class Site(Strict):
     # Names callers say that a small speech model may not know (insurers, products, streets).
     vocabulary: tuple[str, ...] = ()
     wording: Wording = Wording()
+    text_wording: TextWording = TextWording()  # replies by email, SMS and SIP MESSAGE
     directory: Directory
 
     @field_validator("timezone")

@@ -17,10 +17,11 @@ from channels.base import InboundMessage
 from channels.outbox import Outbox
 from channels.templates import render
 from gateway.config import ConversationSettings
-from llm.dialog import Action, Dialog, Reply
+from llm.dialog import Action, Dialog
 from llm.engine import LlmEngine
 from llm.knowledge import Retriever
 from llm.site import Site, StaffMember
+from llm.written import WrittenAnswer, answer
 from models.records import TakenMessage
 from models.store import Store, normalize_address, normalize_number
 
@@ -53,7 +54,6 @@ class Conversations:
         if self.settings.operator_channel and self.settings.operator_channel not in outbox.channels:
             raise ValueError(f"conversations.operator_channel: no channel {self.settings.operator_channel!r}")
         self._dialogs: OrderedDict[int, Dialog] = OrderedDict()
-        self._message_for: dict[int, StaffMember] = {}
         self._pending: dict[int, _Pending] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._locks: dict[int, asyncio.Lock] = {}
@@ -144,46 +144,41 @@ class Conversations:
                             thread_id, last.channel, limit, window)
                 return
             text = "\n".join(m.body for m in rows)
-            dialog = self._dialog(thread_id, last)
-            reply = await dialog.respond(text)
-            log.info("text answered thread=%d channel=%s parts=%d action=%s source=%s", thread_id, last.channel,
-                     len(rows), reply.action.value, reply.source)
-            answer = await self._act(thread_id, last, last_row.id, text, reply)
-            if answer:
-                await self._reply(ids, last, answer, key=f"reply-{last_row.id}")
+            written = await answer(self._dialog(thread_id, last), text, at=last.at)
+            log.info("text answered thread=%d channel=%s parts=%d actions=%s sources=%s", thread_id, last.channel,
+                     len(rows), ",".join(r.action.value for r in written.replies),
+                     ",".join(r.source for r in written.replies))
+            reply = await self._act(thread_id, last, last_row.id, text, written)
+            if reply:
+                await self._reply(ids, last, reply, key=f"reply-{last_row.id}")
             else:
                 await self.store.settle_inbound(ids, "answered")
 
     def _dialog(self, thread_id: int, message: InboundMessage) -> Dialog:
         dialog = self._dialogs.pop(thread_id, None) or Dialog(
             self.site, self.retriever, self.store, call_id=f"{message.channel}-thread-{thread_id}",
-            caller=message.sender, engine=self.engine, max_reply_tokens=self.max_reply_tokens)
+            caller=message.sender, engine=self.engine, max_reply_tokens=self.max_reply_tokens, written=True,
+            on_message_taken=self._deliver)
         self._dialogs[thread_id] = dialog
         while len(self._dialogs) > _MAX_DIALOGS:
             self._dialogs.popitem(last=False)
         return dialog
 
-    async def _act(self, thread_id: int, message: InboundMessage, row_id: int, text: str, reply: Reply) -> str | None:
-        """What to text back for the dialog's decision; a call's actions become notifications."""
-        wording = self.settings
-        if reply.action is Action.TAKE_MESSAGE and reply.target is not None:
-            self._message_for[thread_id] = reply.target
-        elif reply.source == "rule:message_taken" and thread_id in self._message_for:
-            member = self._message_for.pop(thread_id)
-            await deliver_taken_message(self.outbox, self.site, TakenMessage(
-                call_id=None, contact_number=message.sender, for_staff=member.name, caller_name=None,
-                text=text, at=message.at), sms_channel=self.settings.staff_sms_channel)
-        if reply.action is Action.TRANSFER and reply.target is not None:
-            emergency = reply.source == "rule:emergency"
-            await self._notify_operator(message, row_id, text, "emergency" if emergency else
-                                        f"asked for {reply.target.name}")
-            return wording.emergency_reply if emergency else wording.transfer_reply.format(name=reply.target.name)
-        if reply.action is Action.ESCALATE:
-            await self._notify_operator(message, row_id, text, "no answer in the knowledge")
-        if reply.action is Action.END_CALL:
+    async def _deliver(self, message: TakenMessage) -> None:
+        """A message (or a request for a person) by text goes to that person like one taken on a call."""
+        await deliver_taken_message(self.outbox, self.site, message, sms_channel=self.settings.staff_sms_channel)
+
+    async def _act(self, thread_id: int, message: InboundMessage, row_id: int, text: str,
+                   written: WrittenAnswer) -> str | None:
+        """Tell the operator what needs a person; the reply to send, None for a goodbye alone."""
+        reasons = [("emergency" if r.source == "rule:emergency" else f"asked for {r.target.name}")
+                   if r.action is Action.TRANSFER and r.target is not None else "no answer in the knowledge"
+                   for r in written.replies if r.action in (Action.TRANSFER, Action.ESCALATE)]
+        if reasons:
+            await self._notify_operator(message, row_id, text, "; ".join(dict.fromkeys(reasons)))
+        if written.text is None:
             self._dialogs.pop(thread_id, None)  # a goodbye by text needs no answer; start afresh next time
-            return None
-        return reply.text
+        return written.text
 
     async def _notify_operator(self, message: InboundMessage, row_id: int, question: str, reason: str) -> None:
         channel, to = self.settings.operator_channel, self.settings.operator_to

@@ -1,0 +1,54 @@
+"""Emails as people write them, end to end: in through the SMTP listener, answered by the real dialog and
+knowledge (llm/written.py), out through the outbox to a real local SMTP relay."""
+
+from __future__ import annotations
+
+import aiosmtplib
+from test_conversation import SITE, store  # noqa: F401  # store: a real one holding the site's knowledge
+from test_email_peer import SmtpPeer
+
+from channels.email import EmailChannel, EmailSettings
+from channels.outbox import Outbox
+from gateway.conversations import ConversationSettings, Conversations
+from llm.knowledge import Retriever
+from llm.written import PHONE_ONLY
+from models.store import Store
+
+MAILS = {
+    "pat@example.test": ("Parking", "Hi,\n\nIs there somewhere to park near your office?\n\nThanks,\nPat\n\n"
+                                    "Sent from my iPhone\n"),
+    "maria@example.test": ("Two questions", "Good morning team,\n\nDo you accept Aetna? And where are you located?\n\n"
+                                            "Best regards\nMaria Gonzalez\n555-0134\n\n"
+                                            "On Mon, 30 Nov 2026 at 09:12, Bright Smile Dental <desk@clinic.test> wrote:\n"
+                                            "> Is there anything else I can help you with?\n"),
+    "dave@example.test": ("My bill", "Hello,\nI'd like to talk to someone about my bill, I was charged twice.\n"
+                                     "Cheers,\nDave\n"),
+}
+
+
+async def test_greetings_signatures_quotes_and_two_questions_get_written_answers(store: Store) -> None:  # noqa: F811
+    relay = SmtpPeer()
+    await relay.start()
+    channel = EmailChannel(EmailSettings.model_validate({
+        "smtp": {"host": "127.0.0.1", "port": relay.port, "security": "none", "from_address": "desk@clinic.test"},
+        "listener": {"enabled": True, "port": 0, "recipients": ["desk@clinic.test"]}}))
+    outbox = Outbox(store, {"email": channel})
+    talk = Conversations(SITE, Retriever(store), store, outbox, ConversationSettings(buffer_s=0.1))
+    await outbox.start(talk.on_inbound)
+    try:
+        for sender, (subject, body) in MAILS.items():
+            await aiosmtplib.send(
+                f"From: <{sender}>\nTo: desk@clinic.test\nSubject: {subject}\n\n{body}".encode(),
+                sender=sender, recipients=["desk@clinic.test"], hostname="127.0.0.1",
+                port=channel.listener_port, start_tls=False, timeout=10)
+        mails = await relay.wait_for(len(MAILS))
+    finally:
+        await talk.close()
+        await outbox.stop()
+        await relay.stop()
+    replies = {mail["To"]: mail.get_body(("plain",)).get_content() for mail in mails}
+    assert "behind the building" in replies["pat@example.test"]  # the parking answer, not "are you asking"
+    both = replies["maria@example.test"]
+    assert "Aetna" in both and "Harbour Street" in both and both.index("Aetna") < both.index("Harbour Street")
+    assert "Tom Becker" in replies["dave@example.test"]
+    assert not [text for text in replies.values() if PHONE_ONLY.search(text)]
