@@ -23,8 +23,9 @@ from llm.written import PHONE_ONLY
 CORPUS = ROOT / "tests" / "data" / "written_messages.yaml"
 
 
-def corpus() -> list[dict]:
-    return yaml.safe_load(CORPUS.read_text())["messages"]
+def corpus(part: str = "messages") -> list[dict]:
+    """`messages` (llm/written.py was tuned on them) or `heldout` (written after, measured once)."""
+    return yaml.safe_load(CORPUS.read_text())[part]
 
 
 def outcome(reply) -> str:  # type: ignore[no-untyped-def]
@@ -74,25 +75,30 @@ async def run(items: list[dict]) -> list[dict]:
     return results
 
 
+MODES = {"before": "whole text, one turn", "after": "llm/written.py"}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--misses", action="store_true", help="list the messages answered wrong")
     args = parser.parse_args()
-    results = asyncio.run(run(corpus()))
     rows = []
-    for label, key in (("before (whole text, one turn)", "before"), ("after (llm/written.py)", "after")):
-        right = sum(r[key] == r["expect"] for r in results)
+    misses = []
+    for part in ("messages", "heldout"):
+        results = asyncio.run(run(corpus(part)))
         several = [r for r in results if len(r["expect"]) > 1]
-        phone = sum(bool(PHONE_ONLY.search(r["text_of"][key])) for r in results)
-        probable = sum(r[key] == r["expect"] and r["text_of"][key].count("If you are asking") > 0 for r in results)
-        rows.append((label, f"{right}/{len(results)}", f"{probable}", f"{sum(r[key] == r['expect'] for r in several)}/"
-                     f"{len(several)}", f"{phone}/{len(results)}"))
-    print(table(rows, ("mode", "right outcomes", "of which probable answers", "several questions right",
+        for mode in ("before", "after"):
+            right = [r for r in results if r[mode] == r["expect"]]
+            probable = sum("If you are asking" in r["text_of"][mode] for r in right)
+            phone = sum(bool(PHONE_ONLY.search(r["text_of"][mode])) for r in results)
+            rows.append((part, MODES[mode], f"{len(right)}/{len(results)}", str(probable),
+                         f"{sum(r in right for r in several)}/{len(several)}", f"{phone}/{len(results)}"))
+        misses += [r for r in results if r["after"] != r["expect"]]
+    print(table(rows, ("corpus", "mode", "right outcomes", "of which probable answers", "several questions right",
                        "phone-only phrase in reply")))
     if args.misses:
-        for r in results:
-            if r["after"] != r["expect"]:
-                print(f"- {r['body']!r}\n  expected {r['expect']}, got {r['after']}")
+        for r in misses:
+            print(f"- {r['body']!r}\n  expected {r['expect']}, got {r['after']}")
 
 
 if __name__ == "__main__":

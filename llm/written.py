@@ -36,6 +36,10 @@ _PLEASANTRY = re.compile(
     r"^(?:i hope (?:this|that|you)|hope (?:you|all|this)|thanks|thank you|many thanks|much appreciated|"
     r"thx|ty|cheers|(?:i have |i've got )?(?:a |just a )?(?:couple of|few|two|three|some|quick|one more) "
     r"(?:things|questions|question)|(?:a )?quick question)\b", re.IGNORECASE)
+# The sender introducing themselves: their name is no part of the question ("Margaret Thornbury here, ...").
+_NAME = r"(?-i:[A-Z])[\w'-]+(?: (?-i:[A-Z])[\w'-]+){0,2}"
+_INTRO = re.compile(rf"^(?:(?:this is|it's|it is|my name is) {_NAME}(?: here)?|{_NAME} here)\b[\s,.!:-]*",
+                    re.IGNORECASE)
 # Asking for help with the questions themselves: "Could you answer the questions below?"
 _ABOUT_QUESTIONS = re.compile(r"^(?:please |(?:could|can|would) you (?:please )?)(?:answer|help (?:me )?with|look at) "
                               r"(?:\S+ ){0,3}(?:below|following|attached|these|those)\b", re.IGNORECASE)
@@ -47,13 +51,16 @@ _SIGN_OFF = re.compile(
 _CONTACT = re.compile(r"(?:\+?\d[\d ().-]{5,}\d|\S+@\S+\.\w+|https?://|www\.)")
 _ABBREVIATION = re.compile(r"(?:\b(?:Dr|Mr|Mrs|Ms|St|Mt|No|vs|etc|approx|e\.g|i\.e)|\b[ap]\.m|\b[A-Z])\.$")
 _SENTENCE_END = re.compile(r"(?<=[.!?:])\s+|\n+")
-_LEAD = re.compile(r"^(?:and|also|plus|oh|ok|okay|so|p\.?s\.?|one more thing|another thing|lastly|finally)\b"
-                   r"[\s,:;-]*", re.IGNORECASE)
+# Lead-ins and acknowledgements: "And also, ...", "Great, and ...", "ok great."
+_LEAD = re.compile(r"^(?:(?:and|also|plus|oh|ok|okay|so|p\.?s\.?|one more thing|another thing|lastly|finally|great|"
+                   r"perfect|awesome|brilliant|lovely|cool|super|got it|sounds good|will do|noted|understood)\b"
+                   r"[\s,:;!.-]*)+", re.IGNORECASE)
 # A second question joined to the first: "do you do fillings and how much is a cleaning".
 _JOINED = re.compile(r"(?:,\s*|\s+)(?:and|also|plus)(?:\s+also)?\s+(?=(?:where|what|when|how|which|who|whether|"
                      r"is|are|do|does|can|could|will|would|should)\b)", re.IGNORECASE)
-# A short question about what the one before it asked: "How much does it cost?", "Is that free?".
+# A question about what the one before it asked: "How much does it cost?", "Is that free?" (or just "how much").
 _FOLLOW_UP = re.compile(r"\b(?:it|that|this|they|them|those|one)\b", re.IGNORECASE)
+_SUBJECT = re.compile(r"\b(?:you|your|i|we|my|our)\b", re.IGNORECASE)
 _QUESTION_START = re.compile(
     r"^(?:where|what|whats|what's|when|how|which|who|whom|why|is|are|am|do|does|did|can|could|will|would|"
     r"should|may|might|have|has|any)\b", re.IGNORECASE)
@@ -85,7 +92,7 @@ def own_words(body: str) -> str:
 def _signature_line(line: str) -> bool:
     """A name, title or contact line: 'Pat Smith', 'Acme Corp | 555-0100', 'R. Singh'."""
     words = line.split()
-    if not words or "?" in line:
+    if not words or "?" in line or _QUESTION_START.match(line):
         return False
     if _CONTACT.search(line):
         return True
@@ -94,7 +101,7 @@ def _signature_line(line: str) -> bool:
 
 def core(body: str) -> str:
     """The part to understand: the sender's own words without greeting, sign-off and signature."""
-    lines = own_words(body).split("\n")
+    lines = own_words(body).replace("\u2019", "'").split("\n")
     for i, line in enumerate(lines):  # a sign-off line ends the message: the rest is a signature
         if i and _SIGN_OFF.match(line.strip()):
             lines = lines[:i]
@@ -121,12 +128,15 @@ def _sentences(text: str) -> list[str]:
     return pieces
 
 
-def _closing(sentence: str) -> bool:
-    """A trailing 'Thanks, Pat', 'Cheers' or bare name: no question in it."""
-    words = sentence.split()
+def _signed(sentence: str) -> bool:
+    """'Thanks, Pat', 'Cheers!', 'Best, Jo': a sign-off, with or without a name."""
     head = re.sub(r"[\s,.!]+$", "", sentence)
-    if _SIGN_OFF.match(head) or _SIGN_OFF.match(head.split(",")[0]):
-        return True
+    return bool(_SIGN_OFF.match(head) or _SIGN_OFF.match(head.split(",")[0]))
+
+
+def _name(sentence: str) -> bool:
+    """'Jo', 'Pat Smith': a bare name that ends a message."""
+    words = sentence.split()
     return len(words) <= 3 and all(w[:1].isupper() for w in words) and not sentence.endswith("?") \
         and not _QUESTION_START.match(sentence)
 
@@ -140,21 +150,24 @@ def parts(text: str) -> list[str]:
     nothing ('My mother uses a wheelchair.') goes with the question before it, or the first one; a short
     follow-up ('How much is it?') carries the question it follows."""
     sentences = _sentences(text)
-    while sentences and _closing(sentences[-1]):
+    # A name alone is asked about ("Invisalign"); after a question it is the sender's.
+    while sentences and (_signed(sentences[-1]) or (len(sentences) > 1 and _name(sentences[-1]))):
         sentences.pop()
     found: list[str] = []
     context: list[str] = []
     topic = ""  # the last question that stands on its own
     for sentence in sentences:
-        if (_PLEASANTRY.match(sentence) and not sentence.rstrip().endswith("?")) or _ABOUT_QUESTIONS.match(sentence):
+        if _ABOUT_QUESTIONS.match(sentence):
             continue
         for piece in _JOINED.split(sentence):
-            piece = _LEAD.sub("", piece).strip(" ,;:-")
-            if not normalize(piece):
+            piece = _INTRO.sub("", _LEAD.sub("", piece)).strip(" ,;:-")
+            if not normalize(piece) or (_PLEASANTRY.match(piece) and not piece.endswith("?")):
                 continue
             if _is_question(piece):
-                if found and not context and _FOLLOW_UP.search(piece) and len(piece.split()) <= 8:
-                    piece = f"{topic} {piece}"  # "How much does it cost?" after "Do you do whitening?"
+                size = len(piece.split())
+                elliptic = size <= 3 and not _SUBJECT.search(piece)  # "and how much", "what time"
+                if found and not context and (elliptic or (_FOLLOW_UP.search(piece) and size <= 8)):
+                    piece = f"{topic} {piece}"  # "How much does it cost?", "and how much" after "Do you do whitening?"
                 else:
                     topic = piece
                 found.append(" ".join([*context, piece]))
@@ -194,11 +207,12 @@ def compose(replies: list[Reply], questions: list[str]) -> str | None:
     ordered = sorted(zip(replies, questions), key=lambda rq: rq[0].source != "rule:emergency")
     for reply, question in ordered:
         text = without_phone_only(reply.text)
-        key = reply.source if reply.source.startswith("knowledge:") else text
+        quoted = reply.action is Action.ESCALATE and several
+        key = reply.source if reply.source.startswith("knowledge:") else question if quoted else text
         if reply.action is Action.END_CALL or not text or key in seen:
             continue
         seen.add(key)
-        said.append(f"\u201c{question}\u201d {text}" if reply.action is Action.ESCALATE and several else text)
+        said.append(f"\u201c{question}\u201d {text}" if quoted else text)
     return "\n\n".join(said) or None
 
 

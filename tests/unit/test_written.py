@@ -55,6 +55,8 @@ def test_own_words_drop_quoted_forwarded_and_footer_text(body: str, own: str) ->
     ("Do you take Medicaid?\n\nMaria Lopez-Garcia\n+1 555 010 9999", "Do you take Medicaid?"),
     ("Helloooo is anyone there", "Helloooo is anyone there"),  # not a greeting word: left alone
     ("Hello", ""),
+    ("Hi\nDo You Take Delta Dental", "Do You Take Delta Dental"),  # title case, not a signature
+    ("Hi,\nI\u2019d like to book a cleaning\nThanks, Pat", "I'd like to book a cleaning"),
 ])
 def test_core_drops_greeting_sign_off_and_signature(body: str, understood: str) -> None:
     assert core(body) == understood
@@ -79,6 +81,12 @@ def test_core_drops_greeting_sign_off_and_signature(body: str, understood: str) 
     ("Could you answer the questions below please? Do you do x-rays?", ["Do you do x-rays?"]),
     ("I'd like to move my appointment.", ["I'd like to move my appointment."]),
     ("my tooth hurts", ["my tooth hurts"]),  # nothing asked outright: the whole text
+    ("Invisalign", ["Invisalign"]),
+    ("do you see kids and how much", ["do you see kids", "do you see kids how much"]),  # a name alone is what they ask about
+    ("Margaret Thornbury here, do you take Delta Dental?", ["do you take Delta Dental?"]),
+    ("This is Ken Ito. Are you open late on Thursdays?", ["Are you open late on Thursdays?"]),
+    ("ok great. thanks!", []),
+    ("Perfect, thank you", []),
 ])
 def test_parts_are_the_questions_in_order(text: str, questions: list[str]) -> None:
     assert parts(text) == questions
@@ -93,11 +101,13 @@ def text_dialog(store: Store, delivered: list[TakenMessage] | None = None) -> Di
                   now=lambda: MONDAY_10AM, on_message_taken=deliver, written=True)
 
 
-async def test_the_corpus_is_answered_right_and_never_in_phone_words(store: Store) -> None:  # noqa: F811
-    results = await bench.run(bench.corpus())
+@pytest.mark.parametrize("part", ["messages", "heldout"])
+async def test_the_corpus_is_answered_right_and_never_in_phone_words(store: Store, part: str) -> None:  # noqa: F811
+    results = await bench.run(bench.corpus(part))
     wrong = [(r["body"], r["expect"], r["after"]) for r in results if r["after"] != r["expect"]]
-    # One known miss: "a dental emergency at the weekend" meets the site's emergency phrase "emergency";
-    # the emergency answer is the safe side.
+    # One known miss in each: "a dental emergency at the weekend" meets the site's emergency phrase
+    # "emergency" (the safe side); "my face has started swelling up" misses "swelling in my face" (a
+    # safety-rule gap, not a written-message one).
     assert len(wrong) <= 1, wrong
     assert not [r["text_of"]["after"] for r in results if PHONE_ONLY.search(r["text_of"]["after"])]
 
@@ -140,9 +150,20 @@ async def test_emergency_first_unknown_quoted_goodbye_silent(store: Store) -> No
     answer = await written.answer(text_dialog(store), "Do you take Cigna? My dad is unconscious, what do I do?")
     assert answer.text is not None and answer.text.startswith(SITE.text_wording.emergency)
     assert "Cigna" in answer.text.split("\n\n")[1]
-    answer = await written.answer(text_dialog(store), "Where are you? Can my parrot get a root canal?")
+    answer = await written.answer(text_dialog(store), "Where are you? Can my parrot get a root canal? "
+                                                      "And do you sell garden gnomes?")
     assert answer.text is not None and "42 Harbour Street" in answer.text
     assert "\u201cCan my parrot get a root canal?\u201d I'm sorry" in answer.text
+    assert "\u201cdo you sell garden gnomes?\u201d I'm sorry" in answer.text
+    assert len(await store.help_requests("open")) == 2  # one for each question staff should answer
     assert (await written.answer(text_dialog(store), "ok thanks, bye!")).text is None
     assert (await written.answer(text_dialog(store), "Thank you so much!\nJo")).text is None
     assert (await written.answer(text_dialog(store), "Hi there!")).text == SITE.text_wording.greeting_reply
+
+
+def test_rewording_one_text_sentence_keeps_the_other_text_defaults() -> None:
+    data = SITE.model_dump(mode="json")
+    data["text_wording"] = {"transfer": "{name} will write back to you."}
+    site = type(SITE).model_validate(data)
+    assert site.text_wording.transfer == "{name} will write back to you."
+    assert site.text_wording.anything_else == "" and site.wording.anything_else  # the phone keeps its offer
