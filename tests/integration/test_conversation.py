@@ -4,6 +4,7 @@ the real outbox, and the email path end to end through the SMTP listener and a r
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -166,7 +167,9 @@ async def test_deliver_and_confirm_a_message_taken_during_a_call(store: Store) -
     assert await confirm_taken_message(outbox, site, front_desk) is None
 
 
-async def test_email_in_through_the_listener_and_the_answer_out_through_smtp(store: Store) -> None:
+@contextlib.asynccontextmanager
+async def email_world(store: Store) -> AsyncIterator[tuple[EmailChannel, SmtpPeer]]:
+    """Conversations behind a real SMTP listener, answering through the outbox to a local SMTP relay."""
     relay = SmtpPeer()
     await relay.start()
     channel = EmailChannel(EmailSettings.model_validate({
@@ -176,16 +179,24 @@ async def test_email_in_through_the_listener_and_the_answer_out_through_smtp(sto
     talk = Conversations(SITE, Retriever(store), store, outbox, ConversationSettings(buffer_s=0.1))
     await outbox.start(talk.on_inbound)
     try:
-        await aiosmtplib.send(
-            b"From: Jane <jane@example.test>\nTo: desk@clinic.test\nSubject: Insurance\n\n"
-            b"Hello, do you take Cigna?\n\n-- \nJane\n",
-            sender="jane@example.test", recipients=["desk@clinic.test"], hostname="127.0.0.1",
-            port=channel.listener_port, start_tls=False, timeout=10)
-        [mail] = await relay.wait_for(1)
+        yield channel, relay
     finally:
         await talk.close()
         await outbox.stop()
         await relay.stop()
+
+
+async def send_mail(channel: EmailChannel, sender: str, message: bytes) -> None:
+    await aiosmtplib.send(message, sender=sender, recipients=["desk@clinic.test"], hostname="127.0.0.1",
+                          port=channel.listener_port, start_tls=False, timeout=10)
+
+
+async def test_email_in_through_the_listener_and_the_answer_out_through_smtp(store: Store) -> None:
+    async with email_world(store) as (channel, relay):
+        await send_mail(channel, "jane@example.test",
+                        b"From: Jane <jane@example.test>\nTo: desk@clinic.test\nSubject: Insurance\n\n"
+                        b"Hello, do you take Cigna?\n\n-- \nJane\n")
+        [mail] = await relay.wait_for(1)
     assert mail["To"] == "jane@example.test" and mail["Subject"] == "Re: Insurance"
     assert mail.get_body(("plain",)).get_content().startswith(CIGNA.answer)
     history = await store.thread_messages(await store.thread_for_address("Jane@Example.test"))

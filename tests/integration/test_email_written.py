@@ -3,14 +3,8 @@ knowledge (llm/written.py), out through the outbox to a real local SMTP relay.""
 
 from __future__ import annotations
 
-import aiosmtplib
-from test_conversation import SITE, store  # noqa: F401  # store: a real one holding the site's knowledge
-from test_email_peer import SmtpPeer
+from test_conversation import email_world, send_mail, store  # noqa: F401  # store: holds the site's knowledge
 
-from channels.email import EmailChannel, EmailSettings
-from channels.outbox import Outbox
-from gateway.conversations import ConversationSettings, Conversations
-from llm.knowledge import Retriever
 from llm.written import PHONE_ONLY
 from models.store import Store
 
@@ -27,25 +21,11 @@ MAILS = {
 
 
 async def test_greetings_signatures_quotes_and_two_questions_get_written_answers(store: Store) -> None:  # noqa: F811
-    relay = SmtpPeer()
-    await relay.start()
-    channel = EmailChannel(EmailSettings.model_validate({
-        "smtp": {"host": "127.0.0.1", "port": relay.port, "security": "none", "from_address": "desk@clinic.test"},
-        "listener": {"enabled": True, "port": 0, "recipients": ["desk@clinic.test"]}}))
-    outbox = Outbox(store, {"email": channel})
-    talk = Conversations(SITE, Retriever(store), store, outbox, ConversationSettings(buffer_s=0.1))
-    await outbox.start(talk.on_inbound)
-    try:
+    async with email_world(store) as (channel, relay):
         for sender, (subject, body) in MAILS.items():
-            await aiosmtplib.send(
-                f"From: <{sender}>\nTo: desk@clinic.test\nSubject: {subject}\n\n{body}".encode(),
-                sender=sender, recipients=["desk@clinic.test"], hostname="127.0.0.1",
-                port=channel.listener_port, start_tls=False, timeout=10)
+            await send_mail(channel, sender, f"From: <{sender}>\nTo: desk@clinic.test\nSubject: {subject}\n\n{body}"
+                            .encode())
         mails = await relay.wait_for(len(MAILS))
-    finally:
-        await talk.close()
-        await outbox.stop()
-        await relay.stop()
     replies = {mail["To"]: mail.get_body(("plain",)).get_content() for mail in mails}
     assert "behind the building" in replies["pat@example.test"]  # the parking answer, not "are you asking"
     both = replies["maria@example.test"]
