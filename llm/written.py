@@ -208,7 +208,8 @@ def compose(replies: list[Reply], questions: list[str]) -> str | None:
     for reply, question in ordered:
         text = without_phone_only(reply.text)
         quoted = reply.action is Action.ESCALATE and several
-        key = reply.source if reply.source.startswith("knowledge:") else question if quoted else text
+        entry = reply.source.partition(":")[2] if reply.source.startswith(("knowledge:", "probable:")) else None
+        key = f"entry:{entry}" if entry else question if quoted else text
         if reply.action is Action.END_CALL or not text or key in seen:
             continue
         seen.add(key)

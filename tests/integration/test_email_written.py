@@ -12,8 +12,8 @@ MAILS = {
     "pat@example.test": ("Parking", "Hi,\n\nIs there somewhere to park near your office?\n\nThanks,\nPat\n\n"
                                     "Sent from my iPhone\n"),
     "maria@example.test": ("Two questions", "Good morning team,\n\nDo you accept Aetna? And where are you located?\n\n"
-                                            "Best regards\nMaria Gonzalez\n555-0134\n\n"
-                                            "On Mon, 30 Nov 2026 at 09:12, Bright Smile Dental <desk@clinic.test> wrote:\n"
+                                            "Best regards\nMaria Gonzalez\n555-0134\n\nOn Mon, 30 Nov 2026 at 09:12, "
+                                            "Bright Smile Dental <desk@clinic.test> wrote:\n"
                                             "> Is there anything else I can help you with?\n"),
     "dave@example.test": ("My bill", "Hello,\nI'd like to talk to someone about my bill, I was charged twice.\n"
                                      "Cheers,\nDave\n"),

@@ -10,7 +10,7 @@ import pytest
 from test_dialog import MONDAY_10AM, SITE, store  # noqa: F401  # store: a real one holding the site's knowledge
 
 from llm import written
-from llm.dialog import Action, Dialog
+from llm.dialog import Action, Dialog, Reply
 from llm.knowledge import Retriever
 from llm.written import PHONE_ONLY, core, own_words, parts
 from models.records import TakenMessage
@@ -81,8 +81,8 @@ def test_core_drops_greeting_sign_off_and_signature(body: str, understood: str) 
     ("Could you answer the questions below please? Do you do x-rays?", ["Do you do x-rays?"]),
     ("I'd like to move my appointment.", ["I'd like to move my appointment."]),
     ("my tooth hurts", ["my tooth hurts"]),  # nothing asked outright: the whole text
-    ("Invisalign", ["Invisalign"]),
-    ("do you see kids and how much", ["do you see kids", "do you see kids how much"]),  # a name alone is what they ask about
+    ("Invisalign", ["Invisalign"]),  # a name alone is what they ask about
+    ("do you see kids and how much", ["do you see kids", "do you see kids how much"]),
     ("Margaret Thornbury here, do you take Delta Dental?", ["do you take Delta Dental?"]),
     ("This is Ken Ito. Are you open late on Thursdays?", ["Are you open late on Thursdays?"]),
     ("ok great. thanks!", []),
@@ -90,6 +90,20 @@ def test_core_drops_greeting_sign_off_and_signature(body: str, understood: str) 
 ])
 def test_parts_are_the_questions_in_order(text: str, questions: list[str]) -> None:
     assert parts(text) == questions
+
+
+def test_sentences_only_for_the_phone_are_left_out() -> None:
+    assert written.without_phone_only("Yes, we take new patients. Just ask me to put you through to the front "
+                                      "desk. Bring your ID.") == "Yes, we take new patients. Bring your ID."
+    assert written.without_phone_only("Press 1 to hear this again.") == "Press 1 to hear this again."  # nothing left
+
+
+def test_each_entry_is_answered_once_and_a_goodbye_says_nothing() -> None:
+    parking = Reply("Free parking behind.", source="knowledge:parking")
+    probable = Reply("If you are asking: free parking behind.", source="probable:parking")
+    bye = Reply("Thank you for your message.", Action.END_CALL, source="rule:goodbye")
+    assert written.compose([parking, probable, bye], ["park?", "free?", "bye"]) == "Free parking behind."
+    assert written.compose([bye], ["bye"]) is None
 
 
 def text_dialog(store: Store, delivered: list[TakenMessage] | None = None) -> Dialog:  # noqa: F811
@@ -130,7 +144,8 @@ async def test_a_transfer_by_text_becomes_a_message_and_other_questions_are_answ
     answer = await written.answer(dialog, "Where can I park? Also I'd like to talk to someone about my bill.")
     assert [r.action for r in answer.replies] == [Action.ANSWER, Action.TRANSFER]
     assert [m.for_staff for m in delivered] == ["Tom Becker"] and dialog.awaiting_message is None
-    assert answer.text is not None and "parking" in answer.text and "Tom Becker, who will get back to you" in answer.text
+    assert answer.text is not None and "parking" in answer.text
+    assert "Tom Becker, who will get back to you" in answer.text
     assert not PHONE_ONLY.search(answer.text)
 
 
