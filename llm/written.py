@@ -60,6 +60,7 @@ _JOINED = re.compile(r"(?:,\s*|\s+)(?:and|also|plus)(?:\s+also)?\s+(?=(?:where|w
                      r"is|are|do|does|can|could|will|would|should)\b)", re.IGNORECASE)
 # A question about what the one before it asked: "How much does it cost?", "Is that free?" (or just "how much").
 _FOLLOW_UP = re.compile(r"\b(?:it|that|this|they|them|those|one)\b", re.IGNORECASE)
+_SUBJECT_PREFIX = re.compile(r"^(?:\s*(?:re|fwd?|aw|sv|wg)\s*:)+", re.IGNORECASE)
 _SUBJECT = re.compile(r"\b(?:you|your|i|we|my|our)\b", re.IGNORECASE)
 _QUESTION_START = re.compile(
     r"^(?:where|what|whats|what's|when|how|which|who|whom|why|is|are|am|do|does|did|can|could|will|would|"
@@ -217,10 +218,20 @@ def compose(replies: list[Reply], questions: list[str]) -> str | None:
     return "\n\n".join(said) or None
 
 
-async def answer(dialog: Dialog, body: str, at: float | None = None) -> WrittenAnswer:
+def subject_question(subject: str | None) -> str | None:
+    """An email's subject when it asks something ("Parking?", "Re: Do you see kids"), else None."""
+    text = _SUBJECT_PREFIX.sub("", subject or "").strip()
+    return text if text and _is_question(text) else None
+
+
+async def answer(dialog: Dialog, body: str, at: float | None = None, subject: str | None = None) -> WrittenAnswer:
     """Run the dialog on each question of a written message and compose one reply. A request for a
     person or a message is taken at once as a message with the sender's own words (they are written
-    already); a bare 'can I leave a message' is asked for the message. `at`: when it was sent."""
+    already); a bare 'can I leave a message' is asked for the message. `at`: when it was sent; an
+    email's `subject` is the question when the body asks none ("Sent from my iPhone" under "Parking?")."""
+    asked_in_subject = subject_question(subject)
+    if asked_in_subject and not parts(core(body)):
+        body = f"{asked_in_subject}\n{body}"
     words = own_words(body) or body.strip()
     if dialog.awaiting_message is not None:  # the whole text is the message asked for
         reply = await dialog.take_message(dialog.awaiting_message, words, at)

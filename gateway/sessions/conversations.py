@@ -144,7 +144,7 @@ class Conversations:
                             thread_id, last.channel, limit, window)
                 return
             text = "\n".join(m.body for m in rows)
-            written = await answer(self._dialog(thread_id, last), text, at=last.at)
+            written = await answer(self._dialog(thread_id, last), text, at=last.at, subject=last.subject)
             log.info("text answered thread=%d channel=%s parts=%d actions=%s sources=%s", thread_id, last.channel,
                      len(rows), ",".join(r.action.value for r in written.replies),
                      ",".join(r.source for r in written.replies))

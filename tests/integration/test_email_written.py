@@ -15,6 +15,7 @@ MAILS = {
                                             "Best regards\nMaria Gonzalez\n555-0134\n\nOn Mon, 30 Nov 2026 at 09:12, "
                                             "Bright Smile Dental <desk@clinic.test> wrote:\n"
                                             "> Is there anything else I can help you with?\n"),
+    "kim@example.test": ("Do you take Cigna?", "\n\nSent from my iPhone\n"),  # asked in the subject only
     "dave@example.test": ("My bill", "Hello,\nI'd like to talk to someone about my bill, I was charged twice.\n"
                                      "Cheers,\nDave\n"),
 }
@@ -31,4 +32,5 @@ async def test_greetings_signatures_quotes_and_two_questions_get_written_answers
     both = replies["maria@example.test"]
     assert "Aetna" in both and "Harbour Street" in both and both.index("Aetna") < both.index("Harbour Street")
     assert "Tom Becker" in replies["dave@example.test"]
+    assert "Cigna" in replies["kim@example.test"]
     assert not [text for text in replies.values() if PHONE_ONLY.search(text)]

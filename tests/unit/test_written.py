@@ -106,6 +106,15 @@ def test_each_entry_is_answered_once_and_a_goodbye_says_nothing() -> None:
     assert written.compose([bye], ["bye"]) is None
 
 
+@pytest.mark.parametrize("subject, question", [
+    ("Parking?", "Parking?"), ("Re: Do you see kids", "Do you see kids"), ("RE: Fwd: can I pay by card?",
+                                                                          "can I pay by card?"),
+    ("Enquiry", None), ("Re: Your appointment", None), (None, None),
+])
+def test_a_subject_that_asks_something(subject: str | None, question: str | None) -> None:
+    assert written.subject_question(subject) == question
+
+
 def text_dialog(store: Store, delivered: list[TakenMessage] | None = None) -> Dialog:  # noqa: F811
     async def deliver(message: TakenMessage) -> None:
         if delivered is not None:
@@ -174,6 +183,10 @@ async def test_emergency_first_unknown_quoted_goodbye_silent(store: Store) -> No
     assert (await written.answer(text_dialog(store), "ok thanks, bye!")).text is None
     assert (await written.answer(text_dialog(store), "Thank you so much!\nJo")).text is None
     assert (await written.answer(text_dialog(store), "Hi there!")).text == SITE.text_wording.greeting_reply
+    asked = await written.answer(text_dialog(store), "\n\nSent from my iPhone", subject="Do you take Cigna?")
+    assert asked.text is not None and "Cigna" in asked.text
+    answered = await written.answer(text_dialog(store), "Where are you?", subject="Do you take Cigna?")
+    assert answered.text is not None and "Cigna" not in answered.text  # the body's question is the one
 
 
 def test_rewording_one_text_sentence_keeps_the_other_text_defaults() -> None:
