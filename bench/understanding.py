@@ -32,6 +32,8 @@ from common import ROOT, percentile, table
 PARTS = ("heldout", "tuning")
 # Asked before a "repeat" utterance: the right outcome is hearing this answer again.
 REPEAT_PRIMER = "where are you located"
+# "how much is a filling >> what about for kids": earlier turns of the same call, then the one judged.
+TURNS = " >> "
 
 
 def corpus() -> list[dict]:
@@ -68,13 +70,13 @@ def outcome(reply, previous_text: str | None) -> str:  # type: ignore[no-untyped
     return reply.source  # e.g. a clarifying question: neither right nor confidently wrong
 
 
-async def run_items(items: list[dict]) -> list[dict]:
+async def run_items(items: list[dict], root: Path = ROOT) -> list[dict]:
     from gateway.config import load_config
     from llm.dialog import Dialog
     from llm.knowledge import Retriever
     from models.store import Store
 
-    cfg = load_config(ROOT / "etc" / "switchboard.yaml")
+    cfg = load_config(root / "etc" / "switchboard.yaml")  # the ref's own: its config schema may differ
     now = dt.datetime(2026, 11, 23, 10, tzinfo=cfg.site.tz)  # a Monday, open
     with tempfile.TemporaryDirectory() as tmp:
         store = await Store.open(Path(tmp) / "bench.db")
@@ -84,14 +86,21 @@ async def run_items(items: list[dict]) -> list[dict]:
         results = []
         for item in items:
             dialog = Dialog(cfg.site, retriever, store, call_id="bench", caller="+15550100", now=lambda: now)
+            *earlier, text = item["text"].split(TURNS)
             previous = (await dialog.respond(REPEAT_PRIMER)).text if item["category"] == "repeat" else None
+            for turn in earlier:
+                await dialog.respond(turn)
             t0 = time.perf_counter()
-            reply = await dialog.respond(item["text"])
+            reply = await dialog.respond(text)
             ms = (time.perf_counter() - t0) * 1000
-            confirmed = reply.source.startswith("confirm:")
-            if confirmed:  # "Are you asking: ...?" A cooperative caller says whether it is their question.
-                asked = "answer:" + reply.source.split(":", 1)[1]
+            confirmed = reply.source.startswith(("confirm:", "clarify:"))
+            if reply.source.startswith("confirm:"):  # "Are you asking: ...?" A cooperative caller says
+                asked = "answer:" + reply.source.split(":", 1)[1]  # whether it is their question.
                 reply = await dialog.respond("yes" if asked in item["expected"] else "no")
+            elif reply.source.startswith("clarify:"):  # "Did you mean Dr. A (or B)?": the name they meant, or no
+                meant = [n for n in reply.source.split(":", 1)[1].split("|")
+                         if {f"transfer:{n}", f"message:{n}"} & set(item["expected"])]
+                reply = await dialog.respond(f"yes, {meant[0]}" if meant else "no")
             results.append({**item, "got": outcome(reply, previous), "ms": ms, "confirmed": confirmed})
         await store.close()
     return results
@@ -99,7 +108,7 @@ async def run_items(items: list[dict]) -> list[dict]:
 
 def baseline(ref: str, items: list[dict]) -> list[dict]:
     """Run the code at git `ref` on the corpus in a child process."""
-    archive = subprocess.run(["git", "archive", ref, "llm", "models", "gateway", "speech", "channels"],
+    archive = subprocess.run(["git", "archive", ref, "llm", "models", "gateway", "speech", "channels", "etc"],
                              cwd=ROOT, check=True, capture_output=True).stdout
     with tempfile.TemporaryDirectory() as code:
         tarfile.open(fileobj=BytesIO(archive)).extractall(code)
@@ -120,7 +129,7 @@ def summary(results: list[dict], part: str) -> dict[str, str]:
         "right": f"{100 * right(mine) / len(mine):.1f} %",
         "confidently wrong": f"{100 * wrong / len(mine):.1f} %",
         "safety recall": f"{100 * right(safety) / len(safety):.0f} %",
-        "asked to confirm": str(sum(r.get("confirmed", False) for r in mine)),
+        "asked to confirm or clarify": str(sum(r.get("confirmed", False) for r in mine)),
         "p50 ms": f"{percentile([r['ms'] for r in mine], 50):.1f}",
         "p90 ms": f"{percentile([r['ms'] for r in mine], 90):.1f}",
     })
@@ -135,14 +144,14 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         sys.path.insert(0, args.child)
-        print(json.dumps(asyncio.run(run_items(json.loads(sys.stdin.read())))))
+        print(json.dumps(asyncio.run(run_items(json.loads(sys.stdin.read()), Path(args.child)))))
         return
     items = corpus()
     runs = {f"baseline {args.baseline}": baseline(args.baseline, items), "new": asyncio.run(run_items(items))}
     columns = [(name, part, summary(results, part)) for part in PARTS for name, results in runs.items()]
-    keys = list(columns[0][2])
+    keys = list(dict.fromkeys(k for c in columns for k in c[2]))  # a category may be in one part only
     print(f"text mode, {len(items)} utterances ({sum(i['part'] == 'heldout' for i in items)} held out)\n")
-    print(table([(k, *(c[2][k] for c in columns)) for k in keys],
+    print(table([(k, *(c[2].get(k, "") for c in columns)) for k in keys],
                 ("", *(f"{name}, {part}" for name, part, _ in columns))))
     if args.misses:
         for r in runs["new"]:

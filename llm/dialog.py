@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
-from llm import rules
+from llm import callback, rules
 from llm.engine import MESSAGE_OVERHEAD_TOKENS, PROMPT_OVERHEAD_TOKENS, Cancelled, LlmEngine, LlmError
 from llm.grounding import ungrounded_numbers
 from llm.knowledge import Match, Retriever
@@ -39,6 +39,23 @@ class Action(str, enum.Enum):
     TAKE_MESSAGE = "take_message"
     ESCALATE = "escalate"
     END_CALL = "end_call"
+
+
+@dataclass
+class _Callback:
+    """A message being completed on a voice call: who it is from and the number, confirmed by ear."""
+    member: StaffMember
+    text: str
+    name: str | None
+    number: str | None
+    asked: str = ""  # "name", "number" or "confirm": what the caller's next turn answers
+    turns: int = 0
+
+
+# Turns spent on name and number before the message is kept with what we have.
+_MAX_CALLBACK_TURNS = 6
+# Words of earlier questions a follow-up is read with.
+_TOPIC_WORDS = 30
 
 
 @dataclass(frozen=True)
@@ -76,7 +93,7 @@ class Dialog:
                  engine: LlmEngine | None = None, max_reply_tokens: int = 256,
                  now: Callable[[], dt.datetime] | None = None,
                  on_message_taken: Callable[[TakenMessage], Awaitable[None]] | None = None,
-                 written: bool = False) -> None:
+                 written: bool = False, read_back_numbers: bool = False) -> None:
         self.site, self.retriever, self.store, self.engine = site, retriever, store, engine
         # Text channels get their own wording: no "is there anything else", "press 1" or "putting you through".
         self.written = written
@@ -87,6 +104,13 @@ class Dialog:
         self.on_message_taken = on_message_taken  # e.g. deliver to the staff member by SMS/email
         # Whom the next turn is a message for, after an offer to take one (None: not waiting for one).
         self.awaiting_message: StaffMember | None = None
+        # On a voice call a message also gets the caller's name and a callback number read back.
+        self.read_back_numbers = read_back_numbers
+        self._callback: _Callback | None = None
+        # The staff we asked "did you mean ...?" about, and whether for a message.
+        self._clarifying: tuple[tuple[StaffMember, ...], bool] | None = None
+        # What the last answer was about ("hours" or an entry id) and the words that asked it.
+        self._topic: tuple[str, str] | None = None
         self._asked_anything_else = False
         self._last_said: str | None = None  # what "sorry, say that again" repeats
         # The entry we asked "are you asking: ...?" about, and the caller's question that led to it.
@@ -131,20 +155,34 @@ class Dialog:
         if self._last_said is not None and rules.wants_repeat(text):
             # Before a pending message: "sorry, what?" is not the message. The action stays an answer.
             return Reply(self._last_said, source="rule:repeat")
-        if self.awaiting_message is not None:
-            return await self.take_message(self.awaiting_message, text)
-        confirming, self._confirming = self._confirming, None
-        # In a thread: the misheard-emergency search costs milliseconds on a long email.
+        # Whatever we were waiting for, an emergency comes first. In a thread: the misheard-emergency
+        # search costs milliseconds on a long email.
         if await asyncio.to_thread(rules.is_emergency, text, site):
+            self.awaiting_message = self._callback = self._confirming = self._clarifying = self._topic = None
             return self._transfer(site.directory.front_desk, "rule:emergency", self.wording.emergency)
+        if self.awaiting_message is not None:
+            return await self._spoken_message(self.awaiting_message, text)
+        if self._callback is not None:
+            return await self._continue_callback(text)
+        confirming, self._confirming = self._confirming, None
+        clarifying, self._clarifying = self._clarifying, None
+        topic, self._topic = self._topic, None
         if confirming is not None:
             entry, question = confirming
             if rules.is_affirmative(text):
-                return self._answer(entry.answer, f"knowledge:{entry.id}")
+                return self._answer(entry.answer, f"knowledge:{entry.id}", question)
             if rules.is_negative(text):
                 return await self._escalate(question)
             # Anything else is a new question.
+        if clarifying is not None:
+            reply = self._clarified(text, *clarifying)
+            if reply is not None:
+                return reply
         member = rules.message_request(text, site)
+        if member is None or member is site.directory.front_desk:
+            candidates, for_message = rules.misheard_staff(text, site)
+            if candidates:
+                return self._clarify(candidates, for_message)
         if member is not None:
             return self.offer_message(member, self.wording.take_message_prompt, "rule:message")
         if rules.appointment_request(text):
@@ -154,14 +192,28 @@ class Dialog:
             return self._transfer(target, "rule:transfer")
         if rules.is_goodbye(text) or (self._asked_anything_else and rules.is_negative(text)):
             return Reply(self.wording.goodbye, Action.END_CALL, source="rule:goodbye")
+        if self._asked_anything_else and rules.is_only_yes(text):
+            return Reply(self.wording.go_ahead, source="rule:go_ahead")
         now = self._now()
+        follow_up = topic is not None and rules.is_follow_up(text)
         question = rules.hours_question(text, now.date())
+        if question is None and follow_up and topic[0] == "hours":
+            # "And Saturdays?" after the hours: the same question about another day.
+            question = rules.hours_question(f"open {text}", now.date())
+            question = question if question is not None and question.day is not None else None
         if question is not None:
-            return self._answer(rules.describe_hours(site, question, now), "rule:hours")
+            return self._answer(rules.describe_hours(site, question, now), "rule:hours", text)
 
         t0 = time.perf_counter()
         matches = await self.retriever.search(text, limit=3)
         verdict = await self.retriever.understand(text)
+        if follow_up and not verdict.sure:
+            # "How much is that?": read with the question it follows.
+            assert topic is not None
+            text = " ".join(f"{topic[1]} {text}".split()[-_TOPIC_WORDS:])
+            combined = await self.retriever.understand(text)
+            if combined.sure or verdict.match is None:
+                verdict = combined
         best = verdict.match if verdict.sure else None
         retrieval_ms = (time.perf_counter() - t0) * 1000
         if self.engine is not None and self.engine.instruction_tuned:
@@ -170,7 +222,7 @@ class Dialog:
                 reply.timings_ms["retrieval"] = retrieval_ms
                 return reply
         if best is not None:
-            reply = self._answer(best.entry.answer, f"knowledge:{best.entry.id}")
+            reply = self._answer(best.entry.answer, f"knowledge:{best.entry.id}", text)
         elif verdict.match is not None and self.wording.probable_answer:
             # By text a "did you mean" costs the sender a round trip: the answer, saying what it answers.
             entry = verdict.match.entry
@@ -187,12 +239,37 @@ class Dialog:
         reply.timings_ms["retrieval"] = retrieval_ms
         return reply
 
-    def _answer(self, text: str, source: str) -> Reply:
+    def _answer(self, text: str, source: str, question: str) -> Reply:
+        """An answer from the knowledge or the hours; `question` is kept for a follow-up to be read with."""
+        self._topic = (source.split(":", 1)[1], question)
         return Reply(self._then_offer(text), source=source)
 
     def _then_offer(self, text: str) -> str:
         """`text` and the "anything else?" offer, where the channel has one."""
         return f"{text} {self.wording.anything_else}".strip()
+
+    def _clarify(self, candidates: tuple[StaffMember, ...], for_message: bool) -> Reply:
+        self._clarifying = (candidates, for_message)
+        names = [m.name for m in candidates]
+        return Reply(self.wording.clarify_name.format(names=" or ".join(names)),
+                     source="clarify:" + "|".join(names))
+
+    def _clarified(self, text: str, candidates: tuple[StaffMember, ...], for_message: bool) -> Reply | None:
+        """The answer to "did you mean ...?": a yes, a name, or a no (then the front desk). None if the
+        caller moved on to something else."""
+        site = self.site
+        chosen = rules.mentioned_staff(text, site)
+        if chosen is None and rules.is_affirmative(text):
+            if len(candidates) > 1:
+                return self._clarify(candidates, for_message)  # "yes" to "A or B?": ask again
+            chosen = candidates[0]
+        if chosen is None and rules.is_negative(text):
+            chosen = site.directory.front_desk
+        if chosen is None:
+            return None
+        if for_message:
+            return self.offer_message(chosen, self.wording.take_message_prompt, "rule:clarified")
+        return self._transfer(chosen, "rule:clarified")
 
     def _transfer(self, member: StaffMember, source: str, preface: str = "") -> Reply:
         words = self.wording.transfer.format(name=member.name)
@@ -205,8 +282,53 @@ class Dialog:
         """Store `text` as a message for `member` and hand it to `on_message_taken`; `at` is when it was
         sent (a written message answered again after a restart is then the same message)."""
         self.awaiting_message = None
-        message = TakenMessage(call_id=self.call_id, contact_number=self.caller, for_staff=member.name,
-                               caller_name=None, text=text, at=time.time() if at is None else at)
+        return await self._store_message(member, text, None, self.caller, at)
+
+    async def _spoken_message(self, member: StaffMember, text: str) -> Reply:
+        if not self.read_back_numbers:
+            return await self.take_message(member, text)
+        self.awaiting_message = None
+        return self._callback_step(_Callback(member, text, callback.spoken_name(text),
+                                             callback.spoken_number(text) or callback.caller_id_number(self.caller)))
+
+    def _callback_step(self, call: _Callback) -> Reply:
+        """Ask for what the message still lacks: the caller's name (once), a number, then a yes to it."""
+        wording = self.wording
+        self._callback = call
+        if call.name is None and not call.asked:
+            call.asked, words = "name", wording.ask_caller_name
+        elif call.number is None:
+            call.asked, words = "number", wording.ask_callback_number.format(name=call.member.name)
+        else:
+            call.asked = "confirm"
+            words = wording.read_back_number.format(digits=callback.read_back(call.number))
+        return Reply(words, source=f"rule:callback_{call.asked}")
+
+    async def _continue_callback(self, text: str) -> Reply:
+        call = self._callback
+        assert call is not None
+        call.turns += 1
+        number = callback.spoken_number(text)
+        if call.asked == "name":
+            call.name = callback.spoken_name(text, answer=True)
+        if call.asked == "confirm" and number is None:
+            if rules.is_affirmative(text):
+                return await self._finish_callback(call)
+            if rules.is_negative(text):
+                call.number = None
+        call.number = number or call.number
+        if call.turns >= _MAX_CALLBACK_TURNS:  # keep the message with what we have rather than lose it
+            return await self._finish_callback(call)
+        return self._callback_step(call)
+
+    async def _finish_callback(self, call: _Callback) -> Reply:
+        self._callback = None
+        return await self._store_message(call.member, call.text, call.name, call.number or self.caller)
+
+    async def _store_message(self, member: StaffMember, text: str, name: str | None, number: str | None,
+                             at: float | None = None) -> Reply:
+        message = TakenMessage(call_id=self.call_id, contact_number=number, for_staff=member.name,
+                               caller_name=name, text=text, at=time.time() if at is None else at)
         await self.store.take_message(message)
         if self.on_message_taken is not None:
             try:  # stored already: a delivery problem must not cost the caller their call
@@ -313,7 +435,7 @@ class Dialog:
             bad = ungrounded_numbers(reply_text, "\n".join(m.entry.answer for m in matches))
             if bad:
                 log.info("llm reply dropped call=%s ungrounded=%s", self.call_id, ",".join(bad))
-                reply = (self._answer(best.entry.answer, f"knowledge:{best.entry.id}") if best
+                reply = (self._answer(best.entry.answer, f"knowledge:{best.entry.id}", text) if best
                          else await self._escalate(text))
             else:
                 reply = Reply(self._then_offer(reply_text), source="llm")

@@ -37,6 +37,10 @@ GOODBYE_PHRASES = ("bye", "goodbye", "good bye", "that's all", "that is all", "t
 AFFIRMATIVE_ANSWERS = ("yes", "yeah", "yep", "yup", "yes please", "correct", "right", "that's right", "exactly",
                        "sure", "uh huh", "mhm", "that's it", "that's the one")
 NEGATIVE_ANSWERS = ("no", "nope", "nah", "no thanks", "no thank you", "not really", "i'm good", "that's fine")
+_YES_WORDS = frozenset("yes yeah yep yup sure please ok okay actually there is i do have one more thing uh um well "
+                       "mhm uh huh".split())
+FOLLOW_UP_OPENERS = ("and ", "what about ", "how about ", "also ", "plus ", "same ", "what if ", "or ", "then ")
+FOLLOW_UP_POINTERS = frozenset(("that", "it", "this", "those", "these", "them", "that's", "it's"))
 HOURS_WORDS = ("open", "opening", "close", "closing", "closed", "hours", "what time", "when are you")
 # "What do I do after hours" asks what to do when closed, not when we open.
 NOT_HOURS = ("after hours", "out of hours", "when you're closed", "when you are closed", "after you close",
@@ -163,6 +167,20 @@ def is_affirmative(text: str) -> bool:
     return len(norm.split()) <= 5 and contains_any(norm, AFFIRMATIVE_ANSWERS) and not is_negative(text)
 
 
+def is_only_yes(text: str) -> bool:
+    """'Yes', 'yeah, there is': a yes with no question in it."""
+    words = set(normalize(text).split())
+    return bool(words) and words <= _YES_WORDS and not is_negative(text)
+
+
+def is_follow_up(text: str) -> bool:
+    """Elliptical or pointing back: 'and Saturdays?', 'how much is that?', 'what about for kids?'."""
+    norm = normalize(text)
+    words = norm.split()
+    return 0 < len(words) <= 8 and (len(words) <= 3 or norm.startswith(FOLLOW_UP_OPENERS)
+                                     or bool(set(words) & FOLLOW_UP_POINTERS))
+
+
 def is_negative(text: str) -> bool:
     norm = normalize(text)
     return len(norm.split()) <= 5 and contains_any(norm, NEGATIVE_ANSWERS)
@@ -206,6 +224,63 @@ def mentioned_staff(text: str, site: Site) -> StaffMember | None:
     return best[1] if best else None
 
 
+_SOUND_CLASSES = {**dict.fromkeys("bfpv", "1"), **dict.fromkeys("cgjkqsxz", "2"), **dict.fromkeys("dt", "3"),
+                  "l": "4", **dict.fromkeys("mn", "5"), "r": "6"}
+
+
+def sound_key(word: str) -> str:
+    """A rough key of how a name sounds, Soundex-like but keeping the first sound's class too, so that
+    Whisper's spellings of one name agree: 'chen', 'ken', 'shen', 'jen', 'chan' -> '25'; 'lopez', 'lobez'."""
+    word = re.sub(r"[cs]h|ph|ck", lambda m: {"ph": "f", "ck": "k"}.get(m.group(), "k"), word.lower())
+    key, last = "", ""
+    for letter in word:
+        code = _SOUND_CLASSES.get(letter, "")
+        if code and code != last:
+            key += code
+        if letter not in "hw":  # as in Soundex, a vowel separates two equal sounds, h and w do not
+            last = code
+    return key
+
+
+# Where a caller says a name: after a title or a request for a person ("put me through to Ken"), or
+# in "is Ken in?".
+_NAME_SLOT = re.compile(r"\b(?:dr|doctor|mr|mrs|ms|miss|(?:speak|talk|through|transfer me|connect me) (?:to|with)"
+                        r"|get me|ask for) ((?:\w+ ?){1,2})|\bis ((?:\w+ ){1,2})(?:in|there|around|working|available)\b")
+_NOT_NAMES = frozenset("""
+a an the my your our me you him her them someone somebody anyone anybody one some about dentist dentists doctor
+dr hygienist reception receptionist office front desk person human operator please there here in today now back
+available around working free call ring talk speak book cancel schedule it that this what who how when
+""".split())
+
+
+def sound_alike_staff(text: str, site: Site) -> tuple[StaffMember, ...]:
+    """Staff whose name sounds like a name the caller says but we do not know ('Dr. Ken' -> Dr. James
+    Chen), for a clarifying question; empty when a name is recognised or none sounds alike."""
+    norm = normalize(text)
+    if mentioned_staff(text, site) is not None:
+        return ()
+    heard = {w for m in _NAME_SLOT.finditer(norm) for w in (m.group(1) or m.group(2)).split()
+             if w not in _NOT_NAMES and len(w) >= 3 and not w.isdigit()}
+    found: list[StaffMember] = []
+    for member in site.directory.staff:
+        keys = {w for key, approximate in _name_keys(member) if approximate for w in key if len(w) >= 3}
+        if any(sound_key(h) == sound_key(k) or difflib.SequenceMatcher(None, h, k).ratio() >= 0.7
+               for h in heard for k in keys):
+            found.append(member)
+    return tuple(found)
+
+
+def misheard_staff(text: str, site: Site) -> tuple[tuple[StaffMember, ...], bool]:
+    """Whom a caller may mean when they ask for, or leave word for, a name we do not know, and whether it
+    is a message ('tell Dr. Ken ...') rather than a transfer. No one if they do not ask for a person."""
+    norm = normalize(text)
+    message = wants_message(text) or contains_any(norm, CALLBACK_PHRASES) or _RELAY.search(norm) is not None
+    if not (message or contains_any(norm, TRANSFER_INTENT) or contains_any(norm, PERSON_INTENT)
+            or _IS_IN.search(norm)):
+        return (), False
+    return sound_alike_staff(text, site), message
+
+
 def role_member(text: str, site: Site) -> StaffMember | None:
     """Whom a role or topic word points at: 'the hygienist', 'billing', 'my invoice' -> by directory role."""
     words = set(normalize(text).split())
@@ -218,7 +293,8 @@ def role_member(text: str, site: Site) -> StaffMember | None:
 
 
 _DOCTOR = re.compile(r"\b(?:dr|doctor) \w+")
-_DOCTOR_IN = re.compile(r"\bis (?:dr|doctor) \w+(?: \w+)? (?:in|there|around|working)\b")
+# "Is Tom Becker there?", "is doctor Ken in today": asking for a person without a transfer verb.
+_IS_IN = re.compile(r"\bis (?:\w+ ){1,3}(?:in|there|around|working|available|free)\b")
 
 
 def unknown_doctor(text: str, site: Site) -> bool:
@@ -232,13 +308,13 @@ def wants_transfer_to(text: str, site: Site) -> StaffMember | None:
     if wants_message(text):
         return None
     member = mentioned_staff(text, site)
-    if member and contains_any(text, TRANSFER_INTENT):
+    if member and (contains_any(text, TRANSFER_INTENT) or _IS_IN.search(normalize(text))):
         return member
     if contains_any(text, PERSON_INTENT):
         member = role_member(text, site)
         if member is not None:
             return member
-    if unknown_doctor(text, site) and (contains_any(text, PERSON_INTENT) or _DOCTOR_IN.search(normalize(text))):
+    if unknown_doctor(text, site) and (contains_any(text, PERSON_INTENT) or _IS_IN.search(normalize(text))):
         return site.directory.front_desk
     if wants_operator(text):
         return site.directory.front_desk

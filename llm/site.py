@@ -134,6 +134,14 @@ class Wording(Strict):
     warm_summary: str = "Call from {caller} for {name}. They said: {reason}. Connecting you now."
     take_message_prompt: str = "Of course. Please say your message after this, and I'll pass it on to {name}."
     message_taken: str = "Thank you, I've taken your message for {name}."
+    # Voice calls: who the message is from and the callback number, read back digit by digit.
+    ask_caller_name: str = "And who shall I say it's from?"
+    ask_callback_number: str = "What number should {name} call you back on?"
+    read_back_number: str = "I have {digits}. Is that the right number to call you back on?"
+    # A staff name we do not know but that sounds like one we do ("Dr. Ken").
+    clarify_name: str = "Did you mean {names}?"
+    # A "yes" to "is there anything else?".
+    go_ahead: str = "Of course. What else can I help you with?"
     emergency: str = (
         "If this is a life-threatening emergency, please hang up and dial 9 1 1. "
         "I'm putting you through to our staff right now."
