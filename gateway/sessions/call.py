@@ -113,7 +113,7 @@ class CallSession:
         self.endpointer = Endpointer(cfg.vad, VoiceDetector(cfg.vad.voice_threshold))
         self.dialog = Dialog(cfg.site, services.retriever, services.store, call_id=call.call_id, caller=caller,
                              engine=services.dialog_engine, max_reply_tokens=cfg.models.llm.max_reply_tokens,
-                             on_message_taken=on_message_taken)
+                             on_message_taken=on_message_taken, read_back_numbers=True)
         self._reply: asyncio.Task[None] | None = None
         self._reply_interruptible = True
         self._cancel_llm = threading.Event()

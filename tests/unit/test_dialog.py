@@ -189,3 +189,63 @@ async def test_stored_history_is_bounded(store: Store) -> None:
         await d.respond(f"do you take cigna, question {n}? " + "and more words " * 200)
     assert len(d.history) <= 40 and max(len(m["content"]) for m in d.history) <= 1000
     assert d.history[-2]["content"].startswith("do you take cigna, question 29?")
+
+
+def voice_dialog(store: Store, caller: str | None = None) -> Dialog:
+    return Dialog(SITE, Retriever(store), store, call_id="v1", caller=caller, now=lambda: MONDAY_10AM,
+                  read_back_numbers=True)
+
+
+def stored_messages(tmp_path: Path) -> list[tuple]:
+    with sqlite3.connect(tmp_path / "t.db") as db:
+        return db.execute("select for_staff, body, caller_name from messages").fetchall()
+
+
+@pytest.mark.parametrize(("message", "number", "digits"), [
+    ("This is Pat Lee, my crown is loose, call me on 555 0199.", "5550199", "5 5 5, 0 1 9 9"),
+    ("It's Pat Lee. My crown is loose. My number is five five five, oh one nine nine.", "5550199",
+     "5 5 5, 0 1 9 9"),
+    ("My name is Pat Lee and my crown is loose, 212-555-0199", "2125550199", "2 1 2, 5 5 5, 0 1 9 9"),
+])
+async def test_voice_message_reads_the_number_back_digit_by_digit(store: Store, tmp_path: Path, message: str,
+                                                                  number: str, digits: str) -> None:
+    d = voice_dialog(store)
+    await d.respond("Could Doctor Lopez call me back?")
+    check = await d.respond(message)
+    assert check.text.startswith(f"I have {digits}.") and check.text.endswith("?")
+    assert stored_messages(tmp_path) == []  # not before the caller says the number is right
+    done = await d.respond("yes, that's right")
+    assert done.source == "rule:message_taken" and "Dr. Maria Lopez" in done.text
+    assert stored_messages(tmp_path) == [("Dr. Maria Lopez", message, "Pat Lee")]
+
+
+async def test_voice_message_asks_for_name_and_number_it_lacks(store: Store, tmp_path: Path) -> None:
+    d = voice_dialog(store)  # no caller ID
+    await d.respond("Please tell Tom I sent the check.")
+    assert (await d.respond("I sent the check on Monday.")).source == "rule:callback_name"
+    asked = await d.respond("Pat")
+    assert asked.source == "rule:callback_number" and "Tom Becker" in asked.text
+    assert (await d.respond("sorry, what?")).text == asked.text  # repeating is not an answer
+    assert (await d.respond("it's 555 0123")).text.startswith("I have 5 5 5, 0 1 2 3.")
+    asked = await d.respond("no")  # wrong: asked again
+    assert asked.source == "rule:callback_number"
+    assert (await d.respond("five five five, oh one three two")).text.startswith("I have 5 5 5, 0 1 3 2.")
+    assert (await d.respond("yep")).source == "rule:message_taken"
+    assert stored_messages(tmp_path) == [("Tom Becker", "I sent the check on Monday.", "Pat")]
+
+
+async def test_voice_message_offers_the_caller_id_and_takes_a_correction(store: Store) -> None:
+    d = voice_dialog(store, caller="+1 555 0100")
+    await d.respond("I'd like to leave a message for Sarah")
+    assert (await d.respond("This is Jo, please call me about my cleaning")).text.startswith(
+        "I have 1, 5 5 5, 0 1 0 0.")
+    fixed = await d.respond("no, it's 555 0111")
+    assert fixed.text.startswith("I have 5 5 5, 0 1 1 1.")
+    assert (await d.respond("that's right")).source == "rule:message_taken"
+
+
+async def test_emergency_while_a_message_is_pending_gets_911(store: Store, tmp_path: Path) -> None:
+    d = voice_dialog(store)
+    await d.respond("Have Doctor Chen call me back")
+    reply = await d.respond("my wife is unconscious")
+    assert reply.source == "rule:emergency" and "9 1 1" in reply.text

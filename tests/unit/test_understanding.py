@@ -185,3 +185,93 @@ async def test_learned_answer_is_matched_by_meaning(store: Store) -> None:
     await store.answer_help_request(request_id, "Yes, Invisalign starts at 3000 dollars.")
     match = (await retriever.understand("what about clear aligners like invisalign")).match
     assert match is not None and match.entry.id == f"learned-{request_id}"
+
+
+@pytest.mark.parametrize(("text", "names"), [
+    ("Can I talk to Doctor Ken?", ["Dr. James Chen"]),
+    ("can you connect me to dr chan", ["Dr. James Chen"]),
+    ("Is Doctor Jen in today?", ["Dr. James Chen"]),
+    ("I need to speak with Mr. Baker", ["Tom Becker"]),
+    ("Can I talk to Doctor Kent?", []),  # no one sounds like Kent: the front desk, as before
+    ("Can I talk to Doctor Chen?", []),  # a name we know needs no question
+    ("Can I come in on Tuesday?", []),  # "come" is not a name: no request for a person by name
+    ("Does Doctor Ken do whitening?", []),  # a question about someone, not a request for them
+])
+def test_misheard_staff_names_get_candidates(text: str, names: list[str]) -> None:
+    candidates, _ = rules.misheard_staff(text, SITE)
+    assert [m.name for m in candidates] == names
+
+
+@pytest.mark.parametrize(("text", "then", "outcome"), [
+    ("Can I talk to Doctor Ken?", "yes", (Action.TRANSFER, "Dr. James Chen")),
+    ("Put me through to Dr Jen please", "yeah that's right", (Action.TRANSFER, "Dr. James Chen")),
+    ("Is doctor chan there?", "no, Doctor Lopez", (Action.TRANSFER, "Dr. Maria Lopez")),
+    ("Could I speak with Doctor Shen?", "nope", (Action.TRANSFER, "the front desk")),
+    ("Tell Doctor Ken I'll be late", "yes", (Action.TAKE_MESSAGE, "Dr. James Chen")),
+    ("Have Dr Chan call me back", "no", (Action.TAKE_MESSAGE, "the front desk")),
+])
+async def test_garbled_name_is_clarified_then_acted_on(store: Store, text: str, then: str,
+                                                       outcome: tuple[Action, str]) -> None:
+    d = dialog(store)
+    asked = await d.respond(text)
+    assert asked.action is Action.ANSWER and asked.text == "Did you mean Dr. James Chen?"
+    reply = await d.respond(then)
+    assert (reply.action, reply.target.name if reply.target else None) == outcome
+
+
+async def test_clarifying_question_gives_way_to_a_new_question(store: Store) -> None:
+    d = dialog(store)
+    assert (await d.respond("Can I talk to Doctor Ken?")).source.startswith("clarify:")
+    assert (await d.respond("Actually, where is your office?")).source == "knowledge:address"
+
+
+@pytest.mark.parametrize(("first", "then", "source"), [
+    ("What time do you open on Tuesday?", "And Saturdays?", "rule:hours"),
+    ("Are you open today?", "what about sunday", "rule:hours"),
+    ("Do you do teeth whitening?", "How much is that?", "knowledge:whitening-price"),
+    ("How much is a check-up and cleaning?", "What about for kids?", "knowledge:children"),
+    ("Is there parking?", "Is it free?", "knowledge:parking"),
+    ("Do you take Delta Dental?", "and aetna?", "knowledge:insurance"),
+])
+async def test_follow_up_is_read_with_the_question_before(store: Store, first: str, then: str, source: str) -> None:
+    d = dialog(store)
+    await d.respond(first)
+    assert (await d.respond(then)).source == source
+
+
+async def test_follow_up_of_saturday_hours_names_saturday(store: Store) -> None:
+    d = dialog(store)
+    await d.respond("When do you open on Monday?")
+    assert (await d.respond("and on Saturday?")).text.startswith("On Saturday we're open from 9 a.m. to 1 p.m.")
+
+
+async def test_follow_up_without_a_question_before_is_not_guessed(store: Store) -> None:
+    assert (await dialog(store).respond("And Saturdays?")).source != "rule:hours"
+
+
+@pytest.mark.parametrize("yes", ["yeah", "that's right", "yes please", "correct"])
+async def test_yes_to_the_confirming_question_answers(store: Store, yes: str) -> None:
+    d = dialog(store)
+    assert (await d.respond("Does Doctor Lopez do whitening?")).source == "confirm:whitening-price"
+    assert (await d.respond(yes)).source == "knowledge:whitening-price"
+
+
+@pytest.mark.parametrize("no", ["nope", "no", "nah"])
+async def test_no_to_the_confirming_question_escalates(store: Store, no: str) -> None:
+    d = dialog(store)
+    await d.respond("Does Doctor Lopez do whitening?")
+    assert (await d.respond(no)).action is Action.ESCALATE
+
+
+@pytest.mark.parametrize("yes", ["yes", "yeah, there is", "yes please"])
+async def test_yes_to_anything_else_invites_the_next_question(store: Store, yes: str) -> None:
+    d = dialog(store)
+    await d.respond("Where are you located?")
+    reply = await d.respond(yes)
+    assert reply.source == "rule:go_ahead" and reply.action is Action.ANSWER
+
+
+async def test_yes_with_a_question_is_the_question(store: Store) -> None:
+    d = dialog(store)
+    await d.respond("Where are you located?")
+    assert (await d.respond("yes, is there parking?")).source == "knowledge:parking"
