@@ -71,7 +71,7 @@ yet you your yours
 two three four five six seven eight nine ten eleven twelve
 monday tuesday wednesday thursday friday saturday sunday next last week put
 husband wife mom mother dad father partner friend people
-interrupt interrupting excuse pardon bother question questions
+interrupt interrupting excuse pardon bother question questions fine alright
 clinic clinics practice
 """.split())
 
@@ -82,12 +82,13 @@ clinic clinics practice
 SYNONYMS: tuple[tuple[str, ...], ...] = (
     ("open", "opening", "hours", "close", "closing", "closed", "late"),
     ("cost", "price", "pricing", "charge", "fee", "how much", "expensive", "cheap",
-     "dollars", "rate"),
-    ("park", "parking", "car", "parking lot", "drive"),
+     "dollars", "rate", "set me back", "run me", "cost me"),
+    ("park", "parking", "car", "parking lot", "drive", "lot", "spot", "space"),
     ("insurance", "insurer", "coverage", "cover", "covered", "plan", "dental plan",
      "in network"),
     ("where", "address", "located", "location", "directions", "get to", "get there",
-     "street", "find you", "near", "nearby"),
+     "street", "find you", "near", "nearby", "road", "part of town", "area",
+     "find your place", "which floor", "what floor"),
     ("cancel", "cancellation", "reschedule", "move my appointment", "miss", "missed",
      "no show"),
     ("kid", "child", "children", "son", "daughter", "pediatric", "paediatric",
@@ -95,11 +96,14 @@ SYNONYMS: tuple[tuple[str, ...], ...] = (
     ("whitening", "whiten", "whitened", "whiter", "bleaching", "bleach"),
     ("emergency", "urgent", "urgently", "pain", "toothache", "tooth ache", "hurts",
      "hurting", "killing", "ache", "aching", "broke", "broken", "chipped", "swollen",
-     "swelling"),
+     "swelling", "same day", "break", "breaks", "fell out", "came out"),
     ("after hours", "night", "middle of the night", "overnight", "evening", "weekend",
-     "on call"),
-    ("book", "booking", "appointment", "schedule", "make an appointment", "come in"),
-    ("pay", "payment", "card", "cash", "credit", "debit"),
+     "on call", "out of hours"),
+    ("book", "booking", "appointment", "schedule", "make an appointment", "come in",
+     "set up"),
+    ("pay", "payment", "card", "cash", "credit", "debit", "visa", "mastercard", "amex",
+     "american express", "forms of payment", "form of payment"),
+    ("services", "service", "procedures", "procedure", "provide", "stuff"),
     ("checkup", "check up", "cleaning", "cleaned", "clean", "exam", "examination"),
     ("filling", "fill", "cavity", "cavities"),
     ("language", "spanish", "español", "espanol", "english", "translate", "interpreter",
@@ -107,9 +111,10 @@ SYNONYMS: tuple[tuple[str, ...], ...] = (
     ("wheelchair", "wheel chair", "accessible", "accessibility", "disabled", "ramp",
      "stairs", "steps", "walker", "handicap"),
     ("sedation", "sedate", "sedated", "laughing gas", "nitrous", "nervous", "anxious",
-     "anxiety", "scared", "afraid", "terrified", "fear", "needle", "sleep"),
+     "anxiety", "scared", "afraid", "terrified", "fear", "needle", "sleep", "nerves",
+     "calm", "knock me out"),
     ("x ray", "xray", "radiation"),
-    ("new patient", "new dentist", "sign up", "register"),
+    ("new patient", "new dentist", "sign up", "register", "switch", "join"),
     ("age", "how old", "years old"),
     ("bring", "form", "first visit", "first time", "arrive"),
 )

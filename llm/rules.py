@@ -41,9 +41,14 @@ _YES_WORDS = frozenset("yes yeah yep yup sure please ok okay actually there is i
                        "mhm uh huh".split())
 FOLLOW_UP_OPENERS = ("and ", "what about ", "how about ", "also ", "plus ", "same ", "what if ", "or ", "then ")
 FOLLOW_UP_POINTERS = frozenset(("that", "it", "this", "those", "these", "them", "that's", "it's"))
-HOURS_WORDS = ("open", "opening", "close", "closing", "closed", "hours", "what time", "when are you")
+HOURS_WORDS = ("open", "opening", "close", "closing", "closed", "hours", "what time", "when are you", "how late",
+               "how early", "till when", "until when", "till what time", "until what time", "what days",
+               "which days")
+# With a day ("on a Sunday", "Saturdays"), being there or coming by asks about the hours.
+DAY_PRESENCE = ("around", "working", "come by", "drop in", "drop by", "stop by", "pop in", "pop by", "walk in",
+                "swing by")
 # "What do I do after hours" asks what to do when closed, not when we open.
-NOT_HOURS = ("after hours", "out of hours", "when you're closed", "when you are closed", "after you close",
+NOT_HOURS = ("after hours", "out of hours", "open to", "arrive", "get there", "when you're closed", "when you are closed", "after you close",
              "when you're shut", "at night", "overnight", "middle of the night")
 # Life-threatening wording that always gets the 911 sentence, whatever the site configured.
 LIFE_THREATENING = (
@@ -53,6 +58,8 @@ LIFE_THREATENING = (
     "throat is swelling", "throat swelling", "swelling in my throat", "throat feels tight", "choking",
     "overdose", "seizure", "stroke",
 )
+# Words a mishearing does not make out of part of another word: the caller said them.
+_FUNCTION_WORDS = frozenset(("me", "my", "you", "your", "that", "it", "him", "her", "them", "us", "this"))
 # Below this, a heard phrase is not taken for an emergency phrase ("can't breed" ~ "can't breathe").
 EMERGENCY_SIMILARITY = 0.8
 REPEAT_PHRASES = ("repeat", "say that again", "say it again", "come again", "pardon", "didn't catch",
@@ -119,11 +126,14 @@ def _emergency_index(phrases: tuple[str, ...]) -> dict[str, list[tuple[str, int]
 def _sounds_like(words: list[str], phrases: tuple[str, ...]) -> bool:
     """Some run of the heard words spells nearly a phrase: 'can't breed', 'chess pain', 'bleeding allot'."""
     index = _emergency_index(phrases)
+    phrase_words = {p.replace(" ", "").replace("'", ""): p.split() for p in phrases}
     for i, word in enumerate(words):
         for target, n in index.get(word[0], ()):
             for size in range(max(1, n - 1), n + 2):
                 if i + size > len(words):
                     break
+                if _FUNCTION_WORDS.intersection(words[i + 1:i + size]) - set(phrase_words.get(target, ())):
+                    continue  # "knock me out", "that my swelling": a word of its own, not a misheard one
                 heard = "".join(words[i:i + size]).replace("'", "")
                 if abs(len(heard) - len(target)) > 3:
                     continue
@@ -353,9 +363,13 @@ class HoursQuestion:
 
 def hours_question(text: str, today: dt.date) -> HoursQuestion | None:
     norm = normalize(text)
-    if not any(_contains(norm, w) for w in HOURS_WORDS) or any(_contains(norm, w) for w in NOT_HOURS):
-        return None
     words = norm.split()
+    on_a_day = bool(set(words) & {*DAY_WORDS, "today", "tomorrow", "weekend", "weekends"})
+    if not (any(_contains(norm, w) for w in HOURS_WORDS) or (on_a_day and any(_contains(norm, w)
+                                                                                for w in DAY_PRESENCE))):
+        return None
+    if any(_contains(norm, w) for w in NOT_HOURS):
+        return None
     for word in words:
         if word in DAY_WORDS:
             ahead = (DAY_WORDS[word] - today.weekday()) % 7

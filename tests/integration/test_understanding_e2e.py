@@ -4,12 +4,33 @@ the real bundled models (speech in, speech out)."""
 from __future__ import annotations
 
 import asyncio
+import io
+import shutil
 import sqlite3
+import subprocess
+import wave
 
 import pytest
 from test_call_e2e import ask, connect, events, heard
 
+from speech.audio import resample
+
 pytestmark = pytest.mark.models
+
+
+def espeak(text: str, rate: int = 110) -> bytes:
+    """A robotic caller voice that is not the assistant's own (Piper), as 8 kHz PCM."""
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed")
+    wav = subprocess.run(["espeak-ng", "--stdout", "-v", "en-us", "-s", str(rate), text], capture_output=True,
+                         check=True).stdout
+    with wave.open(io.BytesIO(wav)) as w:
+        return resample(w.readframes(w.getnframes()), w.getframerate(), 8000)
+
+
+async def said(services, client) -> list[str]:  # type: ignore[no-untyped-def]
+    """What the assistant said on this call, as stored (not as tiny.en hears it back)."""
+    return [t.text for t in await services.store.turns(client.call_id) if t.speaker == "assistant"]
 
 
 async def test_transfer_by_topic_without_a_name(gateway, services, speak) -> None:  # type: ignore[no-untyped-def]
@@ -33,10 +54,38 @@ async def test_callback_request_becomes_a_message_for_that_person(  # type: igno
         assert "message" in await heard(services, prompt)
         offer = next(e for e in await events(services, client, "take_message") if e.kind == "take_message")
         assert offer.data["target"] == "Dr. Maria Lopez" and offer.data["source"] == "rule:message"
-        thanks = await ask(client, speak, "My crown feels loose. My number is 555 0100.")
+        await ask(client, speak, "This is Pat. My crown feels loose. My number is 555 0100.")
+        assert (await said(services, client))[-1].startswith("I have 5 5 5, 0 1 0 0.")  # read back, then asked
+        thanks = await ask(client, speak, "Yes, that's right.")
         assert "message" in await heard(services, thanks)
         with sqlite3.connect(services.config.database) as db:
-            rows = db.execute("SELECT for_staff, body FROM messages WHERE call_id = ?", [client.call_id]).fetchall()
+            rows = db.execute("SELECT for_staff, body, caller_name FROM messages WHERE call_id = ?",
+                              [client.call_id]).fetchall()
         assert len(rows) == 1 and rows[0][0] == "Dr. Maria Lopez" and "crown" in rows[0][1].lower()
+        assert rows[0][2] == "Pat"
+    finally:
+        await client.close()
+
+
+async def test_garbled_staff_name_is_clarified_then_transferred(gateway, services) -> None:  # type: ignore[no-untyped-def]
+    client, _ = await connect(gateway)
+    try:
+        await client.wait_reply(await client.say(espeak("Can I talk to Doctor Ken?")))  # tiny.en: "Dr. Ken"
+        assert (await said(services, client))[-1] == "Did you mean Dr. James Chen?"
+        await client.say(espeak("Yes."))
+        await asyncio.wait_for(client.hung_up.wait(), 15)
+        transfer = next(e for e in await events(services, client, "transfer") if e.kind == "transfer")
+        assert transfer.data == {"source": "rule:clarified", "target": "Dr. James Chen", "extension": "202"}
+    finally:
+        await client.close()
+
+
+async def test_follow_up_question_is_answered_in_context(gateway, services, speak) -> None:  # type: ignore[no-untyped-def]
+    client, _ = await connect(gateway)
+    try:
+        await ask(client, speak, "What time do you open on Tuesday?")
+        assert "8 a.m." in (await said(services, client))[-1]
+        await ask(client, speak, "And on Saturdays?")
+        assert (await said(services, client))[-1].startswith("On Saturday we're open from 9 a.m. to 1 p.m.")
     finally:
         await client.close()

@@ -8,7 +8,7 @@ import socket
 import sys
 
 import pytest
-from test_dialog import SITE, dialog, store  # noqa: F401  # store: a real one holding the site's knowledge
+from test_dialog import MONDAY_10AM, SITE, dialog, store  # noqa: F401  # store: a real one holding the site's knowledge
 
 from llm import rules
 from llm.dialog import Action
@@ -275,3 +275,32 @@ async def test_yes_with_a_question_is_the_question(store: Store) -> None:
     d = dialog(store)
     await d.respond("Where are you located?")
     assert (await d.respond("yes, is there parking?")).source == "knowledge:parking"
+
+
+@pytest.mark.parametrize(("text", "is_hours"), [
+    ("Could I swing by on a Saturday?", True),
+    ("are you working on sundays", True),
+    ("how late can I drop in today", True),
+    ("which days are you there", True),
+    ("are you open to new patients", False),
+    ("what time should I arrive for my first visit", False),
+    ("is there parking on saturdays", False),
+])
+def test_hours_asked_without_an_hours_word(text: str, is_hours: bool) -> None:
+    assert (rules.hours_question(text, MONDAY_10AM.date()) is not None) is is_hours
+
+
+@pytest.mark.parametrize("text", ["I'm scared of needles, can you knock me out?", "tell her that my swelling is better",
+                                  "can you call me about that bleeding gum"])
+def test_words_of_their_own_are_not_a_misheard_emergency(text: str) -> None:
+    assert not rules.is_emergency(text, SITE)
+
+
+@pytest.mark.parametrize(("text", "entry"), [
+    ("do you take visa", "payment"),
+    ("what would a filling set me back", "filling-price"),
+    ("is there a spot for my car", "parking"),
+    ("can I switch to you from my old dentist", "new-patients"),
+])
+async def test_everyday_words_for_the_same_thing(store: Store, text: str, entry: str) -> None:
+    assert (await dialog(store).respond(text)).source == f"knowledge:{entry}"
