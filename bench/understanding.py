@@ -149,7 +149,8 @@ def main() -> None:
     items = corpus()
     runs = {f"baseline {args.baseline}": baseline(args.baseline, items), "new": asyncio.run(run_items(items))}
     columns = [(name, part, summary(results, part)) for part in PARTS for name, results in runs.items()]
-    keys = list(dict.fromkeys(k for c in columns for k in c[2]))  # a category may be in one part only
+    categories = list(dict.fromkeys(i["category"] for i in items))  # a category may be in one part only
+    keys = [*categories, *(k for k in columns[0][2] if k not in categories)]
     print(f"text mode, {len(items)} utterances ({sum(i['part'] == 'heldout' for i in items)} held out)\n")
     print(table([(k, *(c[2].get(k, "") for c in columns)) for k in keys],
                 ("", *(f"{name}, {part}" for name, part, _ in columns))))

@@ -190,7 +190,10 @@ async def test_refused_redirect_offers_a_message_at_once(rig: Rig, services, spe
         # "Putting you through" then the offer, with no dead air between (before: silence until the
         # no-speech prompt).
         assert gaps(client, asked) < 1.5
-        sent = await client.say(await speak("Please tell him my crown came loose."))
+        sent = await client.say(await speak("This is Pat. Please tell him my crown came loose."))
+        await client.wait_reply(sent)
+        await assistant_said(services, client.call_id, "I have 0 6 1, 2 3 4, 5 6 7 8.")  # the caller ID, read back
+        sent = await client.say(await speak("Yes, that's right."))
         await client.wait_reply(sent)
         said = await assistant_said(services, client.call_id, "taken your message for Dr. James Chen")
     finally:
@@ -255,7 +258,9 @@ async def test_busy_staff_returns_caller_who_is_offered_a_message(rig: Rig, serv
     await client.connect()
     try:
         await voiced(client)  # the offer has started; the caller answers over it
-        sent = await client.say(await speak("Please ask him to call me back about my crown."))
+        sent = await client.say(await speak("This is Pat. Please ask him to call me back about my crown."))
+        await client.wait_reply(sent)
+        sent = await client.say(await speak("Yes, that's right."))  # to "I have 0 6 1, ... Is that the right number"
         await client.wait_reply(sent)
         turns = await services.store.turns(client.call_id)
         assistant = [t.text for t in turns if t.speaker == "assistant"]
