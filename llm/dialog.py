@@ -132,6 +132,12 @@ class Dialog:
         self.awaiting_message = member
         return Reply(wording.format(name=member.name), Action.TAKE_MESSAGE, member, source=source)
 
+    async def call_ended(self) -> None:
+        """A message whose name or number was still being asked for is kept with what we have: the
+        caller's words matter more than the read-back."""
+        if self._callback is not None:
+            await self._finish_callback(self._callback)
+
     def no_speech(self, prompts_so_far: int, max_prompts: int) -> Reply:
         if prompts_so_far < max_prompts:
             return Reply(self.wording.no_speech_prompt, source="rule:no_speech")
@@ -158,7 +164,8 @@ class Dialog:
         # Whatever we were waiting for, an emergency comes first. In a thread: the misheard-emergency
         # search costs milliseconds on a long email.
         if await asyncio.to_thread(rules.is_emergency, text, site):
-            self.awaiting_message = self._callback = self._confirming = self._clarifying = self._topic = None
+            await self.call_ended()  # to staff now: a message half-confirmed is kept as it is
+            self.awaiting_message = self._confirming = self._clarifying = self._topic = None
             return self._transfer(site.directory.front_desk, "rule:emergency", self.wording.emergency)
         if self.awaiting_message is not None:
             return await self._spoken_message(self.awaiting_message, text)

@@ -181,6 +181,7 @@ class CallSession:
         self._drop_speculation()
         await self._tasks.finish()
         self.clock.unregister(self.out)
+        await self.dialog.call_ended()
         await self.services.store.end_call(self.call.call_id, self._end_reason, time.time())
         log.info("call ended call=%s reason=%s", self.call.call_id, self._end_reason)
 

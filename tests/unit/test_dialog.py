@@ -249,3 +249,16 @@ async def test_emergency_while_a_message_is_pending_gets_911(store: Store, tmp_p
     await d.respond("Have Doctor Chen call me back")
     reply = await d.respond("my wife is unconscious")
     assert reply.source == "rule:emergency" and "9 1 1" in reply.text
+
+
+@pytest.mark.parametrize("then", ["hang up", "emergency"])
+async def test_message_not_yet_confirmed_is_kept(store: Store, tmp_path: Path, then: str) -> None:
+    d = voice_dialog(store, caller="+15550100")
+    await d.respond("Please have Doctor Chen call me back")
+    assert (await d.respond("It's Pat, my filling hurts")).source == "rule:callback_confirm"
+    if then == "hang up":
+        await d.call_ended()
+    else:
+        assert (await d.respond("oh no, he's not breathing")).source == "rule:emergency"
+    await d.call_ended()  # once only
+    assert stored_messages(tmp_path) == [("Dr. James Chen", "It's Pat, my filling hurts", "Pat")]
