@@ -48,8 +48,9 @@ HOURS_WORDS = ("open", "opening", "close", "closing", "closed", "hours", "what t
 DAY_PRESENCE = ("around", "working", "come by", "drop in", "drop by", "stop by", "pop in", "pop by", "walk in",
                 "swing by")
 # "What do I do after hours" asks what to do when closed, not when we open.
-NOT_HOURS = ("after hours", "out of hours", "open to", "arrive", "get there", "when you're closed", "when you are closed", "after you close",
-             "when you're shut", "at night", "overnight", "middle of the night")
+# Nor do being open to new patients and arriving for an appointment.
+NOT_HOURS = ("after hours", "out of hours", "when you're closed", "when you are closed", "after you close",
+             "when you're shut", "at night", "overnight", "middle of the night", "open to", "arrive", "get there")
 # Life-threatening wording that always gets the 911 sentence, whatever the site configured.
 LIFE_THREATENING = (
     "can't breathe", "cannot breathe", "not breathing", "trouble breathing", "hard to breathe",
@@ -112,27 +113,27 @@ def contains_any(text: str, phrases: tuple[str, ...] | list[str]) -> bool:
 
 
 @functools.lru_cache(maxsize=8)
-def _emergency_index(phrases: tuple[str, ...]) -> dict[str, list[tuple[str, int]]]:
-    """Spelled-out phrases (no spaces or apostrophes) with their word counts, by first letter: a
-    misheard phrase keeps its first letter, so each heard word is compared with a few phrases only."""
-    index: dict[str, list[tuple[str, int]]] = {}
+def _emergency_index(phrases: tuple[str, ...]) -> dict[str, list[tuple[str, list[str]]]]:
+    """Spelled-out phrases (no spaces or apostrophes) with their words, by first letter: a misheard
+    phrase keeps its first letter, so each heard word is compared with a few phrases only."""
+    index: dict[str, list[tuple[str, list[str]]]] = {}
     for phrase in phrases:
         target = phrase.replace(" ", "").replace("'", "")
         if len(target) >= 8:  # short words are too easily near something harmless
-            index.setdefault(target[0], []).append((target, len(phrase.split())))
+            index.setdefault(target[0], []).append((target, phrase.split()))
     return index
 
 
 def _sounds_like(words: list[str], phrases: tuple[str, ...]) -> bool:
     """Some run of the heard words spells nearly a phrase: 'can't breed', 'chess pain', 'bleeding allot'."""
     index = _emergency_index(phrases)
-    phrase_words = {p.replace(" ", "").replace("'", ""): p.split() for p in phrases}
     for i, word in enumerate(words):
-        for target, n in index.get(word[0], ()):
+        for target, phrase_words in index.get(word[0], ()):
+            n = len(phrase_words)
             for size in range(max(1, n - 1), n + 2):
                 if i + size > len(words):
                     break
-                if _FUNCTION_WORDS.intersection(words[i + 1:i + size]) - set(phrase_words.get(target, ())):
+                if _FUNCTION_WORDS.intersection(words[i + 1:i + size]).difference(phrase_words):
                     continue  # "knock me out", "that my swelling": a word of its own, not a misheard one
                 heard = "".join(words[i:i + size]).replace("'", "")
                 if abs(len(heard) - len(target)) > 3:
@@ -255,7 +256,8 @@ def sound_key(word: str) -> str:
 # Where a caller says a name: after a title or a request for a person ("put me through to Ken"), or
 # in "is Ken in?".
 _NAME_SLOT = re.compile(r"\b(?:dr|doctor|mr|mrs|ms|miss|(?:speak|talk|through|transfer me|connect me) (?:to|with)"
-                        r"|get me|ask for) ((?:\w+ ?){1,2})|\bis ((?:\w+ ){1,2})(?:in|there|around|working|available)\b")
+                        r"|get me|ask for) ((?:\w+ ?){1,2})"
+                        r"|\bis ((?:\w+ ){1,2})(?:in|there|around|working|available)\b")
 _NOT_NAMES = frozenset("""
 a an the my your our me you him her them someone somebody anyone anybody one some about dentist dentists doctor
 dr hygienist reception receptionist office front desk person human operator please there here in today now back
@@ -365,10 +367,8 @@ def hours_question(text: str, today: dt.date) -> HoursQuestion | None:
     norm = normalize(text)
     words = norm.split()
     on_a_day = bool(set(words) & {*DAY_WORDS, "today", "tomorrow", "weekend", "weekends"})
-    if not (any(_contains(norm, w) for w in HOURS_WORDS) or (on_a_day and any(_contains(norm, w)
-                                                                                for w in DAY_PRESENCE))):
-        return None
-    if any(_contains(norm, w) for w in NOT_HOURS):
+    asks = contains_any(norm, HOURS_WORDS) or (on_a_day and contains_any(norm, DAY_PRESENCE))
+    if not asks or contains_any(norm, NOT_HOURS):
         return None
     for word in words:
         if word in DAY_WORDS:
