@@ -56,7 +56,10 @@ async def test_message_for_staff_is_emailed(services, config, speak) -> None:  #
             await client.wait_reply(time.monotonic() - 1)
             sent = await client.say(await speak("Can I leave a message for Tom, please?"))
             await client.wait_reply(sent)
-            sent = await client.say(await speak("Please call me back about my crown appointment."))
+            sent = await client.say(await speak("This is Ann. Please call me back about my crown appointment "
+                                                "on 555 0142."))
+            await client.wait_reply(sent)  # "I have 5 5 5, 0 1 4 2. Is that the right number ...?"
+            sent = await client.say(await speak("Yes, that's right."))
             await client.wait_reply(sent)
             for _ in range(100):  # the outbox sends in the background
                 if inbox.mails:
@@ -74,6 +77,7 @@ async def test_message_for_staff_is_emailed(services, config, speak) -> None:  #
     body = next(part.get_payload(decode=True).decode() for part in mail.walk()
                 if part.get_content_type() == "text/plain")
     assert "crown" in body.lower() and "call me back" in body.lower()
+    assert "5550142" in body and "Ann" in body  # the number read back and confirmed, and who it is from
 
 
 async def test_a_mail_acknowledged_before_a_stop_is_answered_after_the_restart(services, config) -> None:  # type: ignore[no-untyped-def]
