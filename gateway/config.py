@@ -76,7 +76,10 @@ class TtsSettings(Section):
 
 
 class LlmSettings(Section):
-    path: Path | None = None  # None: the bundled Gemma 3 270M base (health-checked, never spoken)
+    # None: no LLM; replies come from rules and the site's knowledge (bench/startup.py: the bundled base
+    # model would cost ~350 MB and the longest load for nothing a caller hears). "bundled": the bundled
+    # Gemma 3 270M base, loaded and health-checked only, never spoken (tests the llama.cpp engine).
+    path: Literal["bundled"] | Path | None = None
     # llama.cpp chat format (e.g. "chatml", "llama-3") for an instruction-tuned GGUF without an
     # embedded chat template; setting it declares the model fit for dialog.
     chat_format: str | None = None
@@ -329,7 +332,8 @@ def load_config(path: Path | str | None = None, *, data_dir: Path | None = None)
         update={
             "stt": top.models.stt.model_copy(update={"path": top.models.stt.path and _resolve(base, top.models.stt.path)}),
             "tts": top.models.tts.model_copy(update={"voice": top.models.tts.voice and _resolve(base, top.models.tts.voice)}),
-            "llm": top.models.llm.model_copy(update={"path": top.models.llm.path and _resolve(base, top.models.llm.path)}),
+            "llm": top.models.llm.model_copy(update={"path": _resolve(base, top.models.llm.path)
+                                                      if isinstance(top.models.llm.path, Path) else top.models.llm.path}),
         }
     )
     return Config(

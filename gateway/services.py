@@ -38,14 +38,14 @@ class Services:
     retriever: Retriever
     transcriber: Transcriber
     synthesizer: Synthesizer
-    engine: LlmEngine
+    engine: LlmEngine | None  # None: no LLM configured (models.llm.path)
     load_ms: dict[str, float] = field(default_factory=dict)
     _turns: int = 0  # caller turns in STT or dialog now
 
     @property
     def dialog_engine(self) -> LlmEngine | None:
         """The LLM takes part in dialog only if it is instruction-tuned (has a chat template)."""
-        return self.engine if self.engine.instruction_tuned else None
+        return self.engine if self.engine is not None and self.engine.instruction_tuned else None
 
     def admit(self) -> bool:
         """May a new call start? Calls cost nothing while silent (the greeting is a cached phrase), so
@@ -79,7 +79,8 @@ class Services:
     async def close(self) -> None:
         await asyncio.to_thread(self.transcriber.close)
         await asyncio.to_thread(self.synthesizer.close)
-        await asyncio.to_thread(self.engine.close)
+        if self.engine is not None:
+            await asyncio.to_thread(self.engine.close)
         await self.store.close()
 
 
@@ -88,6 +89,10 @@ async def _timed(name: str, timings: dict[str, float], fn, *args, **kwargs):  # 
     result = await asyncio.to_thread(fn, *args, **kwargs)
     timings[name] = (time.perf_counter() - t0) * 1000
     return result
+
+
+async def _nothing() -> None:
+    return None
 
 
 async def load_services(config: Config, *, progress: bool = True, client: bool = False) -> Services:
@@ -101,8 +106,9 @@ async def load_services(config: Config, *, progress: bool = True, client: bool =
             await store.replace_admin_knowledge(config.knowledge)
         stt_dir = check_whisper_dir(config.models.stt.path or bundled_whisper_dir())
         voice = check_piper_voice(config.models.tts.voice or bundled_piper_voice())
-        llm_path = config.models.llm.path or await asyncio.to_thread(
-            ensure_bundled_gguf, config.models_dir, progress)
+        llm = config.models.llm
+        llm_path = await asyncio.to_thread(ensure_bundled_gguf, config.models_dir, progress) \
+            if llm.path == "bundled" else llm.path
         retriever = Retriever(store)
         cap = config.capacity
         transcriber, synthesizer, engine, _, _ = await asyncio.gather(
@@ -111,9 +117,8 @@ async def load_services(config: Config, *, progress: bool = True, client: bool =
             _timed("tts", timings, Synthesizer, voice, workers=config.models.tts.workers,
                    cache_dir=config.data_dir / "tts-cache", max_queue=cap.tts_queue,
                    first_audio_timeout_s=cap.first_audio_timeout_s),
-            _timed("llm", timings, LlmEngine, llm_path, threads=config.models.llm.threads,
-                   context=config.models.llm.context, chat_format=config.models.llm.chat_format,
-                   max_queue=cap.llm_queue),
+            _timed("llm", timings, LlmEngine, llm_path, threads=llm.threads, context=llm.context,
+                   chat_format=llm.chat_format, max_queue=cap.llm_queue) if llm_path else _nothing(),
             retriever.prepare(),  # the embedding model and the entries' vectors, before the first caller
             _timed("vad", timings, load_voice_model),  # barge-in's second opinion
         )
@@ -121,10 +126,12 @@ async def load_services(config: Config, *, progress: bool = True, client: bool =
         await store.close()
         raise
     services = Services(config, store, retriever, transcriber, synthesizer, engine, timings)
-    health = await engine.health_check()
-    log.info("models loaded stt=%s tts=%s llm=%s load_ms=%s llm_health_ms=%.0f", stt_dir, voice, llm_path,
-             {k: round(v) for k, v in timings.items()}, health.elapsed_ms)
-    if not engine.instruction_tuned:
+    health_ms = (await engine.health_check()).elapsed_ms if engine is not None else 0.0
+    log.info("models loaded stt=%s tts=%s llm=%s load_ms=%s llm_health_ms=%.0f", stt_dir, voice, llm_path or "none",
+             {k: round(v) for k, v in timings.items()}, health_ms)
+    if engine is None:
+        log.info("no LLM configured: replies come from rules and the site's knowledge; %s", CAPABLE_MODEL_HINT)
+    elif not engine.instruction_tuned:
         log.warning("llm model=%s has no chat template: loaded and health-checked only, never spoken; replies come "
                     "from rules and the site's knowledge; %s", engine.name, CAPABLE_MODEL_HINT)
     return services

@@ -43,6 +43,20 @@ async def services(config) -> AsyncIterator:  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture(scope="session")
+async def bundled_engine(config) -> AsyncIterator:  # type: ignore[no-untyped-def]
+    """The real llama.cpp engine on the bundled Gemma 3 270M base (the daemon loads no LLM by default)."""
+    import asyncio
+
+    from llm.bundled import ensure_bundled_gguf
+    from llm.engine import LlmEngine
+
+    path = await asyncio.to_thread(ensure_bundled_gguf, config.models_dir, False)
+    engine = await asyncio.to_thread(LlmEngine, path, threads=2, context=4096)
+    yield engine
+    await asyncio.to_thread(engine.close)
+
+
+@pytest.fixture(scope="session")
 async def gateway(services) -> AsyncIterator:  # type: ignore[no-untyped-def]
     from gateway.daemon.app import Gateway
 

@@ -72,13 +72,16 @@ def _check_models(config) -> list[Finding]:  # type: ignore[no-untyped-def]
         except (ModelError, ModuleNotFoundError) as exc:
             findings.append(Finding(False, f"{label}: {exc}", "reinstall with `pip install -e .` or fix the path"))
     llm = config.models.llm.path
-    if llm:
+    if isinstance(llm, Path):
         ok = llm.is_file() and llm.stat().st_size > 1_000_000
         findings.append(Finding(ok, f"LLM model: {llm}" + ("" if ok else " is missing or truncated"),
                                 "" if ok else "`switchboard models pull NAME` or fix models.llm.path"))
+    elif llm == "bundled":
+        findings.append(Finding(True, "LLM model: bundled Gemma 3 270M base (engine check only, never spoken; "
+                                      "replies come from rules and knowledge)"))
     else:
-        findings.append(Finding(True, "LLM model: bundled Gemma 3 270M base (engine check only; replies come from "
-                                      "rules and knowledge). For a capable model see `switchboard models list`"))
+        findings.append(Finding(True, "LLM model: none (replies come from rules and the site's knowledge). "
+                                      "For understanding and phrasing see `switchboard models list`"))
     return findings
 
 

@@ -130,7 +130,7 @@ async def test_barge_in_off_keeps_the_answer_whole_then_answers(services, speak)
         await gateway.stop(grace_s=1.0)
 
 
-async def test_a_replaced_reply_stops_its_generation(gateway, services) -> None:  # type: ignore[no-untyped-def]
+async def test_a_replaced_reply_stops_its_generation(gateway, bundled_engine) -> None:  # type: ignore[no-untyped-def]
     """The LLM thread is shared by every call: a reply abandoned for another must stop generating."""
     client = await CallerClient("127.0.0.1", gateway.port).connect()
     try:
@@ -143,7 +143,7 @@ async def test_a_replaced_reply_stops_its_generation(gateway, services) -> None:
         schema = {"type": "object", "properties": {"reply": {"type": "string", "maxLength": 40}}, "required": ["reply"]}
 
         def generate():  # type: ignore[no-untyped-def]
-            return services.engine.complete_json("Caller: hello\nJSON:", schema, cancel=session._cancel_llm)
+            return bundled_engine.complete_json("Caller: hello\nJSON:", schema, cancel=session._cancel_llm)
 
         thinking = asyncio.ensure_future(generate())
         session._start_reply(asyncio.shield(thinking))  # a turn waiting on the model

@@ -23,9 +23,14 @@ SCHEMA = {
 }
 
 
-async def test_bundled_base_model_loads_and_is_not_for_dialog(services) -> None:  # type: ignore[no-untyped-def]
-    engine = services.engine
-    assert not engine.instruction_tuned and services.dialog_engine is None
+async def test_by_default_no_llm_is_loaded(services) -> None:  # type: ignore[no-untyped-def]
+    assert services.config.models.llm.path is None
+    assert services.engine is None and services.dialog_engine is None
+
+
+async def test_bundled_base_model_loads_and_is_not_for_dialog(bundled_engine) -> None:  # type: ignore[no-untyped-def]
+    engine = bundled_engine
+    assert not engine.instruction_tuned
     health = await engine.health_check()
     assert health.tokens > 0 and health.text.strip()
     with pytest.raises(LlmError, match="no chat template"):
@@ -33,9 +38,9 @@ async def test_bundled_base_model_loads_and_is_not_for_dialog(services) -> None:
 
 
 @pytest.mark.parametrize("caller", ["Put me through to Doctor Lopez.", "What's the price of a filling?", "Bye!"])
-async def test_constrained_output_is_always_a_valid_action(services, caller: str) -> None:  # type: ignore[no-untyped-def]
+async def test_constrained_output_is_always_a_valid_action(bundled_engine, caller: str) -> None:  # type: ignore[no-untyped-def]
     prompt = f"Phone assistant. Caller: {caller}\nDecision as JSON:"
-    decision, gen = await services.engine.complete_json(prompt, SCHEMA, max_tokens=100)
+    decision, gen = await bundled_engine.complete_json(prompt, SCHEMA, max_tokens=100)
     assert set(decision) == {"action", "target", "reply"}
     assert decision["action"] in SCHEMA["properties"]["action"]["enum"]
     assert decision["target"] in SCHEMA["properties"]["target"]["enum"]
@@ -43,11 +48,11 @@ async def test_constrained_output_is_always_a_valid_action(services, caller: str
     assert gen.tokens > 0
 
 
-async def test_cancel_stops_generation(services) -> None:  # type: ignore[no-untyped-def]
+async def test_cancel_stops_generation(bundled_engine) -> None:  # type: ignore[no-untyped-def]
     cancel = threading.Event()
     cancel.set()
     with pytest.raises(Cancelled):
-        await services.engine.complete_json("Caller: hello\nJSON:", SCHEMA, max_tokens=200, cancel=cancel)
+        await bundled_engine.complete_json("Caller: hello\nJSON:", SCHEMA, max_tokens=200, cancel=cancel)
 
 
 def test_missing_and_corrupt_model_files_name_the_path(tmp_path: Path) -> None:
@@ -59,7 +64,7 @@ def test_missing_and_corrupt_model_files_name_the_path(tmp_path: Path) -> None:
         LlmEngine(bad)
 
 
-async def test_chat_path_runs_on_the_real_engine(services) -> None:  # type: ignore[no-untyped-def]
+async def test_chat_path_runs_on_the_real_engine(services, bundled_engine) -> None:  # type: ignore[no-untyped-def]
     """The dialog's chat + grammar path on real llama.cpp inference (the bundled base model dressed with
     an explicit chat format; its words are meaningless, its structure must still be valid)."""
     import datetime as dt
@@ -67,7 +72,7 @@ async def test_chat_path_runs_on_the_real_engine(services) -> None:  # type: ign
     from llm.dialog import Action, Dialog
     from llm.knowledge import Retriever
 
-    engine = await asyncio.to_thread(LlmEngine, services.engine.path, threads=2, context=2048, chat_format="gemma")
+    engine = await asyncio.to_thread(LlmEngine, bundled_engine.path, threads=2, context=2048, chat_format="gemma")
     try:
         assert engine.instruction_tuned
         site = services.config.site

@@ -81,3 +81,15 @@ def test_cli_prints_the_error_and_exits_non_zero(etc: Path) -> None:
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert f"{etc / 'switchboard.yaml'}: audiosocket.port:" in proc.stderr
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    (None, None),
+    ("bundled", "bundled"),
+    ("models/qwen.gguf", "RELATIVE"),  # relative to the file that names it
+])
+def test_llm_path_none_bundled_or_a_file(etc: Path, value: str | None, expected: str | None) -> None:
+    if value is not None:
+        edit(etc / "switchboard.yaml", "llm: {threads: 2}", f"llm: {{threads: 2, path: {value}}}")
+    path = load_config(etc / "switchboard.yaml").models.llm.path
+    assert path == (etc / value if expected == "RELATIVE" else expected)
