@@ -46,6 +46,19 @@ async def test_transfer_by_topic_without_a_name(gateway, services, speak) -> Non
         await client.close()
 
 
+async def test_an_appointment_change_is_put_through_to_the_front_desk(gateway, services) -> None:  # type: ignore[no-untyped-def]
+    """Said in a voice that is not the assistant's own, without the word "appointment"."""
+    client, _ = await connect(gateway)
+    try:
+        await client.wait_reply(await client.say(espeak("I need to push my cleaning back to next week.")),
+                                timeout_s=30)
+        await asyncio.wait_for(client.hung_up.wait(), 10)
+        transfer = next(e for e in await events(services, client, "transfer") if e.kind == "transfer")
+        assert transfer.data == {"source": "rule:appointment", "target": "the front desk", "extension": "200"}
+    finally:
+        await client.close()
+
+
 async def test_callback_request_becomes_a_message_for_that_person(  # type: ignore[no-untyped-def]
         gateway, services, speak) -> None:
     client, _ = await connect(gateway)
