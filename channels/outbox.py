@@ -57,6 +57,13 @@ class TokenBucket:
         self._tokens -= 1
         return max(0.0, -self._tokens / self.rate)
 
+    def try_take(self) -> float:
+        """Take one token if there is one and return 0; else take nothing and return the wait for one."""
+        wait = self.reserve()
+        if wait:
+            self._tokens += 1
+        return wait
+
     async def take(self) -> None:
         wait = self.reserve()
         if wait:
@@ -88,15 +95,18 @@ class Outbox:
                    send_timeout_s=settings.send_timeout_s, channel_restart_s=settings.channel_restart_s)
 
     async def enqueue(self, channel: str, to: str, body: str, subject: str | None = None,
-                      html: str | None = None, idempotency_key: str | None = None, opt_notice: bool = False) -> int:
+                      html: str | None = None, idempotency_key: str | None = None, opt_notice: bool = False, *,
+                      send_at: float | None = None, owner: str | None = None) -> int:
         """Commit the message, then wake the channel's worker. The same key returns the same row.
-        `opt_notice`: the confirmation of a STOP, sent although the recipient has opted out."""
+        `opt_notice`: the confirmation of a STOP, sent although the recipient has opted out.
+        `send_at`: not before this time (epoch s); `owner`: who queued it (an HTTP API key's name)."""
         if channel not in self.channels:
             raise ValueError(f"outbox: no channel {channel!r} configured (have {sorted(self.channels)})")
         if not to.strip() or not body.strip():
             raise ValueError(f"outbox: empty recipient or body for channel {channel!r}")
         key = idempotency_key or uuid.uuid4().hex
-        row_id, created = await self.store.outbox_enqueue(channel, to.strip(), body, subject, html, key, opt_notice)
+        row_id, created = await self.store.outbox_enqueue(channel, to.strip(), body, subject, html, key, opt_notice,
+                                                          send_at=send_at, owner=owner)
         if created:
             log.info("outbox queued id=%d channel=%s key=%s", row_id, channel, key)
             self._wake[channel].set()
@@ -131,6 +141,11 @@ class Outbox:
             except Exception as exc:  # one broken channel must not keep the others running
                 log.error("channel stop failed channel=%s error=%s", name, exc)
         self._started.clear()
+
+    @property
+    def channels_down(self) -> list[str]:
+        """Channels not started (yet, or since a failed start): their messages wait."""
+        return [name for name in self.channels if name not in self._started]
 
     async def on_delivery(self, channel: str, provider_ref: str, ok: bool) -> None:
         """The DeliveryHandler given to every channel."""

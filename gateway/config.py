@@ -198,6 +198,13 @@ class MessagingSettings(Section):
     def channels_configured(self) -> bool:
         return any(c is not None for c in (self.email, self.sms_modem, self.sip_message, self.sip_via_ami))
 
+    def channel_name(self, kind: str) -> str | None:
+        """The outbox channel serving `kind` (email, sms, sip), or None if none is configured."""
+        if kind == "email":
+            return "email" if self.email else None
+        section = {"sms": self.sms_modem, "sip": self.sip_message or self.sip_via_ami}.get(kind)
+        return section.name if section else None
+
     @model_validator(mode="after")
     def _unique_names(self) -> "MessagingSettings":
         names = [c.name for c in (self.sms_modem, self.sip_message, self.sip_via_ami) if c is not None]
@@ -235,6 +242,30 @@ class AriSettings(Section):
         return self.password if self.password is not None else os.environ[self.password_env or ""]
 
 
+class OtpSettings(Section):
+    """One-time codes sent through the HTTP API (POST /v1/otp)."""
+
+    digits: int = Field(6, ge=4, le=10)
+    ttl_s: float = Field(300.0, gt=0)
+    max_attempts: int = Field(5, ge=1)
+    resend_cooldown_s: float = Field(30.0, ge=0)  # between two codes to one destination
+    per_destination_hourly: int = Field(5, ge=1)  # codes to one destination per hour (SMS pumping)
+    message: str = Field("Your code is {code}. It expires in {minutes} minutes.", pattern=r"\{code\}")
+
+
+class HttpSettings(Section):
+    """`http:`: the integrators' API inside the daemon (gateway.http); behind a TLS proxy if exposed."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)  # 0: any free port (tests)
+    max_body_bytes: int = Field(65536, ge=1024)
+    default_rate: str = Field("10/s", pattern=r"^\d+(\.\d+)?/[smh]$")  # for keys created without --rate
+    messages_per_destination_hourly: int = Field(20, ge=1)  # API messages to one destination per hour
+    templates: dict[str, str] = {}  # name -> text with $vars, for POST /v1/messages {template, vars}
+    otp: OtpSettings = OtpSettings()
+
+
 class FileConfig(Section):
     """The top-level keys of etc/switchboard.yaml."""
 
@@ -251,6 +282,7 @@ class FileConfig(Section):
     ami: AmiSettings = AmiSettings()
     ari: AriSettings | None = None  # Stasis mode, instead of the AudioSocket() dialplan line
     messaging: MessagingSettings = MessagingSettings()
+    http: HttpSettings = HttpSettings()
     log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
     # Debugging aid: what callers say, in the log. Off, the log has only lengths (and numbers are masked).
     log_transcripts: bool = False
@@ -273,6 +305,7 @@ class Config:
     ami: AmiSettings = AmiSettings()
     ari: AriSettings | None = None
     messaging: MessagingSettings = MessagingSettings()
+    http: HttpSettings = HttpSettings()
 
     @property
     def models_dir(self) -> Path:
@@ -352,4 +385,5 @@ def load_config(path: Path | str | None = None, *, data_dir: Path | None = None)
         ami=top.ami,
         ari=top.ari,
         messaging=top.messaging,
+        http=top.http,
     )

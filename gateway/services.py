@@ -47,6 +47,10 @@ class Services:
         """The LLM takes part in dialog only if it is instruction-tuned (has a chat template)."""
         return self.engine if self.engine is not None and self.engine.instruction_tuned else None
 
+    @property
+    def turns_in_use(self) -> int:
+        return self._turns
+
     def admit(self) -> bool:
         """May a new call start? Calls cost nothing while silent (the greeting is a cached phrase), so
         this is False only while every AI turn slot is taken; the caller is then put through to staff."""

@@ -142,7 +142,83 @@ def _v3_durable_inbound(db: Database) -> None:
         )""")
 
 
-MIGRATIONS: list[Callable[[Database], None]] = [_v1_initial, _v2_outbox, _v3_durable_inbound]
+def _v4_http_api(db: Database) -> None:
+    # API keys: only a SHA-256 of each key (a 256-bit random secret, so a fast hash cannot be
+    # brute-forced) and a short prefix to tell keys apart in `keys list`.
+    db.execute("""
+        CREATE TABLE api_keys (
+            name TEXT PRIMARY KEY,
+            key_hash TEXT NOT NULL UNIQUE,
+            prefix TEXT NOT NULL,
+            scopes TEXT NOT NULL,
+            rate_per_s REAL NOT NULL,
+            burst INTEGER NOT NULL,
+            created_at REAL NOT NULL,
+            expires_at REAL,
+            revoked_at REAL,
+            last_used_at REAL
+        )""")
+    # Who called what, when, with which outcome: never bodies, numbers or codes.
+    db.execute("""
+        CREATE TABLE api_audit (
+            id INTEGER PRIMARY KEY,
+            key_name TEXT NOT NULL,
+            method TEXT NOT NULL,
+            route TEXT NOT NULL,
+            status INTEGER NOT NULL,
+            at REAL NOT NULL
+        )""")
+    db.execute("CREATE INDEX idx_api_audit_at ON api_audit (at)")
+    # One-time codes: the code only as an HMAC under a key kept outside the database.
+    db.execute("""
+        CREATE TABLE otp_codes (
+            id TEXT PRIMARY KEY,
+            key_name TEXT NOT NULL,
+            channel TEXT NOT NULL,
+            destination TEXT NOT NULL,
+            purpose TEXT,
+            code_hmac TEXT NOT NULL,
+            outbox_id INTEGER REFERENCES outbox(id),
+            created_at REAL NOT NULL,
+            expires_at REAL NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            verified_at REAL
+        )""")
+    db.execute("CREATE INDEX idx_otp_destination ON otp_codes (destination, created_at)")
+    # Each outbox state change, for GET /v1/messages/{id}: recorded by triggers, so every writer
+    # (the outbox, a CLI, a delivery report) leaves its step without knowing about the API.
+    db.execute("""
+        CREATE TABLE outbox_events (
+            id INTEGER PRIMARY KEY,
+            outbox_id INTEGER NOT NULL REFERENCES outbox(id),
+            state TEXT NOT NULL,
+            attempts INTEGER NOT NULL,
+            error TEXT,
+            at REAL NOT NULL
+        )""")
+    db.execute("CREATE INDEX idx_outbox_events ON outbox_events (outbox_id, id)")
+    db.execute("""
+        CREATE TRIGGER outbox_event_insert AFTER INSERT ON outbox BEGIN
+            INSERT INTO outbox_events (outbox_id, state, attempts, error, at)
+            VALUES (NEW.id, NEW.state, NEW.attempts, NEW.last_error, NEW.created_at);
+        END""")
+    db.execute("""
+        CREATE TRIGGER outbox_event_update AFTER UPDATE OF state ON outbox
+        WHEN NEW.state != OLD.state OR NEW.attempts != OLD.attempts BEGIN
+            INSERT INTO outbox_events (outbox_id, state, attempts, error, at)
+            VALUES (NEW.id, NEW.state, NEW.attempts, NEW.last_error, NEW.updated_at);
+        END""")
+    # A one-time code's text is in its outbox row only until the row is settled.
+    db.execute("""
+        CREATE TRIGGER outbox_erase_codes AFTER UPDATE OF state ON outbox
+        WHEN NEW.idempotency_key LIKE 'otp:%' AND NEW.state IN ('sent', 'delivered', 'failed') BEGIN
+            UPDATE outbox SET body = '(one-time code, erased once sent)', html = NULL WHERE id = NEW.id;
+        END""")
+    db.execute("CREATE INDEX idx_outbox_recipient ON outbox (recipient, created_at)")
+    db.execute("ALTER TABLE outbox ADD COLUMN owner TEXT")  # the API key that queued it, if any
+
+
+MIGRATIONS: list[Callable[[Database], None]] = [_v1_initial, _v2_outbox, _v3_durable_inbound, _v4_http_api]
 LATEST_VERSION = len(MIGRATIONS)
 
 

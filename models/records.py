@@ -89,6 +89,38 @@ class OutboxRecord:
     updated_at: float
     sent_at: float | None
     opt_notice: int = 0  # 1: the confirmation of a STOP, the one text an opted-out contact still gets
+    owner: str | None = None  # the API key that queued it (HTTP API), else None
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """An HTTP API key as stored: never the key itself, only its SHA-256."""
+
+    name: str
+    key_hash: str
+    prefix: str  # the key's first characters, to recognise it in `keys list`
+    scopes: tuple[str, ...]
+    rate_per_s: float
+    burst: int
+    created_at: float
+    expires_at: float | None = None
+    revoked_at: float | None = None
+    last_used_at: float | None = None
+
+    def usable(self, now: float) -> bool:
+        return self.revoked_at is None and (self.expires_at is None or now < self.expires_at)
+
+
+@dataclass(frozen=True)
+class OtpCode:
+    id: str
+    key_name: str
+    channel: str
+    destination: str
+    purpose: str | None
+    code_hmac: str
+    created_at: float
+    expires_at: float
 
 
 @dataclass

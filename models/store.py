@@ -23,7 +23,8 @@ from sqlite_utils import Database
 
 from models.migrations import LATEST_VERSION, SchemaVersionError, migrate, schema_version
 from models.records import (
-    CallEvent, CallRecord, HelpRequest, KnowledgeEntry, OutboxRecord, TakenMessage, ThreadMessage, Turn,
+    ApiKey, CallEvent, CallRecord, HelpRequest, KnowledgeEntry, OtpCode, OutboxRecord, TakenMessage, ThreadMessage,
+    Turn,
 )
 
 log = logging.getLogger(__name__)
@@ -373,19 +374,22 @@ class Store:
     # --- outbox (channels.outbox drives the state machine; each step is one commit) ---
 
     async def outbox_enqueue(self, channel: str, recipient: str, body: str, subject: str | None,
-                             html: str | None, idempotency_key: str, opt_notice: bool = False) -> tuple[int, bool]:
-        """(row id, created): an existing key returns its row untouched."""
+                             html: str | None, idempotency_key: str, opt_notice: bool = False, *,
+                             send_at: float | None = None, owner: str | None = None) -> tuple[int, bool]:
+        """(row id, created): an existing key returns its row untouched. `send_at`: not before then."""
         return await self._run(self._outbox_enqueue, channel, recipient, body, subject, html, idempotency_key,
-                               opt_notice)
+                               opt_notice, send_at, owner)
 
     def _outbox_enqueue(self, channel: str, recipient: str, body: str, subject: str | None,
-                        html: str | None, key: str, opt_notice: bool) -> tuple[int, bool]:
+                        html: str | None, key: str, opt_notice: bool, send_at: float | None,
+                        owner: str | None) -> tuple[int, bool]:
         now = time.time()
         cursor = self._writer_db.execute(
             "INSERT INTO outbox (idempotency_key, channel, recipient, subject, body, html, next_attempt_at,"
-            " created_at, updated_at, opt_notice) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " created_at, updated_at, opt_notice, owner) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
             " ON CONFLICT(idempotency_key) DO NOTHING",
-            [key, channel, recipient, subject, body, html, now, now, now, int(opt_notice)])
+            [key, channel, recipient, subject, body, html, max(now, send_at or now), now, now, int(opt_notice),
+             owner])
         row = self._writer_db.execute("SELECT id FROM outbox WHERE idempotency_key = ?", [key]).fetchone()
         return row[0], cursor.rowcount == 1
 
@@ -465,6 +469,115 @@ class Store:
         where, params = ("WHERE state = ?", [state]) if state else ("", [])
         rows = await self._run(self._select, f"SELECT * FROM outbox {where} ORDER BY id", params)
         return [OutboxRecord(**r) for r in rows]
+
+    async def outbox_events(self, outbox_id: int) -> list[dict[str, Any]]:
+        """The row's state changes, oldest first (recorded by triggers since schema version 4)."""
+        return await self._run(self._select, "SELECT state, attempts, error, at FROM outbox_events"
+                               " WHERE outbox_id = ? ORDER BY id", [outbox_id])
+
+    async def outbox_depth(self) -> list[dict[str, Any]]:
+        """Rows per channel and state."""
+        return await self._run(self._select, "SELECT channel, state, COUNT(*) AS n FROM outbox"
+                               " GROUP BY channel, state", [])
+
+    async def outbox_count_to(self, recipient: str, since: float) -> tuple[int, float]:
+        """(count, oldest created_at) of rows queued through the HTTP API for `recipient` since then;
+        one-time codes are counted by their own table."""
+        rows = await self._run(self._select, "SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM outbox"
+                               " WHERE recipient = ? AND created_at >= ? AND owner IS NOT NULL"
+                               " AND idempotency_key NOT LIKE 'otp:%'", [recipient, since])
+        return rows[0]["n"], rows[0]["oldest"] or since
+
+    # --- HTTP API keys, audit, one-time codes ---
+
+    async def api_key_create(self, key: ApiKey) -> None:
+        """Raises ValueError if the name is taken."""
+        def run() -> None:
+            try:
+                self._writer_db.execute(
+                    "INSERT INTO api_keys (name, key_hash, prefix, scopes, rate_per_s, burst, created_at, expires_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    [key.name, key.key_hash, key.prefix, json.dumps(list(key.scopes)), key.rate_per_s, key.burst,
+                     key.created_at, key.expires_at])
+            except sqlite3.IntegrityError:
+                raise ValueError(f"a key named {key.name!r} exists already") from None
+        await self._run(run)
+
+    async def api_keys(self) -> list[ApiKey]:
+        return [_api_key(r) for r in await self._run(self._select, "SELECT * FROM api_keys ORDER BY name", [])]
+
+    async def api_key_by_hash(self, key_hash: str) -> ApiKey | None:
+        rows = await self._run(self._select, "SELECT * FROM api_keys WHERE key_hash = ?", [key_hash])
+        return _api_key(rows[0]) if rows else None
+
+    async def api_key_revoke(self, name: str) -> bool:
+        """False if there is no such unrevoked key."""
+        def run() -> bool:
+            return self._writer_db.execute("UPDATE api_keys SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL",
+                                           [time.time(), name]).rowcount == 1
+        return await self._run(run)
+
+    async def api_audit_write(self, rows: list[tuple[str, str, str, int, float]]) -> None:
+        """(key name, method, route, status, at) rows, and each key's last use, in one commit."""
+        def run() -> None:
+            db = self._writer_db
+            with db.atomic():
+                db.conn.executemany("INSERT INTO api_audit (key_name, method, route, status, at)"
+                                    " VALUES (?, ?, ?, ?, ?)", rows)
+                last: dict[str, float] = {}
+                for name, *_, at in rows:
+                    last[name] = max(at, last.get(name, 0.0))
+                db.conn.executemany("UPDATE api_keys SET last_used_at = MAX(COALESCE(last_used_at, 0), ?)"
+                                    " WHERE name = ?", [(at, name) for name, at in last.items()])
+        await self._run(run)
+
+    async def api_audit(self, limit: int = 100) -> list[dict[str, Any]]:
+        return await self._run(self._select, "SELECT key_name, method, route, status, at FROM api_audit"
+                               " ORDER BY id DESC LIMIT ?", [limit])
+
+    async def otp_create(self, code: OtpCode) -> None:
+        def run() -> None:
+            self._writer_db.execute(
+                "INSERT INTO otp_codes (id, key_name, channel, destination, purpose, code_hmac, created_at, expires_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [code.id, code.key_name, code.channel, code.destination, code.purpose, code.code_hmac,
+                 code.created_at, code.expires_at])
+        await self._run(run)
+
+    async def otp_sent_via(self, otp_id: str, outbox_id: int) -> None:
+        await self._run(lambda: self._writer_db.execute("UPDATE otp_codes SET outbox_id = ? WHERE id = ?",
+                                                        [outbox_id, otp_id]))
+
+    async def otp_created_since(self, destination: str, since: float) -> list[float]:
+        """When codes went to `destination` since then, newest first."""
+        rows = await self._run(self._select, "SELECT created_at FROM otp_codes WHERE destination = ?"
+                               " AND created_at >= ? ORDER BY created_at DESC", [destination, since])
+        return [r["created_at"] for r in rows]
+
+    async def otp_attempt(self, otp_id: str, matches: Callable[[str], bool], max_attempts: int,
+                          now: float) -> tuple[str, int]:
+        """One verification attempt, counted before it is judged: (outcome, attempts left), outcome one of
+        valid, invalid, expired, used, exhausted, unknown. A valid code is consumed."""
+        def run() -> tuple[str, int]:
+            db = self._writer_db
+            with db.atomic():
+                row = db.execute("SELECT code_hmac, expires_at, attempts, verified_at FROM otp_codes WHERE id = ?",
+                                 [otp_id]).fetchone()
+                if row is None:
+                    return "unknown", 0
+                code_hmac, expires_at, attempts, verified_at = row
+                if verified_at is not None:
+                    return "used", 0
+                if now >= expires_at:
+                    return "expired", 0
+                if attempts >= max_attempts:
+                    return "exhausted", 0
+                attempts += 1
+                valid = matches(code_hmac)
+                db.execute("UPDATE otp_codes SET attempts = ?, verified_at = ? WHERE id = ?",
+                           [attempts, now if valid else None, otp_id])
+            return ("valid" if valid else "invalid"), (0 if valid else max_attempts - attempts)
+        return await self._run(run)
 
     # --- help requests ---
 
@@ -565,6 +678,10 @@ class Store:
             return list(self._writer_db.query(sql, [fts_query, *params]))
         except sqlite3.OperationalError as e:
             raise ValueError(f"invalid FTS5 query {fts_query!r}: {e}") from e
+
+
+def _api_key(row: dict[str, Any]) -> ApiKey:
+    return ApiKey(**{**row, "scopes": tuple(json.loads(row["scopes"]))})
 
 
 def _entry(row: dict[str, Any]) -> KnowledgeEntry:

@@ -29,8 +29,10 @@ def config(data_dir: Path):  # type: ignore[no-untyped-def]
     # Tests must not wait 10 s for the no-speech prompt unless they ask for it, nor hand a caller off
     # because a shared machine is slow (test_capacity.py sets stage timeouts low on purpose).
     slow_ok = {"stt_timeout_s": 30.0, "dialog_timeout_s": 30.0, "first_audio_timeout_s": 30.0}
+    # Any free port for the HTTP API: several daemons (and other checkouts' tests) run side by side.
     return dataclasses.replace(cfg, calls=cfg.calls.model_copy(update={"no_speech_timeout_s": 30.0}),
-                               capacity=cfg.capacity.model_copy(update=slow_ok))
+                               capacity=cfg.capacity.model_copy(update=slow_ok),
+                               http=cfg.http.model_copy(update={"port": 0}))
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""`switchboard` command: run | demo | doctor | call | models | questions.
+"""`switchboard` command: run | demo | doctor | call | models | questions | keys.
 
 The whole command line is declared here; each command's work lives in its own module
 (gateway/cli/<command>.py), imported only when that command runs, so that `switchboard questions
@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = _command(sub.add_parser("run", help="run the gateway daemon (AudioSocket listener)"), "run:command")
     run.add_argument("--port", type=int, default=None, help="override audiosocket.port (0: any free port)")
+    run.add_argument("--http-port", type=int, default=None, help="override http.port (0: any free port)")
 
     demo = _command(sub.add_parser("demo", help="play a WAV as a caller through a real AudioSocket connection"),
                     "demo:command")
@@ -75,6 +76,21 @@ def build_parser() -> argparse.ArgumentParser:
         "answer", help="answer question ID; the answer is spoken to the next caller who asks"), "questions:cmd_answer")
     answer.add_argument("id", type=int)
     answer.add_argument("text", help="the answer, as it should be spoken")
+
+    keys = sub.add_parser("keys", help="HTTP API keys: create, list, revoke",
+                          description="HTTP API keys, stored hashed in the database; the daemon sees changes at once.")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="COMMAND")
+    create = _command(keys_sub.add_parser("create", help="make a key; it is printed once, as the last line"),
+                      "keys:cmd_create")
+    create.add_argument("--name", required=True, help="who uses it, e.g. the integrator's system")
+    create.add_argument("--scope", action="append", required=True, metavar="SCOPE",
+                        help="repeat for each: messages:send, messages:read, otp:send, otp:verify, calls:create, "
+                             "threads:write, threads:read, admin")
+    create.add_argument("--expires", metavar="DURATION", help="e.g. 90d, 12h (default: never)")
+    create.add_argument("--rate", metavar="N/UNIT", help="requests per s, m or h, e.g. 20/s (default: http.default_rate)")
+    _command(keys_sub.add_parser("list", help="names, scopes, prefixes, dates; never the keys"), "keys:cmd_list")
+    revoke = _command(keys_sub.add_parser("revoke", help="refuse key NAME from now on"), "keys:cmd_revoke")
+    revoke.add_argument("name")
     return parser
 
 

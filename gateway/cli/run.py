@@ -22,6 +22,8 @@ def command(args: argparse.Namespace) -> int:
     setup_logging(config.log_level, transcripts=config.log_transcripts)
     if args.port is not None:
         config = dataclasses.replace(config, audiosocket=config.audiosocket.model_copy(update={"port": args.port}))
+    if args.http_port is not None:
+        config = dataclasses.replace(config, http=config.http.model_copy(update={"port": args.http_port}))
     try:
         return asyncio.run(serve(config))
     except (ModelError, LlmError) as exc:

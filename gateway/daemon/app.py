@@ -8,6 +8,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 
 from gateway.daemon import sdnotify
 from gateway.asterisk.ami import AmiClient
@@ -20,6 +21,7 @@ from gateway.sessions.call import CallSession, DialplanTransferer, Transferer
 from gateway.sessions.outbound import OutboundMessageSession
 from gateway.config import Config
 from gateway.daemon.messaging import Messaging
+from gateway.http.api import HttpApi
 from gateway.media.pacer import MediaClock
 from gateway.services import Services, load_services
 
@@ -38,13 +40,14 @@ class Gateway:
     def __init__(self, services: Services, *, host: str | None = None, port: int | None = None,
                  transferer: Transferer | None = None, calls: CallDirectory | None = None,
                  outbound: OutboundCalls | None = None, ari: AriController | None = None,
-                 messaging: Messaging | None = None) -> None:
+                 messaging: Messaging | None = None, on_call_ended: Callable[[str], None] | None = None) -> None:
         cfg = services.config.audiosocket
         self.services = services
         self.clock = MediaClock()
         self.transferer = transferer
         self.calls, self.outbound = calls, outbound  # the AMI control plane, when enabled
         self.ari, self.messaging = ari, messaging
+        self.on_call_ended = on_call_ended  # the reason, for metrics
         self._ami_hangups: set[asyncio.Task[None]] = set()
         self.sessions: set[CallSession] = set()
         self.server = AudioSocketServer(
@@ -84,6 +87,8 @@ class Gateway:
             self.sessions.discard(session)
             if self.calls is not None:
                 self.calls.forget(call.call_id)
+            if self.on_call_ended is not None:
+                self.on_call_ended(session.end_reason)
 
     async def _correlate(self, call: AudioSocketCall) -> dict:
         """Caller, dialled number and a failed transfer's target, from ARI or AMI (AMI's event races us)."""
@@ -154,11 +159,40 @@ class Daemon:
         # Raises ValueError for a channel that needs a missing plane (e.g. sip_via_ami without AMI).
         self.messaging = (Messaging(config.messaging, services, self.ami)
                           if config.messaging.channels_configured else None)
-        self.gateway = Gateway(services, transferer=transferer, calls=calls, ari=self.ari, messaging=self.messaging)
+        self.http = HttpApi(
+            config.http, services, outbox=self.messaging.outbox if self.messaging else None,
+            channel_name=config.messaging.channel_name, planes=self.planes,
+            calls_active=lambda: len(self.gateway.sessions),
+            ami_connected=(lambda: self.ami.connected) if self.ami is not None else None,
+        ) if config.http.enabled else None
+        self.gateway = Gateway(services, transferer=transferer, calls=calls, ari=self.ari, messaging=self.messaging,
+                               on_call_ended=self._call_ended)
+
+    def _call_ended(self, reason: str) -> None:
+        if self.http is not None:
+            self.http.metrics.calls_ended.labels(reason).inc()
+
+    def planes(self) -> dict[str, bool]:
+        """Each configured control plane and channel: is it connected (started) now?"""
+        up = {"ami": self.ami.connected} if self.ami is not None else {}
+        if self.ari is not None:
+            up["ari"] = self.ari.connected.is_set()
+        if self.messaging is not None:
+            down = self.messaging.outbox.channels_down
+            up.update({f"channel:{name}": name not in down for name in self.messaging.outbox.channels})
+        return up
 
     async def start(self) -> None:
-        """Listen, then connect the control planes in the background; raises OSError if the port is taken."""
-        await self.gateway.start()
+        """Listen, then connect the control planes in the background; raises OSError if a port is taken.
+        The API listens first: /ready then tells what is still coming up, and a taken port stops nothing."""
+        if self.http is not None:
+            await self.http.start()
+        try:
+            await self.gateway.start()
+        except OSError:
+            if self.http is not None:
+                await self.http.stop()
+            raise
         config = self.config
         if self.ami is not None and self.ami_transferer is not None and config.ami.warm_transfer:
             # Staff legs of warm transfers come to this listener too.
@@ -173,7 +207,10 @@ class Daemon:
             await self.messaging.start()
 
     async def stop(self, grace_s: float = 8.0) -> None:
-        """Callers hear goodbye before ARI hands them back to the dialplan; then the rest, in reverse."""
+        """No new API requests; callers hear goodbye before ARI hands them back to the dialplan; then the
+        rest, in reverse."""
+        if self.http is not None:
+            await self.http.stop()
         await self.gateway.stop(grace_s)
         if self.ari is not None:
             await self.ari.stop()
@@ -195,15 +232,16 @@ async def serve(config: Config) -> int:
         return 2
     try:
         await daemon.start()
-    except OSError as exc:
-        log.error("cannot listen on %s:%s: %s", config.audiosocket.host, config.audiosocket.port, exc.strerror)
+    except OSError as exc:  # the AudioSocket or the HTTP port
+        log.error("cannot listen: %s", exc)
         await services.close()
         return 2
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):  # before READY: a SIGTERM right after it must stop politely
         loop.add_signal_handler(sig, stop.set)
-    log.info("ready audiosocket=%s:%d database=%s", config.audiosocket.host, daemon.gateway.port, config.database)
+    log.info("ready audiosocket=%s:%d http=%s database=%s", config.audiosocket.host, daemon.gateway.port,
+             f"{config.http.host}:{daemon.http.port}" if daemon.http else "off", config.database)
     sdnotify.notify(f"READY=1\nSTATUS=listening on {config.audiosocket.host}:{daemon.gateway.port}")
     interval = sdnotify.watchdog_interval()
     watchdog = asyncio.create_task(sdnotify.watchdog(interval)) if interval else None

@@ -129,6 +129,11 @@ class CallSession:
         self._tasks = TaskSet(f"call:{call.call_id}")  # everything this call started; ended in _cleanup
         self._end_reason = "eof"
 
+    @property
+    def end_reason(self) -> str:
+        """Why the call ended (eof, max duration, shutdown, ...), once run() returned."""
+        return self._end_reason
+
     # ---- lifecycle ---------------------------------------------------------------------------------
     async def run(self) -> None:
         cfg = self.services.config

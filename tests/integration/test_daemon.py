@@ -37,7 +37,7 @@ def site_config(tmp_path: Path, **sections: object) -> Path:
 def start_daemon(config: Path, port: int, **env: str) -> subprocess.Popen[str]:
     """`switchboard -c CONFIG run`, as systemd starts it."""
     return subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli.main", "-c", str(config), "run", "--port", str(port)],
+        [sys.executable, "-m", "gateway.cli.main", "-c", str(config), "run", "--port", str(port), "--http-port", "0"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env={**os.environ, "HF_HUB_OFFLINE": "1", **env})
 
@@ -111,7 +111,8 @@ async def test_notify_protocol_and_graceful_sigterm(tmp_path: Path) -> None:
     port = free_port()
     data = tmp_path / "data"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli.main", "--data-dir", str(data), "run", "--port", str(port)],
+        [sys.executable, "-m", "gateway.cli.main", "--data-dir", str(data), "run", "--port", str(port),
+         "--http-port", "0"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env={**os.environ, "HF_HUB_OFFLINE": "1", "NOTIFY_SOCKET": str(tmp_path / "notify"),
              "WATCHDOG_USEC": "1000000"})

@@ -1,0 +1,259 @@
+"""The integrators' HTTP API inside the daemon: health, readiness, metrics, messages, one-time codes.
+
+One event loop with the calls: handlers only await the store (its own thread) and the outbox, so
+a busy API never holds the media clock. Errors are RFC 9457 problem documents; bad input is a 4xx.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import string
+import time
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timezone
+from http import HTTPStatus
+from typing import Any, TypeVar
+
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
+from channels.outbox import Outbox
+from gateway.config import HttpSettings
+from gateway.http.auth import Authenticator, RateLimited, Unauthorized
+from gateway.http.bodies import MessageIn, OtpIn, OtpVerifyIn, destination
+from gateway.http.metrics import CONTENT_TYPE, Metrics
+from gateway.http.otp import HOUR_S, OneTimeCodes, Refused, load_hmac_key
+from gateway.services import Services
+from models.records import ApiKey
+
+log = logging.getLogger(__name__)
+
+PROBLEM = "application/problem+json"
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+B = TypeVar("B", bound=BaseModel)
+KEY = "switchboard.api_key"  # the request's ApiKey, once authenticated
+
+
+class Problem(Exception):
+    """An RFC 9457 answer: raised anywhere in a handler, rendered by the middleware."""
+
+    def __init__(self, status: int, detail: str, *, retry_after: int | None = None, **extra: Any) -> None:
+        super().__init__(detail)
+        self.status, self.detail, self.retry_after, self.extra = status, detail, retry_after, extra
+
+
+def problem(status: int, detail: str, retry_after: int | None = None, **extra: Any) -> web.Response:
+    body = {"type": "about:blank", "title": HTTPStatus(status).phrase, "status": status, "detail": detail, **extra}
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+    return web.json_response(body, status=status, content_type=PROBLEM, headers=headers)
+
+
+def scope(name: str) -> Callable[[Handler], Handler]:
+    """The scope a route needs; routes without one need no key."""
+    def mark(handler: Handler) -> Handler:
+        handler.scope = name  # type: ignore[attr-defined]
+        return handler
+    return mark
+
+
+def _iso(at: float | None) -> str | None:
+    return None if at is None else datetime.fromtimestamp(at, timezone.utc).isoformat(timespec="milliseconds")
+
+
+async def _body(request: web.Request, model: type[B]) -> B:
+    raw = await request.read()  # 413 past client_max_size
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        errors = [{"loc": ".".join(str(p) for p in e["loc"]) or "(body)", "msg": e["msg"]}
+                  for e in exc.errors(include_url=False, include_input=False)[:20]]
+        raise Problem(422, "invalid body", errors=errors) from None
+
+
+class HttpApi:
+    def __init__(self, settings: HttpSettings, services: Services, *, outbox: Outbox | None,
+                 channel_name: Callable[[str], str | None], planes: Callable[[], dict[str, bool]],
+                 calls_active: Callable[[], int], ami_connected: Callable[[], bool] | None) -> None:
+        self.settings, self.services, self.store = settings, services, services.store
+        self.outbox, self._channel_name, self._planes = outbox, channel_name, planes
+        self.metrics = Metrics(calls_active=calls_active, ai_turns=lambda: services.turns_in_use,
+                               ami_connected=ami_connected)
+        self.auth = Authenticator(self.store)
+        self.codes = OneTimeCodes(self.store, settings.otp, load_hmac_key(services.config.data_dir))
+        self.app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[self._middleware])
+        self.app.add_routes([
+            web.get("/health", self.health), web.get("/ready", self.ready), web.get("/metrics", self.metrics_page),
+            web.post("/v1/messages", self.send_message), web.get(r"/v1/messages/{id:\d{1,18}}", self.message_status),
+            web.post("/v1/otp", self.send_code), web.post("/v1/otp/verify", self.verify_code),
+        ])
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    async def start(self) -> None:
+        """Raises OSError if the port is taken."""
+        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.settings.host, self.settings.port)
+        await site.start()
+        self.port = self._runner.addresses[0][1]
+        log.info("http listening host=%s port=%d", self.settings.host, self.port)
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        await self.auth.close()
+
+    # ---- middleware: problems, keys, scopes, rates, audit, metrics --------------------------------
+    @web.middleware
+    async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else "unmatched"
+        key: ApiKey | None = None
+        try:
+            needed = getattr(request.match_info.handler, "scope", None)
+            if needed is not None:
+                try:
+                    key = request[KEY] = await self.auth.authenticate(request.headers.get("Authorization"))
+                except Unauthorized as exc:
+                    raise Problem(401, str(exc)) from None
+                self._authorize(key, needed)
+            response = await handler(request)
+        except Problem as exc:
+            response = problem(exc.status, exc.detail, exc.retry_after, **exc.extra)
+        except web.HTTPException as exc:  # aiohttp's own: 404, 405, 413 ...
+            response = problem(exc.status, exc.reason)
+        except Exception:
+            log.exception("http handler failed route=%s", route)
+            response = problem(500, "internal error; see the daemon's log")
+        self.metrics.http_requests.labels(route, str(response.status)).inc()
+        if key is not None:
+            self.auth.audit(key.name, request.method, route, response.status)
+        return response
+
+    def _authorize(self, key: ApiKey, needed: str) -> None:
+        if needed not in key.scopes and "admin" not in key.scopes:
+            raise Problem(403, f"this key lacks the scope {needed}")
+        try:
+            self.auth.take(key)
+        except RateLimited as exc:
+            raise Problem(429, str(exc), retry_after=exc.retry_after) from None
+
+    # ---- operations -------------------------------------------------------------------------------
+    async def health(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def ready(self, request: web.Request) -> web.Response:
+        """Models are loaded before the daemon exists; the store is asked; the rest is the daemon's."""
+        checks = {"models": "up", "store": "up"}
+        try:
+            await self.store.knowledge_count()
+        except Exception as exc:
+            log.warning("ready: store check failed error=%s", exc)
+            checks["store"] = "down"
+        checks.update({name: "up" if up else "down" for name, up in self._planes().items()})
+        down = sorted(name for name, state in checks.items() if state == "down")
+        if down:
+            return problem(503, f"not up: {', '.join(down)}", checks=checks)
+        return web.json_response({"status": "ready", "checks": checks})
+
+    async def metrics_page(self, request: web.Request) -> web.Response:
+        body = await self.metrics.exposition(self.store)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+    # ---- messages -----------------------------------------------------------------------------------
+    def _channel(self, kind: str) -> str:
+        """The outbox channel for an API channel kind; 422 if this daemon has none."""
+        name = self._channel_name(kind) if self.outbox is not None and kind != "voice" else None
+        if name is None:
+            raise Problem(422, f"channel {kind!r} is not configured on this daemon")
+        return name
+
+    @staticmethod
+    def _destination(kind: str, to: str) -> str:
+        try:
+            return destination(kind, to)
+        except ValueError as exc:
+            raise Problem(422, str(exc)) from None
+
+    @scope("messages:send")
+    async def send_message(self, request: web.Request) -> web.Response:
+        body = await _body(request, MessageIn)
+        key: ApiKey = request[KEY]
+        channel, to = self._channel(body.channel), self._destination(body.channel, body.to)
+        text = body.text if body.text is not None else self._render(body.template or "", body.vars)
+        limit, now = self.settings.messages_per_destination_hourly, time.time()
+        count, oldest = await self.store.outbox_count_to(to, now - HOUR_S)
+        if count >= limit:
+            raise Problem(429, f"over {limit} messages to this destination per hour",
+                          retry_after=max(1, math.ceil(oldest + HOUR_S - now)))
+        assert self.outbox is not None  # _channel checked
+        subject = (body.subject or self.services.config.site.name) if body.channel == "email" else None
+        # Scoped by key: two integrators' keys never collide, and "otp:" rows cannot be forged.
+        idempotency = f"api:{key.name}:{body.idempotency_key}" if body.idempotency_key else None
+        row_id = await self.outbox.enqueue(channel, to, text, subject=subject, idempotency_key=idempotency,
+                                           send_at=body.send_at.timestamp() if body.send_at else None,
+                                           owner=key.name)
+        row = await self.store.outbox_get(row_id)
+        status = row.state if row is not None else "queued"
+        return web.json_response({"id": row_id, "status": status}, status=202)
+
+    def _render(self, name: str, variables: dict[str, str]) -> str:
+        template = self.settings.templates.get(name)
+        if template is None:
+            raise Problem(422, f"no template {name!r} (http.templates in the config)")
+        try:
+            text = string.Template(template).substitute(variables)
+        except (KeyError, ValueError) as exc:
+            raise Problem(422, f"template {name!r}: missing or bad variable {exc}") from None
+        if len(text) > 4000:
+            raise Problem(422, "the rendered text is longer than 4000 characters")
+        return text
+
+    @scope("messages:read")
+    async def message_status(self, request: web.Request) -> web.Response:
+        key: ApiKey = request[KEY]
+        row = await self.store.outbox_get(int(request.match_info["id"]))
+        # Only the key that queued a message (or an admin key) sees it; others learn nothing, not even that it exists.
+        if row is None or row.owner is None or (row.owner != key.name and "admin" not in key.scopes):
+            raise Problem(404, "no such message")
+        events = await self.store.outbox_events(row.id)
+        return web.json_response({
+            "id": row.id, "channel": row.channel, "status": row.state, "attempts": row.attempts,
+            "last_error": row.last_error, "created_at": _iso(row.created_at), "send_at": _iso(row.next_attempt_at)
+            if row.state == "queued" else None, "sent_at": _iso(row.sent_at),
+            "timeline": [{"status": e["state"], "at": _iso(e["at"]), "attempts": e["attempts"], "error": e["error"]}
+                         for e in events]})
+
+    # ---- one-time codes -----------------------------------------------------------------------------
+    @scope("otp:send")
+    async def send_code(self, request: web.Request) -> web.Response:
+        body = await _body(request, OtpIn)
+        key: ApiKey = request[KEY]
+        channel, to = self._channel(body.channel), self._destination(body.channel, body.to)
+        try:
+            new = await self.codes.create(key.name, body.channel, to, body.purpose)
+        except Refused as exc:
+            raise Problem(429, str(exc), retry_after=max(1, math.ceil(exc.retry_after_s))) from None
+        assert self.outbox is not None  # _channel checked
+        subject = f"{self.services.config.site.name}: your code" if body.channel == "email" else None
+        # "otp:" rows have their text erased once settled (a trigger of migration 4).
+        outbox_id = await self.outbox.enqueue(channel, to, self.codes.message(new.code), subject=subject,
+                                              idempotency_key=f"otp:{new.record.id}", owner=key.name)
+        await self.store.otp_sent_via(new.record.id, outbox_id)
+        self.metrics.otp.labels("sent").inc()
+        log.info("otp queued id=%s channel=%s outbox=%d", new.record.id, body.channel, outbox_id)
+        return web.json_response({"id": new.record.id, "expires_at": _iso(new.record.expires_at)}, status=202)
+
+    @scope("otp:verify")
+    async def verify_code(self, request: web.Request) -> web.Response:
+        body = await _body(request, OtpVerifyIn)
+        verdict = await self.codes.verify(body.id, body.code)
+        self.metrics.otp.labels(f"verify_{verdict.outcome}").inc()
+        if verdict.outcome == "unknown":
+            raise Problem(404, "no such code")
+        if verdict.outcome == "exhausted":
+            raise Problem(429, "no attempts left for this code: request a new one",
+                          retry_after=max(1, math.ceil(self.settings.otp.resend_cooldown_s)))
+        return web.json_response({"valid": verdict.outcome == "valid", "attempts_left": verdict.attempts_left})

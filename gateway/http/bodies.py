@@ -1,0 +1,67 @@
+"""Request bodies of the HTTP API, validated by pydantic: unknown keys and wrong types are 422, never 500."""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+
+from models.store import normalize_number
+
+Kind = Literal["sms", "sip", "email", "voice"]
+_EMAIL = re.compile(r"^[^@\s<>]{1,64}@[^@\s<>]+\.[^@\s<>]{2,}$")
+_SIP = re.compile(r"^(sips?:)?[^\s<>\"]{1,200}$")
+_PHONE = re.compile(r"^\+?[0-9]{3,20}$")
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MessageIn(Body):
+    channel: Kind
+    to: str = Field(min_length=1, max_length=254)
+    text: str | None = Field(None, min_length=1, max_length=4000)
+    subject: str | None = Field(None, min_length=1, max_length=200)  # email only; default: the site's name
+    template: str | None = Field(None, min_length=1, max_length=64)  # a name under http.templates
+    vars: dict[str, str] = Field(default_factory=dict, max_length=50)
+    send_at: AwareDatetime | None = None  # ISO 8601 with a zone; not before then
+    idempotency_key: str | None = Field(None, min_length=1, max_length=128)
+
+    @model_validator(mode="after")
+    def _one_text(self) -> MessageIn:
+        if (self.text is None) == (self.template is None):
+            raise ValueError("give exactly one of text and template")
+        if self.vars and self.template is None:
+            raise ValueError("vars go with a template")
+        return self
+
+
+class OtpIn(Body):
+    to: str = Field(min_length=1, max_length=254)
+    channel: Kind
+    purpose: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[\w .:-]+$")
+
+
+class OtpVerifyIn(Body):
+    id: str = Field(min_length=1, max_length=64, pattern=r"^[0-9a-f]+$")
+    code: str = Field(min_length=1, max_length=12, pattern=r"^[0-9]+$")
+
+
+def destination(kind: str, to: str) -> str:
+    """The recipient as the outbox and the per-destination limits see it; raises ValueError.
+    One number written two ways is one destination ("+1 555-0100" == "+15550100")."""
+    to = to.strip()
+    if kind == "email":
+        if not _EMAIL.match(to):
+            raise ValueError("to: not an email address")
+        return to.lower()
+    if kind == "sip" and not _PHONE.match(normalize_number(to) or ""):
+        if not _SIP.match(to):
+            raise ValueError("to: not a SIP URI, endpoint or number")
+        return to
+    number = normalize_number(to) or ""
+    if not _PHONE.match(number):
+        raise ValueError("to: not a phone number")
+    return number

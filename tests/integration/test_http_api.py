@@ -1,0 +1,354 @@
+"""The HTTP API over real HTTP on loopback, in a daemon wired as `switchboard run` wires it, sending
+email to a real aiosmtpd. One daemon for the module; each test makes its own keys."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import os
+import random
+import re
+import shlex
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import pytest
+from test_email_peer import SmtpPeer
+
+from gateway.config import MessagingSettings
+from gateway.daemon.app import Daemon
+from gateway.http.keys import new_key
+from tests.support.net import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+README = (ROOT / "README.md").read_text()
+pytestmark = pytest.mark.models
+PROBLEM = "application/problem+json"
+ALL_SCOPES = ["messages:send", "messages:read", "otp:send", "otp:verify"]
+
+
+@dataclass
+class Rig:
+    daemon: Daemon
+    smtp: SmtpPeer
+    http: aiohttp.ClientSession
+    base: str
+
+    async def key(self, *scopes: str, rate: str = "1000/s", expires: str | None = None) -> str:
+        key, record = new_key(f"t-{uuid.uuid4().hex[:8]}", list(scopes or ALL_SCOPES), rate, expires)
+        await self.daemon.services.store.api_key_create(record)
+        return key
+
+    async def call(self, method: str, path: str, key: str | None = None, body: object = None,
+                   data: bytes | None = None) -> tuple[int, dict, aiohttp.ClientResponse]:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        async with self.http.request(method, self.base + path, headers=headers, data=data,
+                                     json=body if data is None else None) as resp:
+            raw = await resp.read()
+        try:
+            parsed = json.loads(raw)
+        except ValueError:
+            parsed = {"text": raw.decode(errors="replace")}
+        return resp.status, parsed, resp
+
+    async def mail_to(self, address: str, timeout: float = 20.0):  # type: ignore[no-untyped-def]
+        deadline = time.monotonic() + timeout
+        while True:
+            found = [m for m in self.smtp.messages if m["To"] == address]
+            if found:
+                return found[-1]
+            assert time.monotonic() < deadline, f"no mail to {address}"
+            await asyncio.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+async def rig(services) -> AsyncIterator[Rig]:  # type: ignore[no-untyped-def]
+    smtp = SmtpPeer()
+    await smtp.start()
+    config = services.config
+    messaging = MessagingSettings.model_validate({"email": {"smtp": {
+        "host": "127.0.0.1", "port": smtp.port, "security": "none", "from_address": "desk@clinic.test"}}})
+    http = config.http.model_copy(update={
+        "port": 0, "messages_per_destination_hourly": 3, "max_body_bytes": 4096,
+        "templates": {"reminder": "Your appointment is at $time."},
+        "otp": config.http.otp.model_copy(update={"resend_cooldown_s": 30.0, "per_destination_hourly": 2})})
+    cfg = dataclasses.replace(config, messaging=messaging, http=http,
+                              audiosocket=config.audiosocket.model_copy(update={"port": 0}))
+    daemon = Daemon(dataclasses.replace(services, config=cfg))
+    await daemon.start()
+    assert daemon.http is not None
+    session = aiohttp.ClientSession()
+    try:
+        yield Rig(daemon, smtp, session, f"http://127.0.0.1:{daemon.http.port}")
+    finally:
+        await session.close()
+        await daemon.stop(grace_s=0.5)
+        await smtp.stop()
+
+
+async def test_health_ready_and_metrics(rig: Rig) -> None:
+    assert (await rig.call("GET", "/health"))[:2] == (200, {"status": "ok"})
+    status, body, _ = await rig.call("GET", "/ready")
+    assert status == 200 and body["checks"] == {"models": "up", "store": "up", "channel:email": "up"}
+    status, body, resp = await rig.call("GET", "/metrics")
+    assert status == 200 and resp.content_type == "text/plain"
+    text = body["text"]
+    assert 'switchboard_http_requests_total{route="/ready",status="200"} 1.0' in text
+    assert "switchboard_calls_active 0.0" in text and "switchboard_ai_turns_in_use 0.0" in text
+    # The README's list is the exposition's: every family there, and nothing unlisted.
+    listed = set(re.findall(r"^- `(switchboard_\w+)`", README, re.M))
+    exposed = set(re.findall(r"^# TYPE (switchboard_\w+) ", text, re.M))
+    assert exposed <= listed and listed - exposed <= {"switchboard_ami_connected", "switchboard_outbox_messages"}
+
+
+async def test_ready_names_what_is_down(services) -> None:  # type: ignore[no-untyped-def]
+    """AMI configured but not reachable: 503 naming it. A second daemon in the process has its own metrics."""
+    from gateway.config import AmiSettings
+    config = dataclasses.replace(
+        services.config, ami=AmiSettings(enabled=True, port=free_port(), secret="x", reconnect_max_s=5),
+        audiosocket=services.config.audiosocket.model_copy(update={"port": 0}))
+    daemon = Daemon(dataclasses.replace(services, config=config))
+    await daemon.start()
+    try:
+        assert daemon.http is not None
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"http://127.0.0.1:{daemon.http.port}/ready") as resp:
+                body = await resp.json(content_type=PROBLEM)
+                assert resp.status == 503 and body["checks"]["ami"] == "down" and "ami" in body["detail"]
+            async with http.get(f"http://127.0.0.1:{daemon.http.port}/metrics") as resp:
+                text = await resp.text()
+        assert "switchboard_ami_connected 0.0" in text and "/health" not in text
+    finally:
+        await daemon.stop(grace_s=0.5)
+
+
+async def test_every_refusal_is_a_problem_document(rig: Rig) -> None:
+    message = {"channel": "email", "to": "a@clinic.test", "text": "hi"}
+    cases = [
+        (await rig.call("POST", "/v1/messages", None, message), 401),
+        (await rig.call("POST", "/v1/messages", "sb_not-a-key", message), 401),
+        (await rig.call("POST", "/v1/messages", await rig.key("otp:send"), message), 403),
+        (await rig.call("POST", "/v1/messages", await rig.key(), {"channel": "fax", "to": "x", "text": "hi"}), 422),
+        (await rig.call("POST", "/v1/messages", await rig.key(), data=b"{not json"), 422),
+        (await rig.call("POST", "/v1/messages", await rig.key(), {**message, "channel": "sms"}), 422),  # no modem
+        (await rig.call("POST", "/v1/messages", await rig.key(), data=b"[" + b"1," * 5000 + b"1]"), 413),
+        (await rig.call("GET", "/v1/messages/999999999", await rig.key()), 404),
+        (await rig.call("GET", "/v1/nothing-here"), 404),
+        (await rig.call("DELETE", "/health"), 405),
+    ]
+    for (status, body, resp), expected in cases:
+        assert (status, resp.content_type) == (expected, PROBLEM), body
+        assert body["status"] == expected and body["title"] and body["detail"]
+    errors = cases[3][0][1]["errors"]
+    assert errors[0]["loc"] == "channel" and "input" not in errors[0]
+
+
+async def test_expired_and_revoked_keys_are_refused_at_once(rig: Rig) -> None:
+    store = rig.daemon.services.store
+    key, record = new_key(f"t-{uuid.uuid4().hex[:8]}", ["messages:read"], "1000/s", None, now=time.time() - 100)
+    await store.api_key_create(dataclasses.replace(record, expires_at=time.time() - 1))
+    assert (await rig.call("GET", "/v1/messages/1", key))[0] == 401
+    key, record = new_key(f"t-{uuid.uuid4().hex[:8]}", ["messages:read"], "1000/s", None)
+    await store.api_key_create(record)
+    assert (await rig.call("GET", "/v1/messages/1", key))[0] == 404
+    assert await store.api_key_revoke(record.name)
+    assert (await rig.call("GET", "/v1/messages/1", key))[0] == 401
+
+
+async def test_rate_limit_answers_429_with_retry_after(rig: Rig) -> None:
+    key = await rig.key(rate="1/h")  # a burst of one, then one an hour: no clock in this test
+    assert (await rig.call("GET", "/v1/messages/1", key))[0] == 404
+    status, body, resp = await rig.call("GET", "/v1/messages/1", key)
+    assert status == 429 and 3000 < int(resp.headers["Retry-After"]) <= 3600
+
+
+async def test_a_message_arrives_by_email_with_its_timeline(rig: Rig) -> None:
+    key = await rig.key()
+    status, body, _ = await rig.call("POST", "/v1/messages", key, {
+        "channel": "email", "to": "Patient.One@Example.test", "template": "reminder", "vars": {"time": "9:30"},
+        "subject": "Reminder", "idempotency_key": "reminder-1"})
+    assert status == 202 and body["status"] == "queued"
+    mail = await rig.mail_to("patient.one@example.test")
+    assert mail["Subject"] == "Reminder" and "Your appointment is at 9:30." in mail.get_body().get_content()
+    for _ in range(100):
+        status, timeline, _ = await rig.call("GET", f"/v1/messages/{body['id']}", key)
+        if timeline["status"] == "sent":
+            break
+        await asyncio.sleep(0.05)
+    assert [step["status"] for step in timeline["timeline"]] == ["queued", "sending", "sent"]
+    assert timeline["attempts"] == 1 and timeline["sent_at"]
+    again = await rig.call("POST", "/v1/messages", key, {  # the same idempotency key: the same message
+        "channel": "email", "to": "patient.one@example.test", "text": "other", "idempotency_key": "reminder-1"})
+    assert again[:2] == (202, {"id": body["id"], "status": "sent"})
+    other_key = await rig.key()
+    assert (await rig.call("GET", f"/v1/messages/{body['id']}", other_key))[0] == 404  # not its message
+
+
+async def test_scheduled_message_waits_and_destination_limit(rig: Rig) -> None:
+    key = await rig.key()
+    later = "2099-01-01T09:00:00+00:00"
+    status, body, _ = await rig.call("POST", "/v1/messages", key,
+                                     {"channel": "email", "to": "later@example.test", "text": "x", "send_at": later})
+    assert status == 202
+    status, row, _ = await rig.call("GET", f"/v1/messages/{body['id']}", key)
+    assert row["status"] == "queued" and row["send_at"].startswith("2099-01-01T09:00:00")
+    for _ in range(2):  # 3 an hour to one destination (the fixture's limit)
+        assert (await rig.call("POST", "/v1/messages", key,
+                               {"channel": "email", "to": "later@example.test", "text": "x", "send_at": later}))[0] == 202
+    status, _, resp = await rig.call("POST", "/v1/messages", key,
+                                     {"channel": "email", "to": "LATER@example.test", "text": "x", "send_at": later})
+    assert status == 429 and int(resp.headers["Retry-After"]) > 3000
+
+
+def _code(mail) -> str:  # type: ignore[no-untyped-def]
+    return re.search(r"\b(\d{6})\b", mail.get_body().get_content()).group(1)  # type: ignore[union-attr]
+
+
+async def test_one_time_code_by_email(rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    key = await rig.key("otp:send", "otp:verify")
+    status, sent, _ = await rig.call("POST", "/v1/otp", key, {"to": "otp.user@example.test", "channel": "email",
+                                                              "purpose": "login"})
+    assert status == 202 and set(sent) == {"id", "expires_at"}
+    code = _code(await rig.mail_to("otp.user@example.test"))
+    wrong = f"{(int(code) + 1) % 10 ** 6:06d}"
+    verify = "/v1/otp/verify"
+    assert (await rig.call("POST", verify, key, {"id": sent["id"], "code": wrong}))[:2] == (
+        200, {"valid": False, "attempts_left": 4})
+    assert (await rig.call("POST", verify, key, {"id": sent["id"], "code": code}))[:2] == (
+        200, {"valid": True, "attempts_left": 0})
+    assert (await rig.call("POST", verify, key, {"id": sent["id"], "code": code}))[1]["valid"] is False  # reused
+    # A second code at once: the resend cooldown.
+    status, _, resp = await rig.call("POST", "/v1/otp", key, {"to": "otp.user@example.test", "channel": "email"})
+    assert status == 429 and 1 <= int(resp.headers["Retry-After"]) <= 30
+    # Never logged, never kept: the outbox row's text is erased once sent.
+    store = rig.daemon.services.store
+    for _ in range(100):
+        rows = [r for r in await store.outbox_rows() if r.recipient == "otp.user@example.test"]
+        if rows[0].state == "sent":
+            break
+        await asyncio.sleep(0.05)
+    assert code not in rows[0].body and code not in caplog.text
+
+
+async def test_brute_force_hits_the_attempt_limit(rig: Rig) -> None:
+    key = await rig.key("otp:send", "otp:verify")
+    status, sent, _ = await rig.call("POST", "/v1/otp", key, {"to": "brute@example.test", "channel": "email"})
+    code = _code(await rig.mail_to("brute@example.test"))
+    guesses = [f"{n:06d}" for n in range(10) if f"{n:06d}" != code][:5]
+    left = [(await rig.call("POST", "/v1/otp/verify", key, {"id": sent["id"], "code": g}))[1]["attempts_left"]
+            for g in guesses]
+    assert left == [4, 3, 2, 1, 0]
+    status, _, resp = await rig.call("POST", "/v1/otp/verify", key, {"id": sent["id"], "code": code})
+    assert status == 429 and "Retry-After" in resp.headers  # even the right code, now
+
+
+async def test_audit_has_names_routes_statuses_only(rig: Rig) -> None:
+    key = await rig.key("messages:read")
+    await rig.call("GET", "/v1/messages/424242", key)
+    await rig.call("POST", "/v1/otp", key, {"to": "a@b.test", "channel": "email"})
+    await rig.daemon.http.auth.flush()  # type: ignore[union-attr]
+    rows = await rig.daemon.services.store.api_audit(50)
+    keys = await rig.daemon.services.store.api_keys()
+    name = next(k.name for k in keys if k.prefix == key[:10])
+    mine = [(r["method"], r["route"], r["status"]) for r in rows if r["key_name"] == name]
+    assert sorted(mine) == [("GET", r"/v1/messages/{id}", 404), ("POST", "/v1/otp", 403)]
+    assert next(k for k in keys if k.name == name).last_used_at is not None
+
+
+def _switchboard(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "gateway.cli.main", "-c", str(ROOT / "etc" / "switchboard.yaml"),
+                           "--data-dir", str(data_dir), *args],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+
+
+async def test_keys_cli_end_to_end(rig: Rig, data_dir: Path) -> None:
+    """Another process makes and revokes the key the running daemon checks."""
+    created = await asyncio.to_thread(_switchboard, data_dir, "keys", "create", "--name", "cli-e2e",
+                                      "--scope", "messages:read", "--expires", "90d", "--rate", "20/s")
+    assert created.returncode == 0, created.stderr
+    key = created.stdout.strip().splitlines()[-1]
+    assert key.startswith("sb_") and created.stdout.count(key) == 1 and key not in created.stderr
+    assert (await rig.call("GET", "/v1/messages/1", key))[0] == 404  # accepted, no such message
+    listing = await asyncio.to_thread(_switchboard, data_dir, "keys", "list")
+    line = next(li for li in listing.stdout.splitlines() if li.startswith("cli-e2e"))
+    assert key[:10] in line and "messages:read" in line and "active" in line and key not in listing.stdout
+    duplicate = await asyncio.to_thread(_switchboard, data_dir, "keys", "create", "--name", "cli-e2e",
+                                        "--scope", "admin")
+    assert duplicate.returncode == 1 and "exists" in duplicate.stderr
+    revoked = await asyncio.to_thread(_switchboard, data_dir, "keys", "revoke", "cli-e2e")
+    assert revoked.returncode == 0
+    assert (await rig.call("GET", "/v1/messages/1", key))[0] == 401
+    assert (await asyncio.to_thread(_switchboard, data_dir, "keys", "create", "--name", "x",
+                                    "--scope", "nope")).returncode == 2
+
+
+def _junk(rnd: random.Random, depth: int = 0) -> object:
+    choices = [lambda: rnd.randint(-2**70, 2**70), lambda: rnd.random() * 1e308, lambda: None, lambda: True,
+               lambda: "".join(chr(rnd.choice([rnd.randint(32, 126), rnd.randint(0x80, 0x10FFFF)]))
+                               for _ in range(rnd.randint(0, 40))),
+               lambda: "9" * rnd.randint(1, 30)]
+    if depth < 3:
+        choices += [lambda: [_junk(rnd, depth + 1) for _ in range(rnd.randint(0, 4))],
+                    lambda: {rnd.choice(["channel", "to", "text", "id", "code", "vars", "send_at", "template",
+                                         "purpose", "x"]): _junk(rnd, depth + 1) for _ in range(rnd.randint(0, 6))}]
+    return rnd.choice(choices)()
+
+
+async def test_fuzz_never_answers_500(rig: Rig) -> None:
+    rnd = random.Random(20261202)
+    key = await rig.key(*ALL_SCOPES)
+    routes = [("POST", "/v1/messages"), ("POST", "/v1/otp"), ("POST", "/v1/otp/verify"), ("GET", "/v1/messages/1"),
+              ("GET", "/health"), ("GET", "/ready")]
+    bodies: list[bytes] = [b"", b"null", b"\xff\xfe", b"{" * 3000, b'{"channel": "email", "to": "' + b"a" * 5000 + b'"}',
+                           json.dumps({"channel": "email", "to": "\u202e@x.test", "text": "\x00"}).encode(),
+                           json.dumps({"channel": "sip", "to": "sip:<>", "text": "t"}).encode(),
+                           json.dumps({"id": "0" * 64, "code": "1" * 12}).encode(),
+                           json.dumps({"channel": "email", "to": "x@y.test", "text": "t", "send_at": "yesterday"}).encode()]
+    bodies += [json.dumps(_junk(rnd), ensure_ascii=rnd.random() < 0.5).encode("utf-8", "surrogatepass")
+               for _ in range(60)]
+    statuses = set()
+    for method, path in routes:
+        for body in bodies:
+            status, _, _ = await rig.call(method, path, key, data=body)
+            assert status < 500, (method, path, body[:200])
+            statuses.add(status)
+    assert {200, 413, 422} <= statuses
+
+
+async def test_readme_curl_examples(rig: Rig) -> None:
+    """The README's curl lines, run with the real curl against this daemon; statuses and fields as shown."""
+    section = README[README.index("## HTTP API"):]
+    block = section[section.index("export SWITCHBOARD_KEY"):]
+    block = block[:block.index("```")].replace("\\\n", " ")
+    examples = re.findall(r"^(curl .+)\n# -> (\d{3}) (.+)$", block, re.M)
+    assert len(examples) == 6
+    key = await rig.key("messages:send", "messages:read", "otp:send", "otp:verify")
+    real: dict[str, str] = {}
+    for command, expected, shown in examples:
+        for placeholder, value in real.items():
+            command = command.replace(placeholder, value)
+        argv = [arg.replace("http://127.0.0.1:8080", rig.base) for arg in shlex.split(
+            command.replace("$SWITCHBOARD_KEY", key))]
+        done = await asyncio.to_thread(subprocess.run, [*argv, "-w", "\n%{http_code}"], capture_output=True,
+                                       text=True, timeout=30)
+        body, status = done.stdout.rsplit("\n", 1)
+        assert status == expected, (command, body)
+        answer = json.loads(body)
+        try:
+            assert set(json.loads(shown)) == set(answer), command
+        except json.JSONDecodeError:  # an abridged example ("...")
+            pass
+        if expected == "202":  # the examples' ids stand for the ones this daemon gives
+            shown_id = json.loads(shown)["id"]
+            real[f"/v1/messages/{shown_id}" if isinstance(shown_id, int) else shown_id] = (
+                f"/v1/messages/{answer['id']}" if isinstance(shown_id, int) else answer["id"])

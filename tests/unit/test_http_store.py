@@ -1,0 +1,109 @@
+"""The HTTP API's pieces below HTTP: keys, one-time codes and the outbox timeline, on a real SQLite store."""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+from pathlib import Path
+
+import pytest
+
+from gateway.config import OtpSettings
+from gateway.http.keys import hash_key, new_key, parse_duration, parse_rate
+from gateway.http.otp import OneTimeCodes, Refused, load_hmac_key
+from models.store import Store
+
+
+def test_rates_durations_and_keys() -> None:
+    assert parse_rate("20/s") == (20.0, 20) and parse_rate("120/m") == (2.0, 2) and parse_rate("1/h")[1] == 1
+    assert parse_duration("90d") == 90 * 86400 and parse_duration("30m") == 1800
+    for bad in ("0/s", "20", "x/s", "5/d"):
+        with pytest.raises(ValueError):
+            parse_rate(bad)
+    with pytest.raises(ValueError):
+        parse_duration("0d")
+    key, record = new_key("shop", ["messages:send", "messages:send"], "5/s", "1d", now=1000.0)
+    assert key.startswith("sb_") and len(key) > 40 and record.key_hash == hash_key(key) != key
+    assert record.scopes == ("messages:send",) and record.expires_at == 1000.0 + 86400 and key.startswith(record.prefix)
+    assert new_key("shop", ["messages:send"], "5/s", None)[0] != key  # random
+    with pytest.raises(ValueError, match="unknown scope"):
+        new_key("shop", ["root"], "5/s", None)
+    with pytest.raises(ValueError, match="name"):
+        new_key("a b", ["admin"], "5/s", None)
+
+
+async def test_keys_in_the_store(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path / "sb.db")
+    try:
+        key, record = new_key("shop", ["otp:send"], "5/s", None)
+        await store.api_key_create(record)
+        with pytest.raises(ValueError, match="exists"):
+            await store.api_key_create(new_key("shop", ["admin"], "5/s", None)[1])
+        found = await store.api_key_by_hash(hash_key(key))
+        assert found == record and found.usable(time.time())
+        assert await store.api_key_revoke("shop") and not await store.api_key_revoke("shop")
+        revoked = await store.api_key_by_hash(hash_key(key))
+        assert revoked is not None and not revoked.usable(time.time())
+        await store.api_audit_write([("shop", "POST", "/v1/otp", 202, 5.0), ("shop", "POST", "/v1/otp", 429, 6.0)])
+        assert [r["status"] for r in await store.api_audit()] == [429, 202]
+        assert (await store.api_keys())[0].last_used_at == 6.0
+    finally:
+        await store.close()
+
+
+def test_hmac_key_is_made_once_private(tmp_path: Path) -> None:
+    key = load_hmac_key(tmp_path / "data")
+    path = tmp_path / "data" / "otp-hmac.key"
+    assert len(key) == 32 and stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert load_hmac_key(tmp_path / "data") == key
+
+
+async def test_codes_verify_once_and_limit(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path / "sb.db")
+    codes = OneTimeCodes(store, OtpSettings(resend_cooldown_s=0, per_destination_hourly=2, max_attempts=3),
+                         load_hmac_key(tmp_path))
+    try:
+        new = await codes.create("shop", "sms", "+15550100", "login")
+        assert len(new.code) == 6 and new.code.isdigit() and new.code not in new.record.code_hmac
+        wrong = "0000000"
+        assert (await codes.verify(new.record.id, wrong)).attempts_left == 2
+        verdict = await codes.verify(new.record.id, new.code)
+        assert (verdict.outcome, verdict.attempts_left) == ("valid", 0)
+        assert (await codes.verify(new.record.id, new.code)).outcome == "used"
+        assert (await codes.verify("abc", new.code)).outcome == "unknown"
+        other = await codes.create("shop", "sms", "+15550100", None)
+        outcomes = [(await codes.verify(other.record.id, wrong)).outcome for _ in range(4)]
+        assert outcomes == ["invalid", "invalid", "invalid", "exhausted"]
+        assert (await codes.verify(other.record.id, other.code)).outcome == "exhausted"
+        with pytest.raises(Refused, match="this hour") as refused:
+            await codes.create("shop", "sms", "+15550100", None)
+        assert 3590 < refused.value.retry_after_s <= 3600
+        assert "{code}" not in codes.message("123456") and "123456" in codes.message("123456")
+    finally:
+        await store.close()
+
+
+async def test_outbox_timeline_and_code_erasure(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path / "sb.db")
+    try:
+        row_id, _ = await store.outbox_enqueue("sms", "+15550100", "Your code is 123456", None, None, "otp:abc",
+                                               owner="shop")
+        later_id, _ = await store.outbox_enqueue("sms", "+15550100", "hello", None, None, "api:shop:1",
+                                                 send_at=time.time() + 3600, owner="shop")
+        claimed = await store.outbox_claim("sms")
+        assert claimed is not None and claimed.id == row_id  # the scheduled one is not due
+        await store.outbox_retry(row_id, "modem busy", 0.0)
+        assert (await store.outbox_claim("sms")).id == row_id  # type: ignore[union-attr]
+        await store.outbox_sent(row_id, "ref-1", delivered=False)
+        await store.outbox_delivery("sms", "ref-1", True)
+        events = await store.outbox_events(row_id)
+        assert [(e["state"], e["attempts"]) for e in events] == [
+            ("queued", 0), ("sending", 1), ("queued", 1), ("sending", 2), ("sent", 2), ("delivered", 2)]
+        assert events[2]["error"] == "modem busy"
+        row = await store.outbox_get(row_id)
+        assert row is not None and "123456" not in row.body and row.owner == "shop"
+        assert (await store.outbox_get(later_id)).body == "hello"  # type: ignore[union-attr]
+        assert (await store.outbox_count_to("+15550100", 0))[0] == 1  # codes are counted by their own table
+    finally:
+        await store.close()
