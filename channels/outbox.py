@@ -114,7 +114,7 @@ class Outbox:
 
     async def start(self, on_inbound: InboundHandler) -> None:
         """Requeue rows a crash left in flight, then start each channel and its worker."""
-        recovered = await self.store.outbox_recover()
+        recovered = await self.store.outbox_recover(list(self.channels))
         if recovered:
             log.warning("outbox recovered rows=%d state=sending (re-sent, same idempotency key)", recovered)
         self._stopping = False
@@ -200,7 +200,9 @@ class Outbox:
             log.info("outbox not sent id=%d channel=%s reason=opted out", record.id, record.channel)
             return
         try:
-            result = await asyncio.wait_for(channel.send(message), self.send_timeout_s)
+            # A channel may need longer than a text (a phone call rings and is spoken): its own bound.
+            timeout = getattr(channel, "send_timeout_s", None) or self.send_timeout_s
+            result = await asyncio.wait_for(channel.send(message), timeout)
         except PermanentError as exc:
             await self.store.outbox_failed(record.id, _describe(exc))
             log.warning("outbox failed id=%d channel=%s attempts=%d error=%s",

@@ -447,13 +447,15 @@ class Store:
             return row[0] if row else None
         return await self._run(run)
 
-    async def outbox_recover(self) -> int:
-        """After a crash: rows left in sending were maybe sent, maybe not; queue them again now."""
+    async def outbox_recover(self, channels: list[str]) -> int:
+        """After a crash: rows of these channels left in sending were maybe sent, maybe not; queue them
+        again now. Only these: another outbox on the same store (the daemon's voice calls) may be sending."""
         def run() -> int:
+            marks = ", ".join("?" * len(channels))
             return self._writer_db.execute(
                 "UPDATE outbox SET state = 'queued', next_attempt_at = ?, updated_at = ?,"
-                " last_error = 'interrupted while sending' WHERE state = 'sending'",
-                [time.time(), time.time()]).rowcount
+                f" last_error = 'interrupted while sending' WHERE state = 'sending' AND channel IN ({marks})",
+                [time.time(), time.time(), *channels]).rowcount
         return await self._run(run)
 
     async def outbox_next_due(self, channel: str) -> float | None:

@@ -10,12 +10,15 @@ import threading
 import time
 from collections.abc import Callable
 
+from channels.base import InboundMessage
+from channels.outbox import Outbox
 from gateway.daemon import sdnotify
 from gateway.asterisk.ami import AmiClient
 from gateway.asterisk.ari import AriController, AriTransferer
 from gateway.asterisk.correlation import CallDirectory
 from gateway.asterisk.originate import OutboundCalls
 from gateway.asterisk.transfer import RETURN_STATUSES, AmiTransferer
+from gateway.asterisk.voice import VoiceChannel
 from gateway.media.audiosocket import AudioSocketCall, AudioSocketServer
 from gateway.sessions.call import CallSession, DialplanTransferer, Transferer
 from gateway.sessions.outbound import OutboundMessageSession
@@ -159,9 +162,12 @@ class Daemon:
         # Raises ValueError for a channel that needs a missing plane (e.g. sip_via_ami without AMI).
         self.messaging = (Messaging(config.messaging, services, self.ami)
                           if config.messaging.channels_configured else None)
+        # Messages spoken in outbound calls (HTTP API channel "voice"): an outbox of their own, so a site
+        # with AMI and no text channel has no text plane.
+        self.voice = Outbox(services.store, {"voice": VoiceChannel(lambda: self.gateway.outbound, config.ami)},
+                            retry=config.messaging.outbox.retry) if self.ami is not None else None
         self.http = HttpApi(
-            config.http, services, outbox=self.messaging.outbox if self.messaging else None,
-            channel_name=config.messaging.channel_name, planes=self.planes,
+            config.http, services, route=self.route, planes=self.planes,
             calls_active=lambda: len(self.gateway.sessions),
             ami_connected=(lambda: self.ami.connected) if self.ami is not None else None,
         ) if config.http.enabled else None
@@ -171,6 +177,13 @@ class Daemon:
     def _call_ended(self, reason: str) -> None:
         if self.http is not None:
             self.http.metrics.calls_ended.labels(reason).inc()
+
+    def route(self, kind: str) -> tuple[Outbox, str] | None:
+        """The outbox and channel name serving an HTTP API channel kind (sms, sip, email, voice)."""
+        if kind == "voice":
+            return (self.voice, "voice") if self.voice is not None else None
+        name = self.config.messaging.channel_name(kind)
+        return (self.messaging.outbox, name) if self.messaging is not None and name else None
 
     def planes(self) -> dict[str, bool]:
         """Each configured control plane and channel: is it connected (started) now?"""
@@ -194,23 +207,29 @@ class Daemon:
                 await self.http.stop()
             raise
         config = self.config
-        if self.ami is not None and self.ami_transferer is not None and config.ami.warm_transfer:
-            # Staff legs of warm transfers come to this listener too.
-            self.gateway.outbound = self.ami_transferer.outbound = OutboundCalls(
-                self.ami, self.services.store, config.ami, site=config.site,
-                audiosocket=f"{config.audiosocket.host}:{self.gateway.port}")
+        if self.ami is not None:
+            # The spoken part of outbound calls (API voice messages, staff legs of warm transfers)
+            # comes to this listener.
+            self.gateway.outbound = OutboundCalls(self.ami, self.services.store, config.ami, site=config.site,
+                                                  audiosocket=f"{config.audiosocket.host}:{self.gateway.port}")
+            if self.ami_transferer is not None and config.ami.warm_transfer:
+                self.ami_transferer.outbound = self.gateway.outbound
         if self.ami is not None:
             await self.ami.start()  # calls are served meanwhile; transfers wait for AMI
         if self.ari is not None:
             await self.ari.start()  # connects (and reconnects) in the background
         if self.messaging is not None:
             await self.messaging.start()
+        if self.voice is not None:
+            await self.voice.start(_no_inbound)
 
     async def stop(self, grace_s: float = 8.0) -> None:
         """No new API requests; callers hear goodbye before ARI hands them back to the dialplan; then the
         rest, in reverse."""
         if self.http is not None:
             await self.http.stop()
+        if self.voice is not None:  # a call in progress is placed again after a restart
+            await self.voice.stop()
         await self.gateway.stop(grace_s)
         if self.ari is not None:
             await self.ari.stop()
@@ -218,6 +237,10 @@ class Daemon:
             await self.messaging.stop()
         if self.ami is not None:
             await self.ami.close()
+
+
+async def _no_inbound(message: InboundMessage) -> None:
+    raise AssertionError("the voice channel receives nothing")
 
 
 async def serve(config: Config) -> int:

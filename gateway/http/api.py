@@ -19,6 +19,7 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from channels.outbox import Outbox
+from gateway.asterisk.voice import CODE_SUBJECT
 from gateway.config import HttpSettings
 from gateway.http.auth import Authenticator, RateLimited, Unauthorized
 from gateway.http.bodies import MessageIn, OtpIn, OtpVerifyIn, destination
@@ -72,11 +73,11 @@ async def _body(request: web.Request, model: type[B]) -> B:
 
 
 class HttpApi:
-    def __init__(self, settings: HttpSettings, services: Services, *, outbox: Outbox | None,
-                 channel_name: Callable[[str], str | None], planes: Callable[[], dict[str, bool]],
+    def __init__(self, settings: HttpSettings, services: Services, *,
+                 route: Callable[[str], tuple[Outbox, str] | None], planes: Callable[[], dict[str, bool]],
                  calls_active: Callable[[], int], ami_connected: Callable[[], bool] | None) -> None:
         self.settings, self.services, self.store = settings, services, services.store
-        self.outbox, self._channel_name, self._planes = outbox, channel_name, planes
+        self._route, self._planes = route, planes  # route: API channel kind -> (outbox, its channel name)
         self.metrics = Metrics(calls_active=calls_active, ai_turns=lambda: services.turns_in_use,
                                ami_connected=ami_connected)
         self.auth = Authenticator(self.store)
@@ -92,7 +93,8 @@ class HttpApi:
 
     async def start(self) -> None:
         """Raises OSError if the port is taken."""
-        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        # A stop waits for requests in hand, briefly: each is a few store round trips.
+        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.settings.host, self.settings.port)
         await site.start()
@@ -163,12 +165,12 @@ class HttpApi:
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
     # ---- messages -----------------------------------------------------------------------------------
-    def _channel(self, kind: str) -> str:
-        """The outbox channel for an API channel kind; 422 if this daemon has none."""
-        name = self._channel_name(kind) if self.outbox is not None and kind != "voice" else None
-        if name is None:
+    def _channel(self, kind: str) -> tuple[Outbox, str]:
+        """The outbox and channel for an API channel kind; 422 if this daemon has none."""
+        found = self._route(kind)
+        if found is None:
             raise Problem(422, f"channel {kind!r} is not configured on this daemon")
-        return name
+        return found
 
     @staticmethod
     def _destination(kind: str, to: str) -> str:
@@ -181,18 +183,17 @@ class HttpApi:
     async def send_message(self, request: web.Request) -> web.Response:
         body = await _body(request, MessageIn)
         key: ApiKey = request[KEY]
-        channel, to = self._channel(body.channel), self._destination(body.channel, body.to)
+        (outbox, channel), to = self._channel(body.channel), self._destination(body.channel, body.to)
         text = body.text if body.text is not None else self._render(body.template or "", body.vars)
         limit, now = self.settings.messages_per_destination_hourly, time.time()
         count, oldest = await self.store.outbox_count_to(to, now - HOUR_S)
         if count >= limit:
             raise Problem(429, f"over {limit} messages to this destination per hour",
                           retry_after=max(1, math.ceil(oldest + HOUR_S - now)))
-        assert self.outbox is not None  # _channel checked
         subject = (body.subject or self.services.config.site.name) if body.channel == "email" else None
         # Scoped by key: two integrators' keys never collide, and "otp:" rows cannot be forged.
         idempotency = f"api:{key.name}:{body.idempotency_key}" if body.idempotency_key else None
-        row_id = await self.outbox.enqueue(channel, to, text, subject=subject, idempotency_key=idempotency,
+        row_id = await outbox.enqueue(channel, to, text, subject=subject, idempotency_key=idempotency,
                                            send_at=body.send_at.timestamp() if body.send_at else None,
                                            owner=key.name)
         row = await self.store.outbox_get(row_id)
@@ -231,15 +232,16 @@ class HttpApi:
     async def send_code(self, request: web.Request) -> web.Response:
         body = await _body(request, OtpIn)
         key: ApiKey = request[KEY]
-        channel, to = self._channel(body.channel), self._destination(body.channel, body.to)
+        (outbox, channel), to = self._channel(body.channel), self._destination(body.channel, body.to)
         try:
             new = await self.codes.create(key.name, body.channel, to, body.purpose)
         except Refused as exc:
             raise Problem(429, str(exc), retry_after=max(1, math.ceil(exc.retry_after_s))) from None
-        assert self.outbox is not None  # _channel checked
         subject = f"{self.services.config.site.name}: your code" if body.channel == "email" else None
         # "otp:" rows have their text erased once settled (a trigger of migration 4).
-        outbox_id = await self.outbox.enqueue(channel, to, self.codes.message(new.code), subject=subject,
+        # A voice channel reads a code digit by digit, twice; other channels send the sentence.
+        text, subject = (new.code, CODE_SUBJECT) if body.channel == "voice" else (self.codes.message(new.code), subject)
+        outbox_id = await outbox.enqueue(channel, to, text, subject=subject,
                                               idempotency_key=f"otp:{new.record.id}", owner=key.name)
         await self.store.otp_sent_via(new.record.id, outbox_id)
         self.metrics.otp.labels("sent").inc()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from typing import Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
@@ -13,6 +14,7 @@ Kind = Literal["sms", "sip", "email", "voice"]
 _EMAIL = re.compile(r"^[^@\s<>]{1,64}@[^@\s<>]+\.[^@\s<>]{2,}$")
 _SIP = re.compile(r"^(sips?:)?[^\s<>\"]{1,200}$")
 _PHONE = re.compile(r"^\+?[0-9]{3,20}$")
+MAX_SCHEDULE_S = 2 * 366 * 86400
 
 
 class Body(BaseModel):
@@ -35,6 +37,8 @@ class MessageIn(Body):
             raise ValueError("give exactly one of text and template")
         if self.vars and self.template is None:
             raise ValueError("vars go with a template")
+        if self.send_at is not None and self.send_at.timestamp() > time.time() + MAX_SCHEDULE_S:
+            raise ValueError("send_at: at most two years ahead")
         return self
 
 

@@ -17,15 +17,17 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 import aiohttp
 import pytest
 from test_email_peer import SmtpPeer
 
-from gateway.config import MessagingSettings
+from gateway.config import AmiSettings, MessagingSettings
 from gateway.daemon.app import Daemon
 from gateway.http.keys import new_key
+from tests.support.ami_server import AmiTestServer
 from tests.support.net import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -109,25 +111,53 @@ async def test_health_ready_and_metrics(rig: Rig) -> None:
     assert exposed <= listed and listed - exposed <= {"switchboard_ami_connected", "switchboard_outbox_messages"}
 
 
-async def test_ready_names_what_is_down(services) -> None:  # type: ignore[no-untyped-def]
-    """AMI configured but not reachable: 503 naming it. A second daemon in the process has its own metrics."""
-    from gateway.config import AmiSettings
+async def until_status(rig_call, path: str, key: str, wanted: str) -> dict:  # type: ignore[no-untyped-def]
+    for _ in range(200):
+        body = (await rig_call("GET", path, key))[1]
+        if body.get("status") == wanted:
+            return body
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{path} never {wanted}: {body}")
+
+
+async def test_ready_and_voice_through_ami(services) -> None:  # type: ignore[no-untyped-def]
+    """AMI configured: /ready is 503 naming it until it connects. A voice message and a voice code become
+    Originates at the AMI test server (busy here: the row fails with the reason). A second daemon in the
+    process has its own metrics."""
+    port = free_port()
     config = dataclasses.replace(
-        services.config, ami=AmiSettings(enabled=True, port=free_port(), secret="x", reconnect_max_s=5),
+        services.config, ami=AmiSettings(enabled=True, port=port, username="gateway", secret="secret",
+                                         outbound_retries=0, outbound_ring_s=5),
         audiosocket=services.config.audiosocket.model_copy(update={"port": 0}))
     daemon = Daemon(dataclasses.replace(services, config=config))
     await daemon.start()
+    server = AmiTestServer(port=port, originate_reasons=[5, 5])
+    assert daemon.http is not None
     try:
-        assert daemon.http is not None
         async with aiohttp.ClientSession() as http:
-            async with http.get(f"http://127.0.0.1:{daemon.http.port}/ready") as resp:
-                body = await resp.json(content_type=PROBLEM)
-                assert resp.status == 503 and body["checks"]["ami"] == "down" and "ami" in body["detail"]
-            async with http.get(f"http://127.0.0.1:{daemon.http.port}/metrics") as resp:
-                text = await resp.text()
-        assert "switchboard_ami_connected 0.0" in text and "/health" not in text
+            rig = Rig(daemon, SmtpPeer(), http, f"http://127.0.0.1:{daemon.http.port}")
+            status, body, _ = await rig.call("GET", "/ready")
+            assert status == 503 and body["checks"]["ami"] == "down" and "ami" in body["detail"]
+            await server.start()
+            await daemon.ami.wait_connected(10)  # type: ignore[union-attr]
+            assert (await rig.call("GET", "/ready"))[1]["checks"] == {"models": "up", "store": "up", "ami": "up"}
+            key = await rig.key()
+            status, sent, _ = await rig.call("POST", "/v1/messages", key,
+                                             {"channel": "voice", "to": "+1 555 0100", "text": "Your crown is ready."})
+            assert status == 202
+            (originate,) = await server.wait_for("Originate")
+            assert originate["Channel"] == "PJSIP/+15550100"
+            failed = await until_status(rig.call, f"/v1/messages/{sent['id']}", key, "failed")
+            assert failed["last_error"] == "busy after 1 attempt(s)"
+            status, code, _ = await rig.call("POST", "/v1/otp", key, {"channel": "voice", "to": "201"})
+            assert status == 202
+            originates = await server.wait_for("Originate", 2)
+            assert originates[1]["Channel"] == "PJSIP/201"
+            text = (await rig.call("GET", "/metrics"))[1]["text"]
+        assert "switchboard_ami_connected 1.0" in text and "/health" not in text
     finally:
         await daemon.stop(grace_s=0.5)
+        await server.stop()
 
 
 async def test_every_refusal_is_a_problem_document(rig: Rig) -> None:
@@ -178,11 +208,7 @@ async def test_a_message_arrives_by_email_with_its_timeline(rig: Rig) -> None:
     assert status == 202 and body["status"] == "queued"
     mail = await rig.mail_to("patient.one@example.test")
     assert mail["Subject"] == "Reminder" and "Your appointment is at 9:30." in mail.get_body().get_content()
-    for _ in range(100):
-        status, timeline, _ = await rig.call("GET", f"/v1/messages/{body['id']}", key)
-        if timeline["status"] == "sent":
-            break
-        await asyncio.sleep(0.05)
+    timeline = await until_status(rig.call, f"/v1/messages/{body['id']}", key, "sent")
     assert [step["status"] for step in timeline["timeline"]] == ["queued", "sending", "sent"]
     assert timeline["attempts"] == 1 and timeline["sent_at"]
     again = await rig.call("POST", "/v1/messages", key, {  # the same idempotency key: the same message
@@ -194,12 +220,12 @@ async def test_a_message_arrives_by_email_with_its_timeline(rig: Rig) -> None:
 
 async def test_scheduled_message_waits_and_destination_limit(rig: Rig) -> None:
     key = await rig.key()
-    later = "2099-01-01T09:00:00+00:00"
+    later = datetime.fromtimestamp(time.time() + 86400, timezone.utc).replace(microsecond=0).isoformat()
     status, body, _ = await rig.call("POST", "/v1/messages", key,
                                      {"channel": "email", "to": "later@example.test", "text": "x", "send_at": later})
     assert status == 202
     status, row, _ = await rig.call("GET", f"/v1/messages/{body['id']}", key)
-    assert row["status"] == "queued" and row["send_at"].startswith("2099-01-01T09:00:00")
+    assert row["status"] == "queued" and row["send_at"].startswith(later[:19])
     for _ in range(2):  # 3 an hour to one destination (the fixture's limit)
         assert (await rig.call("POST", "/v1/messages", key,
                                {"channel": "email", "to": "later@example.test", "text": "x", "send_at": later}))[0] == 202
@@ -313,7 +339,9 @@ async def test_fuzz_never_answers_500(rig: Rig) -> None:
                            json.dumps({"channel": "email", "to": "\u202e@x.test", "text": "\x00"}).encode(),
                            json.dumps({"channel": "sip", "to": "sip:<>", "text": "t"}).encode(),
                            json.dumps({"id": "0" * 64, "code": "1" * 12}).encode(),
-                           json.dumps({"channel": "email", "to": "x@y.test", "text": "t", "send_at": "yesterday"}).encode()]
+                           json.dumps({"channel": "email", "to": "x@y.test", "text": "t", "send_at": "yesterday"}).encode(),
+                           json.dumps({"channel": "email", "to": "x@y.test", "text": "t",
+                                       "send_at": "9999-12-31T23:59:59-14:00"}).encode()]
     bodies += [json.dumps(_junk(rnd), ensure_ascii=rnd.random() < 0.5).encode("utf-8", "surrogatepass")
                for _ in range(60)]
     statuses = set()

@@ -107,3 +107,16 @@ async def test_outbox_timeline_and_code_erasure(tmp_path: Path) -> None:
         assert (await store.outbox_count_to("+15550100", 0))[0] == 1  # codes are counted by their own table
     finally:
         await store.close()
+
+
+async def test_recovery_is_per_outbox(tmp_path: Path) -> None:
+    """The daemon's voice outbox starts beside the text one: it must not requeue a text being sent."""
+    store = await Store.open(tmp_path / "sb.db")
+    try:
+        await store.outbox_enqueue("email", "a@b.test", "hi", None, None, "k1")
+        await store.outbox_enqueue("voice", "201", "hi", None, None, "k2")
+        assert (await store.outbox_claim("email")) and (await store.outbox_claim("voice"))
+        assert await store.outbox_recover(["voice"]) == 1
+        assert [r.state for r in await store.outbox_rows()] == ["sending", "queued"]
+    finally:
+        await store.close()
