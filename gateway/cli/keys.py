@@ -6,20 +6,31 @@ import argparse
 import asyncio
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from datetime import datetime
+from typing import TypeVar
 
 from gateway.cli.common import load
 from gateway.config import Config
 from gateway.http.keys import new_key
 from models.store import Store
 
+T = TypeVar("T")
+
 
 def _when(at: float | None) -> str:
     return datetime.fromtimestamp(at).strftime("%Y-%m-%d %H:%M") if at else "-"
 
 
-async def _store(config: Config) -> Store:
-    return await Store.open(config.database, client=True)  # the daemon may have it open
+def _on_store(config: Config, work: Callable[[Store], Awaitable[T]]) -> T:
+    """Run `work` on the database, opened as a client: the daemon may have it open."""
+    async def run() -> T:
+        store = await Store.open(config.database, client=True)
+        try:
+            return await work(store)
+        finally:
+            await store.close()
+    return asyncio.run(run())
 
 
 def cmd_create(args: argparse.Namespace) -> int:
@@ -31,15 +42,8 @@ def cmd_create(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"switchboard keys create: {exc}", file=sys.stderr)
         return 2
-
-    async def run() -> None:
-        store = await _store(config)
-        try:
-            await store.api_key_create(record)
-        finally:
-            await store.close()
     try:
-        asyncio.run(run())
+        _on_store(config, lambda store: store.api_key_create(record))
     except ValueError as exc:
         print(f"switchboard keys create: {exc}", file=sys.stderr)
         return 1
@@ -54,14 +58,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     config = load(args)
     if config is None:
         return 2
-
-    async def run() -> list:
-        store = await _store(config)
-        try:
-            return await store.api_keys()
-        finally:
-            await store.close()
-    keys, now = asyncio.run(run()), time.time()
+    keys, now = _on_store(config, lambda store: store.api_keys()), time.time()
     if not keys:
         print("no keys (switchboard keys create --name NAME --scope SCOPE)")
         return 0
@@ -79,14 +76,7 @@ def cmd_revoke(args: argparse.Namespace) -> int:
     config = load(args)
     if config is None:
         return 2
-
-    async def run() -> bool:
-        store = await _store(config)
-        try:
-            return await store.api_key_revoke(args.name)
-        finally:
-            await store.close()
-    if not asyncio.run(run()):
+    if not _on_store(config, lambda store: store.api_key_revoke(args.name)):
         print(f"switchboard keys revoke: no active key named {args.name!r}", file=sys.stderr)
         return 1
     print(f"key {args.name} revoked")

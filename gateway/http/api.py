@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 PROBLEM = "application/problem+json"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 B = TypeVar("B", bound=BaseModel)
-KEY = "switchboard.api_key"  # the request's ApiKey, once authenticated
+KEY = web.RequestKey("api_key", ApiKey)  # the request's key, once authenticated
 
 
 class Problem(Exception):

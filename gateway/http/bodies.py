@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import time
+import unicodedata
 from typing import Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
@@ -57,6 +58,8 @@ def destination(kind: str, to: str) -> str:
     """The recipient as the outbox and the per-destination limits see it; raises ValueError.
     One number written two ways is one destination ("+1 555-0100" == "+15550100")."""
     to = to.strip()
+    if any(unicodedata.category(c).startswith("C") for c in to):  # controls, bidi overrides, ...
+        raise ValueError("to: has control or format characters")
     if kind == "email":
         if not _EMAIL.match(to):
             raise ValueError("to: not an email address")
