@@ -26,18 +26,18 @@ def _print(f: Finding) -> None:
         print(f"       fix: {f.fix}")
 
 
-def _check_port(host: str, port: int) -> Finding:
+def _check_port(what: str, section: str, host: str, port: int) -> Finding:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
-                return Finding(False, f"AudioSocket port {host}:{port} is in use",
+                return Finding(False, f"{what} port {host}:{port} is in use",
                                "another switchboard may be running (systemctl status switchboard); "
-                               "or change audiosocket.port")
-            return Finding(False, f"cannot listen on {host}:{port}: {exc.strerror}", "check audiosocket.host")
-    return Finding(True, f"AudioSocket port {host}:{port} is free")
+                               f"or change {section}.port")
+            return Finding(False, f"cannot listen on {host}:{port}: {exc.strerror}", f"check {section}.host")
+    return Finding(True, f"{what} port {host}:{port} is free")
 
 
 async def _check_ami(host: str, port: int) -> Finding:
@@ -105,7 +105,9 @@ async def run_doctor(config_path: Path, data_dir: Path | None) -> int:
                               f"{len(config.site.directory.staff)} staff)")]
     findings.append(_check_data_dir(config.data_dir))
     findings += _check_models(config)
-    findings.append(_check_port(config.audiosocket.host, config.audiosocket.port))
+    findings.append(_check_port("AudioSocket", "audiosocket", config.audiosocket.host, config.audiosocket.port))
+    if config.http.enabled:
+        findings.append(_check_port("HTTP API", "http", config.http.host, config.http.port))
     if config.ami.enabled:
         findings.append(await _check_ami(config.ami.host, config.ami.port))
     else:

@@ -69,6 +69,7 @@ async def test_doctor_passes_with_asterisk_reachable(etc: Path, tmp_path: Path) 
     ami_port = server.sockets[0].getsockname()[1]
     _set(etc, "log_level: INFO", f"log_level: INFO\nami:\n  enabled: true\n  secret: s\n  port: {ami_port}")
     _set(etc, "port: 9092", f"port: {free_port()}")
+    _set(etc, "port: 8080", f"port: {free_port()}")
     async with server:
         proc = await asyncio.to_thread(switchboard, "--config", str(etc / "switchboard.yaml"), "--data-dir",
                                        str(tmp_path / "data"), "doctor", timeout=60)
@@ -82,6 +83,7 @@ def test_doctor_says_what_is_wrong_and_how_to_fix_it(etc: Path, tmp_path: Path) 
     busy.bind(("127.0.0.1", 0))
     busy.listen()
     _set(etc, "port: 9092", f"port: {busy.getsockname()[1]}")
+    _set(etc, "port: 8080", f"port: {busy.getsockname()[1]}")
     try:
         proc = switchboard("--config", str(etc / "switchboard.yaml"), "--data-dir", str(tmp_path / "data"), "doctor",
                            timeout=60)
@@ -89,12 +91,14 @@ def test_doctor_says_what_is_wrong_and_how_to_fix_it(etc: Path, tmp_path: Path) 
         busy.close()
     assert proc.returncode == 1
     assert "[FAIL] AudioSocket port" in proc.stdout and "in use" in proc.stdout
+    assert "[FAIL] HTTP API port" in proc.stdout and "change http.port" in proc.stdout
     assert "[FAIL] Asterisk AMI" in proc.stdout and "fix:" in proc.stdout
-    assert "2 problem(s) found" in proc.stdout
+    assert "3 problem(s) found" in proc.stdout
 
 
 def test_doctor_passes_without_asterisk_when_ami_is_off(etc: Path, tmp_path: Path) -> None:
     _set(etc, "port: 9092", f"port: {free_port()}")
+    _set(etc, "port: 8080", f"port: {free_port()}")
     proc = switchboard("--config", str(etc / "switchboard.yaml"), "--data-dir", str(tmp_path / "data"), "doctor",
                        timeout=60)
     assert proc.returncode == 0, proc.stdout
