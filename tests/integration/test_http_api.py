@@ -29,6 +29,7 @@ from gateway.daemon.app import Daemon
 from gateway.http.keys import new_key
 from models.store import Store
 from tests.support.ami_server import AmiTestServer
+from tests.support.fake_modem import FakeModem
 from tests.support.net import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -44,6 +45,7 @@ class Rig:
     smtp: SmtpPeer
     http: aiohttp.ClientSession
     base: str
+    modem: FakeModem | None = None
 
     async def key(self, *scopes: str, rate: str = "1000/s", expires: str | None = None) -> str:
         key, record = new_key(f"t-{uuid.uuid4().hex[:8]}", list(scopes or ALL_SCOPES), rate, expires)
@@ -85,30 +87,36 @@ async def own_store(services, directory: Path, **config_changes: object):  # typ
 async def rig(services, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Rig]:  # type: ignore[no-untyped-def]
     smtp = SmtpPeer()
     await smtp.start()
+    directory = tmp_path_factory.mktemp("http")
+    modem = FakeModem(directory / "ttyGSM0").start()
     config = services.config
-    messaging = MessagingSettings.model_validate({"email": {"smtp": {
-        "host": "127.0.0.1", "port": smtp.port, "security": "none", "from_address": "desk@clinic.test"}}})
+    messaging = MessagingSettings.model_validate({
+        "email": {"smtp": {"host": "127.0.0.1", "port": smtp.port, "security": "none",
+                           "from_address": "desk@clinic.test"}},
+        "sms_modem": {"port": str(directory / "ttyGSM0"), "reconnect_s": 0.2, "network_timeout_s": 0.5}})
     http = config.http.model_copy(update={
         "port": 0, "messages_per_destination_hourly": 3, "max_body_bytes": 4096,
         "templates": {"reminder": "Your appointment is at $time."},
         "otp": config.http.otp.model_copy(update={"resend_cooldown_s": 30.0, "per_destination_hourly": 2})})
-    daemon = Daemon(await own_store(services, tmp_path_factory.mktemp("http"), messaging=messaging, http=http))
+    daemon = Daemon(await own_store(services, directory, messaging=messaging, http=http))
     await daemon.start()
     assert daemon.http is not None
     session = aiohttp.ClientSession()
     try:
-        yield Rig(daemon, smtp, session, f"http://127.0.0.1:{daemon.http.port}")
+        yield Rig(daemon, smtp, session, f"http://127.0.0.1:{daemon.http.port}", modem)
     finally:
         await session.close()
         await daemon.stop(grace_s=0.5)
         await daemon.services.store.close()
         await smtp.stop()
+        modem.close()
 
 
 async def test_health_ready_and_metrics(rig: Rig) -> None:
     assert (await rig.call("GET", "/health"))[:2] == (200, {"status": "ok"})
     status, body, _ = await rig.call("GET", "/ready")
-    assert status == 200 and body["checks"] == {"models": "up", "store": "up", "channel:email": "up"}
+    assert status == 200 and body["checks"] == {"models": "up", "store": "up", "channel:email": "up",
+                                                "channel:sms": "up"}
     status, body, resp = await rig.call("GET", "/metrics")
     assert status == 200 and resp.content_type == "text/plain"
     text = body["text"]
@@ -175,7 +183,7 @@ async def test_every_refusal_is_a_problem_document(rig: Rig) -> None:
         (await rig.call("POST", "/v1/messages", await rig.key("otp:send"), message), 403),
         (await rig.call("POST", "/v1/messages", await rig.key(), {"channel": "fax", "to": "x", "text": "hi"}), 422),
         (await rig.call("POST", "/v1/messages", await rig.key(), data=b"{not json"), 422),
-        (await rig.call("POST", "/v1/messages", await rig.key(), {**message, "channel": "sms"}), 422),  # no modem
+        (await rig.call("POST", "/v1/messages", await rig.key(), {**message, "channel": "sip"}), 422),  # none here
         (await rig.call("POST", "/v1/messages", await rig.key(), data=b"[" + b"1," * 5000 + b"1]"), 413),
         (await rig.call("GET", "/v1/messages/999999999", await rig.key()), 404),
         (await rig.call("GET", "/v1/nothing-here"), 404),
@@ -272,6 +280,31 @@ async def test_one_time_code_by_email(rig: Rig, caplog: pytest.LogCaptureFixture
     ours = "\n".join(r.getMessage() for r in caplog.records  # not the test's SMTP server's debug log
                      if r.name.split(".")[0] in ("gateway", "channels", "models", "llm", "aiohttp"))
     assert code not in rows[0].body and code not in ours and "otp queued" in ours
+
+
+async def test_one_time_code_by_sms_through_the_modem(rig: Rig) -> None:
+    assert rig.modem is not None
+    key = await rig.key("otp:send", "otp:verify", "messages:send")
+    status, sent, _ = await rig.call("POST", "/v1/otp", key, {"to": "+31 6 1234 5678", "channel": "sms"})
+    assert status == 202
+    for _ in range(200):
+        if rig.modem.sent:
+            break
+        await asyncio.sleep(0.05)
+    (part,) = rig.modem.sent
+    assert part.number == "+31612345678"
+    code = re.search(r"\b(\d{6})\b", part.text).group(1)  # type: ignore[union-attr]
+    assert (await rig.call("POST", "/v1/otp/verify", key, {"id": sent["id"], "code": code}))[1]["valid"] is True
+    assert (await rig.call("POST", "/v1/otp/verify", key, {"id": sent["id"], "code": code}))[1] == {
+        "valid": False, "attempts_left": 0}
+    status, _, _ = await rig.call("POST", "/v1/messages", key, {"channel": "sms", "to": "+31612345678",
+                                                                "text": "See you at 9:30."})
+    assert status == 202
+    for _ in range(200):
+        if len(rig.modem.sent) == 2:
+            break
+        await asyncio.sleep(0.05)
+    assert rig.modem.sent[1].text == "See you at 9:30."
 
 
 async def test_brute_force_hits_the_attempt_limit(rig: Rig) -> None:
