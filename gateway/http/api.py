@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import string
 import time
 from collections.abc import Awaitable, Callable
@@ -22,8 +23,12 @@ from channels.outbox import Outbox
 from gateway.asterisk.voice import CODE_SUBJECT
 from gateway.config import HttpSettings
 from gateway.http.auth import Authenticator, RateLimited, Unauthorized
-from gateway.http.bodies import MessageIn, OtpIn, OtpVerifyIn, destination
+from gateway.http.bodies import (
+    Health, MessageAccepted, MessageIn, MessageStatus, OtpAccepted, OtpIn, OtpVerdict, OtpVerifyIn, ProblemDocument,
+    Ready, Step, destination,
+)
 from gateway.http.metrics import CONTENT_TYPE, Metrics
+from gateway.http.openapi import Operation, document
 from gateway.http.otp import HOUR_S, OneTimeCodes, Refused, load_hmac_key
 from gateway.services import Services
 from models.records import ApiKey
@@ -44,22 +49,20 @@ class Problem(Exception):
         self.status, self.detail, self.retry_after, self.extra = status, detail, retry_after, extra
 
 
+def answer(model: BaseModel, status: int = 200, *, content_type: str = "application/json",
+           headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(text=model.model_dump_json(exclude_none=content_type == PROBLEM), status=status,
+                        content_type=content_type, headers=headers)
+
+
 def problem(status: int, detail: str, retry_after: int | None = None, **extra: Any) -> web.Response:
-    body = {"type": "about:blank", "title": HTTPStatus(status).phrase, "status": status, "detail": detail, **extra}
+    document = ProblemDocument(title=HTTPStatus(status).phrase, status=status, detail=detail, **extra)
     headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
-    return web.json_response(body, status=status, content_type=PROBLEM, headers=headers)
+    return answer(document, status, content_type=PROBLEM, headers=headers)
 
 
-def scope(name: str) -> Callable[[Handler], Handler]:
-    """The scope a route needs; routes without one need no key."""
-    def mark(handler: Handler) -> Handler:
-        handler.scope = name  # type: ignore[attr-defined]
-        return handler
-    return mark
-
-
-def _iso(at: float | None) -> str | None:
-    return None if at is None else datetime.fromtimestamp(at, timezone.utc).isoformat(timespec="milliseconds")
+def _iso(at: float) -> str:
+    return datetime.fromtimestamp(at, timezone.utc).isoformat(timespec="milliseconds")
 
 
 async def _body(request: web.Request, model: type[B]) -> B:
@@ -82,12 +85,28 @@ class HttpApi:
                                ami_connected=ami_connected)
         self.auth = Authenticator(self.store)
         self.codes = OneTimeCodes(self.store, settings.otp, load_hmac_key(services.config.data_dir))
+        routes: list[tuple[Operation, Handler]] = [
+            (Operation("GET", "/health", "liveness", answers={200: Health}), self.health),
+            (Operation("GET", "/ready", "models, store, AMI, ARI and channels up", answers={200: Ready},
+                       problems={503: "something is down: `checks` says what"}), self.ready),
+            (Operation("GET", "/metrics", "Prometheus text exposition", answers={200: "text/plain"}), self.metrics_page),
+            (Operation("GET", "/v1/openapi.json", "this document", answers={200: "application/json"}), self.openapi),
+            (Operation("POST", "/v1/messages", "queue a message (sms, sip, email, voice)", "messages:send",
+                       MessageIn, {202: MessageAccepted}, {429: "over the key's rate or the destination's hourly "
+                                                                "limit (Retry-After)"}), self.send_message),
+            (Operation("GET", "/v1/messages/{id}", "a message's status and timeline", "messages:read",
+                       answers={200: MessageStatus}, problems={404: "no such message of this key"}),
+             self.message_status),
+            (Operation("POST", "/v1/otp", "send a one-time code", "otp:send", OtpIn, {202: OtpAccepted},
+                       {429: "over the key's rate, the resend cooldown or the destination's hourly limit "
+                             "(Retry-After)"}), self.send_code),
+            (Operation("POST", "/v1/otp/verify", "check a one-time code (it is used up when valid)", "otp:verify",
+                       OtpVerifyIn, {200: OtpVerdict}, {404: "no such code", 429: "no attempts left"}),
+             self.verify_code),
+        ]
+        self._openapi = document([op for op, _ in routes], version="1")
         self.app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[self._middleware])
-        self.app.add_routes([
-            web.get("/health", self.health), web.get("/ready", self.ready), web.get("/metrics", self.metrics_page),
-            web.post("/v1/messages", self.send_message), web.get(r"/v1/messages/{id:\d{1,18}}", self.message_status),
-            web.post("/v1/otp", self.send_code), web.post("/v1/otp/verify", self.verify_code),
-        ])
+        self.app.add_routes([web.route(op.method, op.path, self._keyed(op.scope, handler)) for op, handler in routes])
         self._runner: web.AppRunner | None = None
         self.port = 0
 
@@ -112,15 +131,7 @@ class HttpApi:
     async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         resource = request.match_info.route.resource
         route = resource.canonical if resource is not None else "unmatched"
-        key: ApiKey | None = None
         try:
-            needed = getattr(request.match_info.handler, "scope", None)
-            if needed is not None:
-                try:
-                    key = request[KEY] = await self.auth.authenticate(request.headers.get("Authorization"))
-                except Unauthorized as exc:
-                    raise Problem(401, str(exc)) from None
-                self._authorize(key, needed)
             response = await handler(request)
         except Problem as exc:
             response = problem(exc.status, exc.detail, exc.retry_after, **exc.extra)
@@ -130,21 +141,34 @@ class HttpApi:
             log.exception("http handler failed route=%s", route)
             response = problem(500, "internal error; see the daemon's log")
         self.metrics.http_requests.labels(route, str(response.status)).inc()
+        key = request.get(KEY)
         if key is not None:
             self.auth.audit(key.name, request.method, route, response.status)
         return response
 
-    def _authorize(self, key: ApiKey, needed: str) -> None:
-        if needed not in key.scopes and "admin" not in key.scopes:
-            raise Problem(403, f"this key lacks the scope {needed}")
-        try:
-            self.auth.take(key)
-        except RateLimited as exc:
-            raise Problem(429, str(exc), retry_after=exc.retry_after) from None
+    def _keyed(self, needed: str | None, handler: Handler) -> Handler:
+        """The handler behind the key check its route's scope asks for (wrapped where it is registered,
+        so a route cannot lose its check on the way)."""
+        if needed is None:
+            return handler
+
+        async def checked(request: web.Request) -> web.StreamResponse:
+            try:
+                key = request[KEY] = await self.auth.authenticate(request.headers.get("Authorization"))
+            except Unauthorized as exc:
+                raise Problem(401, str(exc)) from None
+            if needed not in key.scopes and "admin" not in key.scopes:
+                raise Problem(403, f"this key lacks the scope {needed}")
+            try:
+                self.auth.take(key)
+            except RateLimited as exc:
+                raise Problem(429, str(exc), retry_after=exc.retry_after) from None
+            return await handler(request)
+        return checked
 
     # ---- operations -------------------------------------------------------------------------------
     async def health(self, request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
+        return answer(Health())
 
     async def ready(self, request: web.Request) -> web.Response:
         """Models are loaded before the daemon exists; the store is asked; the rest is the daemon's."""
@@ -158,11 +182,14 @@ class HttpApi:
         down = sorted(name for name, state in checks.items() if state == "down")
         if down:
             return problem(503, f"not up: {', '.join(down)}", checks=checks)
-        return web.json_response({"status": "ready", "checks": checks})
+        return answer(Ready(checks=checks))  # type: ignore[arg-type]
 
     async def metrics_page(self, request: web.Request) -> web.Response:
         body = await self.metrics.exposition(self.store)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        return web.json_response(self._openapi)
 
     # ---- messages -----------------------------------------------------------------------------------
     def _channel(self, kind: str) -> tuple[Outbox, str]:
@@ -179,7 +206,6 @@ class HttpApi:
         except ValueError as exc:
             raise Problem(422, str(exc)) from None
 
-    @scope("messages:send")
     async def send_message(self, request: web.Request) -> web.Response:
         body = await _body(request, MessageIn)
         key: ApiKey = request[KEY]
@@ -194,11 +220,9 @@ class HttpApi:
         # Scoped by key: two integrators' keys never collide, and "otp:" rows cannot be forged.
         idempotency = f"api:{key.name}:{body.idempotency_key}" if body.idempotency_key else None
         row_id = await outbox.enqueue(channel, to, text, subject=subject, idempotency_key=idempotency,
-                                           send_at=body.send_at.timestamp() if body.send_at else None,
-                                           owner=key.name)
+                                      send_at=body.send_at.timestamp() if body.send_at else None, owner=key.name)
         row = await self.store.outbox_get(row_id)
-        status = row.state if row is not None else "queued"
-        return web.json_response({"id": row_id, "status": status}, status=202)
+        return answer(MessageAccepted(id=row_id, status=row.state if row is not None else "queued"), 202)
 
     def _render(self, name: str, variables: dict[str, str]) -> str:
         template = self.settings.templates.get(name)
@@ -212,23 +236,22 @@ class HttpApi:
             raise Problem(422, "the rendered text is longer than 4000 characters")
         return text
 
-    @scope("messages:read")
     async def message_status(self, request: web.Request) -> web.Response:
         key: ApiKey = request[KEY]
-        row = await self.store.outbox_get(int(request.match_info["id"]))
+        raw = request.match_info["id"]
+        row = await self.store.outbox_get(int(raw)) if re.fullmatch(r"[0-9]{1,18}", raw) else None
         # Only the key that queued a message (or an admin key) sees it; others learn nothing, not even that it exists.
         if row is None or row.owner is None or (row.owner != key.name and "admin" not in key.scopes):
             raise Problem(404, "no such message")
         events = await self.store.outbox_events(row.id)
-        return web.json_response({
-            "id": row.id, "channel": row.channel, "status": row.state, "attempts": row.attempts,
-            "last_error": row.last_error, "created_at": _iso(row.created_at), "send_at": _iso(row.next_attempt_at)
-            if row.state == "queued" else None, "sent_at": _iso(row.sent_at),
-            "timeline": [{"status": e["state"], "at": _iso(e["at"]), "attempts": e["attempts"], "error": e["error"]}
-                         for e in events]})
+        return answer(MessageStatus(
+            id=row.id, channel=row.channel, status=row.state, attempts=row.attempts, last_error=row.last_error,
+            created_at=_iso(row.created_at), send_at=_iso(row.next_attempt_at) if row.state == "queued" else None,
+            sent_at=_iso(row.sent_at) if row.sent_at is not None else None,
+            timeline=[Step(status=e["state"], at=_iso(e["at"]), attempts=e["attempts"], error=e["error"])
+                      for e in events]))
 
     # ---- one-time codes -----------------------------------------------------------------------------
-    @scope("otp:send")
     async def send_code(self, request: web.Request) -> web.Response:
         body = await _body(request, OtpIn)
         key: ApiKey = request[KEY]
@@ -237,18 +260,19 @@ class HttpApi:
             new = await self.codes.create(key.name, body.channel, to, body.purpose)
         except Refused as exc:
             raise Problem(429, str(exc), retry_after=max(1, math.ceil(exc.retry_after_s))) from None
-        subject = f"{self.services.config.site.name}: your code" if body.channel == "email" else None
+        if body.channel == "voice":  # the call reads the code digit by digit, twice
+            text, subject = new.code, CODE_SUBJECT
+        else:
+            text = self.codes.message(new.code)
+            subject = f"{self.services.config.site.name}: your code" if body.channel == "email" else None
         # "otp:" rows have their text erased once settled (a trigger of migration 4).
-        # A voice channel reads a code digit by digit, twice; other channels send the sentence.
-        text, subject = (new.code, CODE_SUBJECT) if body.channel == "voice" else (self.codes.message(new.code), subject)
-        outbox_id = await outbox.enqueue(channel, to, text, subject=subject,
-                                              idempotency_key=f"otp:{new.record.id}", owner=key.name)
+        outbox_id = await outbox.enqueue(channel, to, text, subject=subject, idempotency_key=f"otp:{new.record.id}",
+                                         owner=key.name)
         await self.store.otp_sent_via(new.record.id, outbox_id)
         self.metrics.otp.labels("sent").inc()
         log.info("otp queued id=%s channel=%s outbox=%d", new.record.id, body.channel, outbox_id)
-        return web.json_response({"id": new.record.id, "expires_at": _iso(new.record.expires_at)}, status=202)
+        return answer(OtpAccepted(id=new.record.id, expires_at=_iso(new.record.expires_at)), 202)
 
-    @scope("otp:verify")
     async def verify_code(self, request: web.Request) -> web.Response:
         body = await _body(request, OtpVerifyIn)
         verdict = await self.codes.verify(body.id, body.code)
@@ -258,4 +282,4 @@ class HttpApi:
         if verdict.outcome == "exhausted":
             raise Problem(429, "no attempts left for this code: request a new one",
                           retry_after=max(1, math.ceil(self.settings.otp.resend_cooldown_s)))
-        return web.json_response({"valid": verdict.outcome == "valid", "attempts_left": verdict.attempts_left})
+        return answer(OtpVerdict(valid=verdict.outcome == "valid", attempts_left=verdict.attempts_left))

@@ -72,3 +72,62 @@ def destination(kind: str, to: str) -> str:
     if not _PHONE.match(number):
         raise ValueError("to: not a phone number")
     return number
+
+
+# ---- responses: the handlers answer through these, and the OpenAPI document describes them --------
+class Answer(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class Health(Answer):
+    status: Literal["ok"] = "ok"
+
+
+class Ready(Answer):
+    status: Literal["ready"] = "ready"
+    checks: dict[str, Literal["up", "down"]]  # models, store, ami, ari, channel:NAME
+
+
+class MessageAccepted(Answer):
+    id: int
+    status: str  # queued, or the state of the message an idempotency key already named
+
+
+class Step(Answer):
+    status: str  # queued | sending | sent | delivered | failed
+    at: str  # ISO 8601, UTC
+    attempts: int
+    error: str | None = None
+
+
+class MessageStatus(Answer):
+    id: int
+    channel: str
+    status: str
+    attempts: int
+    last_error: str | None = None
+    created_at: str
+    send_at: str | None = None  # while queued: not before then
+    sent_at: str | None = None
+    timeline: list[Step]
+
+
+class OtpAccepted(Answer):
+    id: str
+    expires_at: str
+
+
+class OtpVerdict(Answer):
+    valid: bool
+    attempts_left: int
+
+
+class ProblemDocument(Answer):
+    """RFC 9457, application/problem+json."""
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str
+    errors: list[dict[str, str]] | None = None  # 422: each field at fault (loc, msg)
+    checks: dict[str, str] | None = None  # 503 from /ready

@@ -377,6 +377,7 @@ async def test_fuzz_never_answers_500(rig: Rig) -> None:
     rnd = random.Random(20261202)
     key = await rig.key(*ALL_SCOPES)
     routes = [("POST", "/v1/messages"), ("POST", "/v1/otp"), ("POST", "/v1/otp/verify"), ("GET", "/v1/messages/1"),
+              ("GET", "/v1/messages/\u0663"), ("GET", "/v1/messages/" + "9" * 30), ("GET", "/v1/openapi.json"),
               ("GET", "/health"), ("GET", "/ready")]
     bodies: list[bytes] = [b"", b"null", b"\xff\xfe", b"{" * 3000, b'{"channel": "email", "to": "' + b"a" * 5000 + b'"}',
                            json.dumps({"channel": "email", "to": "\u202e@x.test", "text": "\x00"}).encode(),
@@ -423,3 +424,24 @@ async def test_readme_curl_examples(rig: Rig) -> None:
             shown_id = json.loads(shown)["id"]
             real[f"/v1/messages/{shown_id}" if isinstance(shown_id, int) else shown_id] = (
                 f"/v1/messages/{answer['id']}" if isinstance(shown_id, int) else answer["id"])
+
+
+async def test_openapi_document_describes_every_route(rig: Rig) -> None:
+    status, doc, _ = await rig.call("GET", "/v1/openapi.json")
+    assert status == 200 and doc["openapi"] == "3.1.0"
+    assert set(doc["paths"]) == {"/health", "/ready", "/metrics", "/v1/openapi.json", "/v1/messages",
+                                 "/v1/messages/{id}", "/v1/otp", "/v1/otp/verify"}
+    send = doc["paths"]["/v1/messages"]["post"]
+    assert send["security"] == [{"bearer": []}] and {"202", "401", "403", "413", "422", "429"} <= set(send["responses"])
+    schemas = doc["components"]["schemas"]
+    assert schemas["MessageIn"]["properties"]["channel"]["enum"] == ["sms", "sip", "email", "voice"]
+    assert "additionalProperties" in schemas["MessageIn"] and "ProblemDocument" in schemas
+    # Each $ref resolves.
+    refs = re.findall(r'"\$ref": "#/components/schemas/(\w+)"', json.dumps(doc))
+    assert refs and set(refs) <= set(schemas)
+    # Every route the document says needs a key refuses a request without one (a route never loses its check).
+    keyed = [(method, path.replace("{id}", "1")) for path, item in doc["paths"].items()
+             for method, op in item.items() if "security" in op]
+    assert len(keyed) == 4
+    for method, path in keyed:
+        assert (await rig.call(method.upper(), path, None, {}))[0] == 401, path
