@@ -49,11 +49,14 @@ def peak_rss_mb(pid: int) -> float:
 
 
 @contextlib.asynccontextmanager
-async def gateway_process(calls: dict | None = None, ready_line: str = "phrases prepared",
+async def gateway_process(calls: dict | None = None, ready_line: str = "phrases prepared", *,
+                          sections: dict | None = None, http_port: int = 0,
                           ) -> AsyncIterator[tuple[int, subprocess.Popen, Path]]:
     """`switchboard run` on the example site and a free loopback port; yields once `ready_line` is logged.
 
-    `calls` overrides keys of the config's `calls:` section (e.g. admission limits for load tests).
+    `calls` overrides keys of the config's `calls:` section (e.g. admission limits for load tests);
+    `sections` replaces whole top-level sections (e.g. `messaging`, `http`). The HTTP API listens on
+    `http_port` (0: any free port, so benchmarks never collide with a service on 8080).
     """
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="switchboard-bench-") as tmp:
@@ -61,13 +64,14 @@ async def gateway_process(calls: dict | None = None, ready_line: str = "phrases 
         shutil.copytree(ROOT / "etc", etc)
         config = yaml.safe_load((etc / "switchboard.yaml").read_text())
         config["calls"] = {**config.get("calls", {}), **(calls or {})}
+        config.update(sections or {})
         (etc / "switchboard.yaml").write_text(yaml.safe_dump(config))
         data = Path(tmp) / "data"
         log_path = Path(tmp) / "gateway.log"
         log = log_path.open("w")
         proc = subprocess.Popen(
             [sys.executable, "-m", "gateway.cli.main", "--config", str(etc / "switchboard.yaml"), "--data-dir", str(data),
-             "run", "--port", str(port)],
+             "run", "--port", str(port), "--http-port", str(http_port)],
             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
         try:
             deadline = time.monotonic() + 300

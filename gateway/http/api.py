@@ -221,7 +221,8 @@ class HttpApi:
         idempotency = f"api:{key.name}:{body.idempotency_key}" if body.idempotency_key else None
         row_id = await outbox.enqueue(channel, to, text, subject=subject, idempotency_key=idempotency,
                                       send_at=body.send_at.timestamp() if body.send_at else None, owner=key.name)
-        row = await self.store.outbox_get(row_id)
+        # Only a repeated idempotency key can name a message that is already further along.
+        row = await self.store.outbox_get(row_id) if idempotency else None
         return answer(MessageAccepted(id=row_id, status=row.state if row is not None else "queued"), 202)
 
     def _render(self, name: str, variables: dict[str, str]) -> str:
