@@ -28,6 +28,7 @@ from gateway.http.bodies import (
     Ready, Step, destination,
 )
 from gateway.http.metrics import CONTENT_TYPE, Metrics
+from gateway.http.limits import KeyedLocks
 from gateway.http.openapi import Operation, document
 from gateway.http.otp import HOUR_S, OneTimeCodes, Refused, load_hmac_key
 from gateway.services import Services
@@ -84,6 +85,7 @@ class HttpApi:
         self.metrics = Metrics(calls_active=calls_active, ai_turns=lambda: services.turns_in_use,
                                ami_connected=ami_connected)
         self.auth = Authenticator(self.store)
+        self._destinations = KeyedLocks()  # limits per destination hold under concurrent requests
         self.codes = OneTimeCodes(self.store, settings.otp, load_hmac_key(services.config.data_dir))
         routes: list[tuple[Operation, Handler]] = [
             (Operation("GET", "/health", "liveness", answers={200: Health}), self.health),
@@ -211,16 +213,17 @@ class HttpApi:
         key: ApiKey = request[KEY]
         (outbox, channel), to = self._channel(body.channel), self._destination(body.channel, body.to)
         text = body.text if body.text is not None else self._render(body.template or "", body.vars)
-        limit, now = self.settings.messages_per_destination_hourly, time.time()
-        count, oldest = await self.store.outbox_count_to(to, now - HOUR_S)
-        if count >= limit:
-            raise Problem(429, f"over {limit} messages to this destination per hour",
-                          retry_after=max(1, math.ceil(oldest + HOUR_S - now)))
         subject = (body.subject or self.services.config.site.name) if body.channel == "email" else None
         # Scoped by key: two integrators' keys never collide, and "otp:" rows cannot be forged.
         idempotency = f"api:{key.name}:{body.idempotency_key}" if body.idempotency_key else None
-        row_id = await outbox.enqueue(channel, to, text, subject=subject, idempotency_key=idempotency,
-                                      send_at=body.send_at.timestamp() if body.send_at else None, owner=key.name)
+        async with self._destinations.hold(to):
+            limit, now = self.settings.messages_per_destination_hourly, time.time()
+            count, oldest = await self.store.outbox_count_to(to, now - HOUR_S)
+            if count >= limit:
+                raise Problem(429, f"over {limit} messages to this destination per hour",
+                              retry_after=max(1, math.ceil(oldest + HOUR_S - now)))
+            row_id = await outbox.enqueue(channel, to, text, subject=subject, idempotency_key=idempotency,
+                                          send_at=body.send_at.timestamp() if body.send_at else None, owner=key.name)
         # Only a repeated idempotency key can name a message that is already further along.
         row = await self.store.outbox_get(row_id) if idempotency else None
         return answer(MessageAccepted(id=row_id, status=row.state if row is not None else "queued"), 202)
@@ -258,7 +261,8 @@ class HttpApi:
         key: ApiKey = request[KEY]
         (outbox, channel), to = self._channel(body.channel), self._destination(body.channel, body.to)
         try:
-            new = await self.codes.create(key.name, body.channel, to, body.purpose)
+            async with self._destinations.hold(f"otp:{to}"):
+                new = await self.codes.create(key.name, body.channel, to, body.purpose)
         except Refused as exc:
             raise Problem(429, str(exc), retry_after=max(1, math.ceil(exc.retry_after_s))) from None
         if body.channel == "voice":  # the call reads the code digit by digit, twice

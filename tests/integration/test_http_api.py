@@ -249,6 +249,18 @@ async def test_scheduled_message_waits_and_destination_limit(rig: Rig) -> None:
     assert status == 429 and int(resp.headers["Retry-After"]) > 3000
 
 
+async def test_destination_limits_hold_under_concurrent_requests(rig: Rig) -> None:
+    """Parallel requests to one destination cannot all pass the check before any is written."""
+    key = await rig.key()
+    codes = await asyncio.gather(*(rig.call("POST", "/v1/otp", key, {"to": "pump@example.test", "channel": "email"})
+                                   for _ in range(8)))
+    assert sorted(status for status, _, _ in codes) == [202] + [429] * 7  # the resend cooldown
+    later = datetime.fromtimestamp(time.time() + 86400, timezone.utc).isoformat()
+    sent = await asyncio.gather(*(rig.call("POST", "/v1/messages", key, {
+        "channel": "email", "to": "pump@example.test", "text": "x", "send_at": later}) for _ in range(8)))
+    assert sorted(status for status, _, _ in sent) == [202] * 3 + [429] * 5  # 3 an hour (the fixture's limit)
+
+
 def _code(mail) -> str:  # type: ignore[no-untyped-def]
     return re.search(r"\b(\d{6})\b", mail.get_body().get_content()).group(1)  # type: ignore[union-attr]
 
