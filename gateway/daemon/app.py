@@ -165,7 +165,7 @@ class Daemon:
         # Messages spoken in outbound calls (HTTP API channel "voice"): an outbox of their own, so a site
         # with AMI and no text channel has no text plane.
         self.voice = Outbox(services.store, {"voice": VoiceChannel(lambda: self.gateway.outbound, config.ami)},
-                            retry=config.messaging.outbox.retry) if self.ami is not None else None
+                            retry=config.messaging.outbox.retry) if self.ami and config.http.enabled else None
         self.http = HttpApi(
             config.http, services, route=self.route, planes=self.planes,
             calls_active=lambda: len(self.gateway.sessions),

@@ -120,3 +120,19 @@ async def test_recovery_is_per_outbox(tmp_path: Path) -> None:
         assert [r.state for r in await store.outbox_rows()] == ["sending", "queued"]
     finally:
         await store.close()
+
+
+def test_http_section_is_validated(tmp_path: Path) -> None:
+    from gateway.config import ConfigError, HttpSettings, load_config
+    assert HttpSettings().port == 8080 and HttpSettings().host == "127.0.0.1" and HttpSettings().enabled
+    etc = Path(__file__).resolve().parents[2] / "etc"
+    text = (etc / "switchboard.yaml").read_text().replace("directory.yaml", str(etc / "directory.yaml")).replace(
+        "knowledge.yaml", str(etc / "knowledge.yaml"))
+    for bad, where in (("  port: 8080", "http.port"), ("  enabled: true\n  host", "http.enabled")):
+        (tmp_path / "switchboard.yaml").write_text(text.replace(bad, bad.replace("8080", "70000").replace(
+            "true", "sometimes"), 1))
+        with pytest.raises(ConfigError, match=where):
+            load_config(tmp_path / "switchboard.yaml")
+    for bad in ({"default_rate": "fast"}, {"otp": {"message": "no code here"}}, {"otp": {"digits": 3}}):
+        with pytest.raises(ValueError):
+            HttpSettings.model_validate(bad)
