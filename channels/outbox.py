@@ -23,7 +23,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 from channels.base import Channel, InboundHandler, OutgoingMessage, PermanentError
 from channels.settings import OutboxSettings, RateLimit, RetryPolicy
@@ -88,6 +88,8 @@ class Outbox:
         self._stopping = False
         # A delivery report can overtake the commit of `sent`; it is applied right after it.
         self._early_reports: dict[tuple[str, str], bool] = {}
+        # Told (row id, sent | delivered | failed) after each such commit, e.g. to send a webhook.
+        self.on_settled: Callable[[int, str], Awaitable[None]] | None = None
 
     @classmethod
     def from_settings(cls, store: Store, channels: Mapping[str, Channel], settings: OutboxSettings) -> Outbox:
@@ -150,6 +152,8 @@ class Outbox:
     async def on_delivery(self, channel: str, provider_ref: str, ok: bool) -> None:
         """The DeliveryHandler given to every channel."""
         row_id = await self.store.outbox_delivery(channel, provider_ref, ok)
+        if row_id is not None:
+            await self._settled(row_id, "delivered" if ok else "failed")
         if row_id is None:
             if len(self._early_reports) >= _EARLY_REPORTS_MAX:
                 self._early_reports.pop(next(iter(self._early_reports)))
@@ -198,6 +202,7 @@ class Outbox:
         if not record.opt_notice and await self.store.is_opted_out(record.recipient):
             await self.store.outbox_failed(record.id, OPTED_OUT)
             log.info("outbox not sent id=%d channel=%s reason=opted out", record.id, record.channel)
+            await self._settled(record.id, "failed")
             return
         try:
             # A channel may need longer than a text (a phone call rings and is spoken): its own bound.
@@ -207,12 +212,14 @@ class Outbox:
             await self.store.outbox_failed(record.id, _describe(exc))
             log.warning("outbox failed id=%d channel=%s attempts=%d error=%s",
                         record.id, record.channel, record.attempts, _describe(exc))
+            await self._settled(record.id, "failed")
         except Exception as exc:  # TemporaryError, a timeout, or a channel bug: the row must not be lost
             error = _describe(exc)
             if record.attempts >= self.retry.max_attempts:
                 await self.store.outbox_failed(record.id, f"gave up after {record.attempts} attempts: {error}")
                 log.warning("outbox failed id=%d channel=%s attempts=%d error=%s",
                             record.id, record.channel, record.attempts, error)
+                await self._settled(record.id, "failed")
                 return
             delay = backoff_delay(record.attempts, self.retry)
             await self.store.outbox_retry(record.id, error, time.time() + delay)
@@ -222,9 +229,18 @@ class Outbox:
             await self.store.outbox_sent(record.id, result.provider_ref, result.delivered)
             log.info("outbox sent id=%d channel=%s attempts=%d ref=%s delivered=%s",
                      record.id, record.channel, record.attempts, result.provider_ref, result.delivered)
+            await self._settled(record.id, "delivered" if result.delivered else "sent")
             early = self._early_reports.pop((record.channel, result.provider_ref or ""), None)
             if early is not None and not result.delivered:
                 await self.store.outbox_delivery(record.channel, result.provider_ref or "", early)
+                await self._settled(record.id, "delivered" if early else "failed")
+
+    async def _settled(self, row_id: int, state: str) -> None:
+        if self.on_settled is not None:
+            try:
+                await self.on_settled(row_id, state)
+            except Exception as exc:  # a watcher's failure must not disturb sending
+                log.error("outbox watcher failed id=%d state=%s error=%s", row_id, state, exc)
 
 
 def _describe(exc: BaseException) -> str:

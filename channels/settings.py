@@ -143,3 +143,26 @@ class SipMessageSettings(Settings):
             raise ValueError("give both inbound_username and inbound_password_env, or neither")
         return self
 
+
+WEBHOOK_EVENTS = ("message.sent", "message.delivered", "message.failed", "otp.verified", "call.ended")
+
+
+class WebhookSettings(Settings):
+    """One receiver under `http.webhooks`: events POSTed as JSON, signed with HMAC-SHA256."""
+
+    url: str = Field(pattern=r"^https?://[^\s]+$")
+    secret_env: str  # the name of an environment variable holding the signing secret
+    events: tuple[Literal[WEBHOOK_EVENTS], ...] = WEBHOOK_EVENTS  # type: ignore[valid-type]
+    timeout_s: float = Field(10.0, gt=0)
+
+    @model_validator(mode="after")
+    def _secret_set(self) -> "WebhookSettings":
+        self.secret()  # at start, not at the first event
+        return self
+
+    def secret(self) -> bytes:
+        value = os.environ.get(self.secret_env)
+        if not value:
+            raise ValueError(f"http.webhooks: environment variable {self.secret_env!r} is not set")
+        return value.encode()
+

@@ -14,7 +14,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator, with_config
 
-from channels.settings import AmiMessageSettings, EmailSettings, ModemSettings, OutboxSettings, SipMessageSettings
+from channels.settings import (
+    AmiMessageSettings, EmailSettings, ModemSettings, OutboxSettings, SipMessageSettings, WebhookSettings,
+)
 from llm.knowledge import load_knowledge_yaml
 from llm.site import Directory, Site
 from models.records import KnowledgeEntry
@@ -264,6 +266,7 @@ class HttpSettings(Section):
     messages_per_destination_hourly: int = Field(20, ge=1)  # API messages to one destination per hour
     templates: dict[str, str] = {}  # name -> text with $vars, for POST /v1/messages {template, vars}
     otp: OtpSettings = OtpSettings()
+    webhooks: tuple[WebhookSettings, ...] = ()  # signed event deliveries, through a durable outbox
 
 
 class FileConfig(Section):

@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 from channels.base import InboundMessage
 from channels.outbox import Outbox
+from channels.webhook import WebhookChannel
 from gateway.daemon import sdnotify
 from gateway.asterisk.ami import AmiClient
 from gateway.asterisk.ari import AriController, AriTransferer
@@ -25,6 +26,8 @@ from gateway.sessions.outbound import OutboundMessageSession
 from gateway.config import Config
 from gateway.daemon.messaging import Messaging
 from gateway.http.api import HttpApi
+from gateway.http.webhooks import Webhooks
+from gateway.tasks import TaskSet
 from gateway.media.pacer import MediaClock
 from gateway.services import Services, load_services
 
@@ -43,14 +46,15 @@ class Gateway:
     def __init__(self, services: Services, *, host: str | None = None, port: int | None = None,
                  transferer: Transferer | None = None, calls: CallDirectory | None = None,
                  outbound: OutboundCalls | None = None, ari: AriController | None = None,
-                 messaging: Messaging | None = None, on_call_ended: Callable[[str], None] | None = None) -> None:
+                 messaging: Messaging | None = None,
+                 on_call_ended: Callable[[str, str], None] | None = None) -> None:
         cfg = services.config.audiosocket
         self.services = services
         self.clock = MediaClock()
         self.transferer = transferer
         self.calls, self.outbound = calls, outbound  # the AMI control plane, when enabled
         self.ari, self.messaging = ari, messaging
-        self.on_call_ended = on_call_ended  # the reason, for metrics
+        self.on_call_ended = on_call_ended  # (call id, reason): metrics and webhooks
         self._ami_hangups: set[asyncio.Task[None]] = set()
         self.sessions: set[CallSession] = set()
         self.server = AudioSocketServer(
@@ -91,7 +95,7 @@ class Gateway:
             if self.calls is not None:
                 self.calls.forget(call.call_id)
             if self.on_call_ended is not None:
-                self.on_call_ended(session.end_reason)
+                self.on_call_ended(call.call_id, session.end_reason)
 
     async def _correlate(self, call: AudioSocketCall) -> dict:
         """Caller, dialled number and a failed transfer's target, from ARI or AMI (AMI's event races us)."""
@@ -166,17 +170,35 @@ class Daemon:
         # with AMI and no text channel has no text plane.
         self.voice = Outbox(services.store, {"voice": VoiceChannel(lambda: self.gateway.outbound, config.ami)},
                             retry=config.messaging.outbox.retry) if self.ami and config.http.enabled else None
+        # Events for integrators, through an outbox of their own (retried, kept across restarts).
+        hooks = config.http.webhooks if config.http.enabled else ()
+        self.hook_outbox = Outbox(services.store, {"webhook": WebhookChannel(hooks)},
+                                  retry=config.messaging.outbox.retry) if hooks else None
+        self.webhooks = Webhooks(hooks, self.hook_outbox)
+        self._hook_tasks = TaskSet("webhooks")
+        for outbox in (self.messaging.outbox if self.messaging else None, self.voice):
+            if outbox is not None and hooks:
+                outbox.on_settled = self._message_settled
         self.http = HttpApi(
-            config.http, services, route=self.route, planes=self.planes,
+            config.http, services, route=self.route, planes=self.planes, emit=self.webhooks.emit,
             calls_active=lambda: len(self.gateway.sessions),
             ami_connected=(lambda: self.ami.connected) if self.ami is not None else None,
         ) if config.http.enabled else None
         self.gateway = Gateway(services, transferer=transferer, calls=calls, ari=self.ari, messaging=self.messaging,
                                on_call_ended=self._call_ended)
 
-    def _call_ended(self, reason: str) -> None:
+    def _call_ended(self, call_id: str, reason: str) -> None:
         if self.http is not None:
             self.http.metrics.calls_ended.labels(reason).inc()
+        if self.hook_outbox is not None:
+            self._hook_tasks.spawn(self.webhooks.emit("call.ended", {"call_id": call_id, "outcome": reason}))
+
+    async def _message_settled(self, row_id: int, state: str) -> None:
+        """message.sent | delivered | failed, for messages an API key queued (codes are reported by otp.*)."""
+        row = await self.services.store.outbox_get(row_id)
+        if row is not None and row.owner is not None and not row.idempotency_key.startswith("otp:"):
+            await self.webhooks.emit(f"message.{state}", {"id": row.id, "channel": row.channel, "status": state,
+                                                          "error": row.last_error})
 
     def route(self, kind: str) -> tuple[Outbox, str] | None:
         """The outbox and channel name serving an HTTP API channel kind (sms, sip, email, voice)."""
@@ -222,6 +244,8 @@ class Daemon:
             await self.messaging.start()
         if self.voice is not None:
             await self.voice.start(_no_inbound)
+        if self.hook_outbox is not None:
+            await self.hook_outbox.start(_no_inbound)
 
     async def stop(self, grace_s: float = 8.0) -> None:
         """No new API requests; callers hear goodbye before ARI hands them back to the dialplan; then the
@@ -235,12 +259,15 @@ class Daemon:
             await self.ari.stop()
         if self.messaging is not None:
             await self.messaging.stop()
+        await self._hook_tasks.finish(timeout_s=2.0)
+        if self.hook_outbox is not None:
+            await self.hook_outbox.stop()
         if self.ami is not None:
             await self.ami.close()
 
 
 async def _no_inbound(message: InboundMessage) -> None:
-    raise AssertionError("the voice channel receives nothing")
+    raise AssertionError("the voice and webhook channels receive nothing")
 
 
 async def serve(config: Config) -> int:

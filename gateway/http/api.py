@@ -79,9 +79,11 @@ async def _body(request: web.Request, model: type[B]) -> B:
 class HttpApi:
     def __init__(self, settings: HttpSettings, services: Services, *,
                  route: Callable[[str], tuple[Outbox, str] | None], planes: Callable[[], dict[str, bool]],
+                 emit: Callable[[str, dict[str, Any]], Awaitable[None]],
                  calls_active: Callable[[], int], ami_connected: Callable[[], bool] | None) -> None:
         self.settings, self.services, self.store = settings, services, services.store
         self._route, self._planes = route, planes  # route: API channel kind -> (outbox, its channel name)
+        self._emit = emit  # a webhook event
         self.metrics = Metrics(calls_active=calls_active, ai_turns=lambda: services.turns_in_use,
                                ami_connected=ami_connected)
         self.auth = Authenticator(self.store)
@@ -282,6 +284,8 @@ class HttpApi:
         body = await _body(request, OtpVerifyIn)
         verdict = await self.codes.verify(body.id, body.code)
         self.metrics.otp.labels(f"verify_{verdict.outcome}").inc()
+        if verdict.outcome == "valid":
+            await self._emit("otp.verified", {"id": body.id})
         if verdict.outcome == "unknown":
             raise Problem(404, "no such code")
         if verdict.outcome == "exhausted":

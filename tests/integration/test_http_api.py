@@ -24,6 +24,8 @@ import aiohttp
 import pytest
 from test_email_peer import SmtpPeer
 
+from channels.settings import WebhookSettings
+from channels.webhook import signature
 from gateway.config import AmiSettings, MessagingSettings
 from gateway.daemon.app import Daemon
 from gateway.http.keys import new_key
@@ -36,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
 pytestmark = pytest.mark.models
 PROBLEM = "application/problem+json"
+HOOK_SECRET_ENV, HOOK_SECRET = "TEST_WEBHOOK_SECRET", "whsec-test-7f3a"
 ALL_SCOPES = ["messages:send", "messages:read", "otp:send", "otp:verify"]
 
 
@@ -46,6 +49,7 @@ class Rig:
     http: aiohttp.ClientSession
     base: str
     modem: FakeModem | None = None
+    hook_port: int = 0
 
     async def key(self, *scopes: str, rate: str = "1000/s", expires: str | None = None) -> str:
         key, record = new_key(f"t-{uuid.uuid4().hex[:8]}", list(scopes or ALL_SCOPES), rate, expires)
@@ -93,17 +97,21 @@ async def rig(services, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterat
     messaging = MessagingSettings.model_validate({
         "email": {"smtp": {"host": "127.0.0.1", "port": smtp.port, "security": "none",
                            "from_address": "desk@clinic.test"}},
-        "sms_modem": {"port": str(directory / "ttyGSM0"), "reconnect_s": 0.2, "network_timeout_s": 0.5}})
+        "sms_modem": {"port": str(directory / "ttyGSM0"), "reconnect_s": 0.2, "network_timeout_s": 0.5},
+        "outbox": {"retry": {"base_s": 0.05, "cap_s": 0.2}}})
+    os.environ[HOOK_SECRET_ENV] = HOOK_SECRET
+    hook_port = free_port()  # the receiver comes up in test_webhooks_*
     http = config.http.model_copy(update={
         "port": 0, "messages_per_destination_hourly": 3, "max_body_bytes": 4096,
         "templates": {"reminder": "Your appointment is at $time."},
+        "webhooks": (WebhookSettings(url=f"http://127.0.0.1:{hook_port}/hook", secret_env=HOOK_SECRET_ENV),),
         "otp": config.http.otp.model_copy(update={"resend_cooldown_s": 30.0, "per_destination_hourly": 2})})
     daemon = Daemon(await own_store(services, directory, messaging=messaging, http=http))
     await daemon.start()
     assert daemon.http is not None
     session = aiohttp.ClientSession()
     try:
-        yield Rig(daemon, smtp, session, f"http://127.0.0.1:{daemon.http.port}", modem)
+        yield Rig(daemon, smtp, session, f"http://127.0.0.1:{daemon.http.port}", modem, hook_port)
     finally:
         await session.close()
         await daemon.stop(grace_s=0.5)
@@ -457,3 +465,52 @@ async def test_openapi_document_describes_every_route(rig: Rig) -> None:
     assert len(keyed) == 4
     for method, path in keyed:
         assert (await rig.call(method.upper(), path, None, {}))[0] == 401, path
+
+
+async def test_webhooks_are_signed_and_reach_a_receiver_that_was_down(rig: Rig) -> None:
+    from aiohttp import web
+    key = await rig.key()
+    status, sent, _ = await rig.call("POST", "/v1/messages", key,
+                                     {"channel": "email", "to": "hooked@example.test", "text": "hi"})
+    assert status == 202
+    store = rig.daemon.services.store
+    for _ in range(200):  # the receiver is down: the event is being retried
+        if any(r.channel == "webhook" and r.attempts >= 2 and f'"id": {sent["id"]},' in r.body
+               for r in await store.outbox_rows()):
+            break
+        await asyncio.sleep(0.05)
+    else:
+        raise AssertionError("no webhook retried")
+    received: list[tuple[dict, bytes]] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        received.append((dict(request.headers), await request.read()))
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", rig.hook_port).start()
+    try:
+        async def event(kind: str, match: object) -> tuple[dict, dict]:
+            for _ in range(200):
+                for headers, body in received:
+                    doc = json.loads(body)
+                    if doc["type"] == kind and doc["data"].get("id") == match:
+                        return headers, doc
+                await asyncio.sleep(0.05)
+            raise AssertionError(f"no {kind} event for {match}")
+
+        headers, doc = await event("message.sent", sent["id"])
+        body = next(b for h, b in received if h is headers)
+        assert headers["Switchboard-Signature"] == signature(HOOK_SECRET.encode(), headers["Switchboard-Timestamp"],
+                                                             body)
+        assert abs(int(headers["Switchboard-Timestamp"]) - time.time()) < 60 and doc["data"]["channel"] == "email"
+        _, code, _ = await rig.call("POST", "/v1/otp", key, {"to": "hooked.code@example.test", "channel": "email"})
+        digits = _code(await rig.mail_to("hooked.code@example.test"))
+        assert (await rig.call("POST", "/v1/otp/verify", key, {"id": code["id"], "code": digits}))[1]["valid"]
+        _, verified = await event("otp.verified", code["id"])
+        assert digits not in json.dumps(verified)
+    finally:
+        await runner.cleanup()

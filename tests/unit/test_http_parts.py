@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import stat
 import time
@@ -136,3 +138,17 @@ def test_http_section_is_validated(tmp_path: Path) -> None:
     for bad in ({"default_rate": "fast"}, {"otp": {"message": "no code here"}}, {"otp": {"digits": 3}}):
         with pytest.raises(ValueError):
             HttpSettings.model_validate(bad)
+
+
+def test_webhook_settings_need_their_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    from channels.settings import WebhookSettings
+    from channels.webhook import signature
+    monkeypatch.delenv("HOOK_SECRET", raising=False)
+    with pytest.raises(ValueError, match="HOOK_SECRET"):
+        WebhookSettings(url="https://crm.example/hook", secret_env="HOOK_SECRET")
+    monkeypatch.setenv("HOOK_SECRET", "s")
+    hook = WebhookSettings(url="https://crm.example/hook", secret_env="HOOK_SECRET", events=("otp.verified",))
+    assert hook.events == ("otp.verified",) and hook.secret() == b"s"
+    assert signature(b"s", "100", b"{}") == "v1=" + hmac.new(b"s", b"100.{}", hashlib.sha256).hexdigest()
+    with pytest.raises(ValueError):
+        WebhookSettings(url="https://crm.example/hook", secret_env="HOOK_SECRET", events=("call.started",))
