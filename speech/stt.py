@@ -71,6 +71,21 @@ _SHORT_SPEECH_MS = 150  # less audio near the peak level than this cannot be a w
 _NO_SPEECH_PROB = 0.8
 # Whisper's own rule for "this segment is silence", applied to any text.
 _SILENCE_NO_SPEECH_PROB, _SILENCE_LOGPROB = 0.6, -1.0
+# A fitted-window greedy decode sometimes ends early and drops the rest of a long turn (the phone
+# number at its end). Utterances this long are aligned to their text (cross-attention, ~10-60 ms for
+# tiny.en); voice going on well after the text's last token means words were lost, and the whole
+# 30 s window decodes it once more (as faster-whisper would, same token budget); the longer
+# transcript wins. In complete transcripts the last token starts within ~1 s of the end of the voice
+# in our measurements; truncated ones left 4-6 s.
+_TRUNCATION_MIN_FRAMES = 300
+_TRUNCATED_GAP_S = 2.0
+_MIN_WORDS_PER_S = 1.0  # of audible voice; complete transcripts had 2.7 or more
+_VOICED_DB = 20.0  # a block this close to the peak level is voice, not line noise
+_ALIGN_FRAMES_PER_S = 50  # encoder frames
+# The prompt's names leak into transcripts of garbled speech ("... toothache, and MetLife, I might").
+# A prompt word the decoder wrote with a first-token probability below this is dropped: in our
+# measurements 8 of 14 leaks were below 0.2, and 2 of ~90 names really said (a weak "Harbour").
+_WEAK_NAME_PROB = 0.15
 
 
 @dataclass
@@ -80,6 +95,16 @@ class Transcript:
     elapsed_ms: float
     avg_logprob: float | None = None
     no_speech_prob: float | None = None
+    path: str = ""  # window (fitted), retry (window stopped early), full (standard 30 s), empty
+
+
+@dataclass
+class _Decoded:
+    text: str
+    tokens: list[int]
+    avg_logprob: float
+    no_speech_prob: float
+    encoded: ctranslate2.StorageView  # the encoder output, for forced alignment
 
 
 class SttBusy(Exception):
@@ -199,17 +224,20 @@ def normalize_text(text: str) -> str:
     return " ".join(re.findall(r"[a-z0-9']+", text.lower())).replace("'", "")
 
 
-def _loudness(x: np.ndarray) -> tuple[float, int]:
-    """(dBFS of the loudest 100 ms, ms of 10 ms blocks within 25 dB of that peak)."""
+def _loudness(x: np.ndarray) -> tuple[float, int, float]:
+    """(dBFS of the loudest 100 ms, ms of 10 ms blocks within 25 dB of that peak, seconds to the end
+    of the last block within _VOICED_DB of it)."""
     block = WHISPER_RATE // 100
     n = len(x) // block
     if n == 0:
-        return float("-inf"), 0
+        return float("-inf"), 0, 0.0
     energy = np.mean(x[: n * block].reshape(n, block).astype(np.float64) ** 2, axis=1)
     smooth = np.convolve(energy, np.ones(10) / 10, mode="valid") if n >= 10 else energy
     peak = float(10 * np.log10(max(smooth.max(), 1e-12)))
-    audible = int(np.count_nonzero(10 * np.log10(np.maximum(energy, 1e-12)) > peak - 25)) * 10
-    return peak, audible
+    level = 10 * np.log10(np.maximum(energy, 1e-12))
+    audible = int(np.count_nonzero(level > peak - 25)) * 10
+    voiced = np.flatnonzero(level > peak - _VOICED_DB)
+    return peak, audible, (int(voiced[-1]) + 1) / 100 if voiced.size else 0.0
 
 
 def _is_phantom(
@@ -219,7 +247,7 @@ def _is_phantom(
     words = normalize_text(text)
     if not words:  # "", "...", "-": nothing a caller said ("5" is kept)
         return True
-    peak_db, audible_ms = _loudness(x)
+    peak_db, audible_ms, _ = _loudness(x)
     if peak_db < _QUIET_DBFS:
         return True
     if no_speech_prob is None or avg_logprob is None:
@@ -279,6 +307,7 @@ class Transcriber:
             language=language if multilingual else "en",
         )
         self._prompts: dict[str, list[int]] = {}  # prompt text -> tokens; one per site
+        self._prompt_words: dict[str, set[str]] = {}  # prompt text -> its words that may leak
         self._suppress = list(get_suppressed_tokens(self._tokenizer, [-1]))
         self._queue = SttQueue(lambda job: self.transcribe(job.pcm, prompt=job.prompt), workers=workers,
                                max_queue=max_queue)
@@ -301,7 +330,7 @@ class Transcriber:
                 text = ""
         elapsed = (time.perf_counter() - started) * 1000
         log.info("stt done audio_ms=%d ms=%.0f path=%s chars=%d", audio_ms, elapsed, path, len(text))
-        return Transcript(text, audio_ms, elapsed, avg_logprob, no_speech_prob)
+        return Transcript(text, audio_ms, elapsed, avg_logprob, no_speech_prob, path)
 
     def submit(self, pcm8k: bytes, *, prompt: str | None = None, speculative: bool = False) -> SttJob:
         """Queue an utterance for the workers; raises SttBusy when the queue is at its bound."""
@@ -335,16 +364,69 @@ class Transcriber:
         features = self._model.feature_extractor(x)
         content = features.shape[-1] - 1  # the extractor appends one frame of padding
         if content <= _SHORT_PATH_MAX_FRAMES and not full_window:
-            result = self._decode_window(features[:, :content], content, self._prompt_tokens(prompt))
+            prompt_tokens = self._prompt_tokens(prompt)
+            result = self._decode_window(features[:, :content], content, prompt_tokens)
             if result is not None:
-                return (*result, "window")
+                path = "window"
+                if self._truncated(result.encoded, content, result.text, x):
+                    retry = self._decode_window(features[:, :content], content, prompt_tokens, window=_FULL_WINDOW)
+                    if retry is not None and len(retry.tokens) > len(result.tokens):
+                        result, path = retry, "retry"
+                text = self._drop_weak_names(result, content, prompt, prompt_tokens) or result.text
+                return text, result.avg_logprob, result.no_speech_prob, path
         return (*self._decode_full(x, prompt), "full")
 
+    def _truncated(self, encoded: ctranslate2.StorageView, content: int, text: str, x: np.ndarray) -> bool:
+        """True if the voice goes on well after where `text` ends (the decoder stopped early)."""
+        tokens = self._tokenizer.encode(" " + text.strip())
+        if content < _TRUNCATION_MIN_FRAMES or not tokens:
+            return False
+        _, audible_ms, voiced_end = _loudness(x)
+        # A few words for many seconds of voice: their alignment is unreliable, the rate is not.
+        words = len(normalize_text(text).split())
+        if words < _MIN_WORDS_PER_S * audible_ms / 1000:
+            log.warning("stt transcript has %d words for %.1f s of voice, decoding again", words, audible_ms / 1000)
+            return True
+        alignment = self._model.model.align(encoded, self._tokenizer.sot_sequence, [tokens], content)[0].alignments
+        # Where the last token starts: its end is unreliable (a lone "Hello" is stretched to the end).
+        last_start = min((t for i, t in alignment if i == len(tokens) - 1), default=0) / _ALIGN_FRAMES_PER_S
+        gap = voiced_end - last_start
+        if gap > _TRUNCATED_GAP_S:
+            log.warning("stt transcript ends %.1f s before the voice, decoding again", gap)
+            return True
+        return False
+
+    def _drop_weak_names(self, result: _Decoded, content: int, prompt: str, prompt_tokens: list[int]) -> str | None:
+        """The transcript without prompt words the audio hardly supported (None: nothing to drop).
+
+        Only transcripts that contain a word of the prompt pay for the (prompted) forced alignment."""
+        names = self._prompt_words.get(prompt)
+        if names is None:
+            names = self._prompt_words[prompt] = {w for w in normalize_text(prompt).split() if len(w) > 2}
+        words, word_tokens = self._tokenizer.split_to_word_tokens(result.tokens)
+        if not names & {normalize_text(w) for w in words}:
+            return None
+        probs = self._model.model.align(result.encoded, prompt_tokens, [result.tokens], content)[0].text_token_probs
+        kept, dropped, i = [], 0, 0
+        for word, ids in zip(words, word_tokens):
+            if normalize_text(word) in names and i < len(probs) and probs[i] < _WEAK_NAME_PROB:
+                dropped += 1
+                kept.append(re.sub(r"^[^.?!]*", "", word))  # "Aetna?" leaves its "?"
+            else:
+                kept.append(word)
+            i += len(ids)
+        if not dropped:
+            return None
+        log.info("stt dropped %d weakly heard prompt word(s)", dropped)
+        text = re.sub(r",(\s*,)+", ",", "".join(kept))
+        return re.sub(r",\s*([.?!]|$)", r"\1", text).strip()
+
     def _decode_window(
-        self, features: np.ndarray, content: int, prompt: list[int]
-    ) -> tuple[str, float, float] | None:
-        """Greedy decode in a window fitted to the audio; None if the output looks looped."""
-        window = min(_FULL_WINDOW, max(_MIN_WINDOW, -(-(content + _WINDOW_MARGIN) // 100) * 100))
+        self, features: np.ndarray, content: int, prompt: list[int], window: int | None = None
+    ) -> _Decoded | None:
+        """Greedy decode in a window fitted to the audio (or of `window` frames); None if the output
+        looks looped."""
+        window = window or min(_FULL_WINDOW, max(_MIN_WINDOW, -(-(content + _WINDOW_MARGIN) // 100) * 100))
         padded = np.zeros((features.shape[0], window), dtype=np.float32)
         padded[:, :content] = features
         budget = min(
@@ -364,7 +446,7 @@ class Transcriber:
             return None
         # Same length normalisation as faster-whisper (length_penalty=1, +1 for EOT).
         avg_logprob = result.scores[0] * len(tokens) / (len(tokens) + 1)
-        return text, avg_logprob, result.no_speech_prob
+        return _Decoded(text, tokens, avg_logprob, result.no_speech_prob, encoded)
 
     def _decode_full(self, x: np.ndarray, prompt: str) -> tuple[str, float | None, float | None]:
         segments, _ = self._model.transcribe(

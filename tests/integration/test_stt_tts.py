@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import shutil
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ from speech.models import (
 )
 from speech.stt import Transcriber, _looks_looped, normalize_text
 from speech.tts import Synthesizer, split_clauses
+from tests.support.voices import espeak
 
 pytestmark = pytest.mark.models
 
@@ -338,3 +340,76 @@ async def test_async_transcription_and_health_check(synth: Synthesizer, transcri
     assert "close" in normalize_text(results[1].text)
     assert transcriber.health_check() > 0
     assert transcriber.transcribe(b"").text == ""
+
+
+# --- long turns: a transcript that stops early is decoded again --------------------
+
+CALLBACK = ("Hello, this is Linda Brooks calling for my mother, she has an appointment on the fourteenth but she "
+            "can't drive anymore, so we need something later in the day when I'm off work, could someone call "
+            "me back {}?")
+DIGITS = "zero one two three four five six seven eight nine".split()
+
+
+def test_a_transcript_that_stops_early_is_decoded_again(
+    synth: Synthesizer, transcriber: Transcriber, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The fitted-window decode dropping the end of a long turn, as tiny.en does now and then.
+    decode_window = transcriber._decode_window
+
+    def first_words_only(*args, window=None):  # type: ignore[no-untyped-def]
+        result = decode_window(*args, window=window)
+        if window is not None:  # the second, whole-window decode
+            return result
+        return dataclasses.replace(result, tokens=result.tokens[:3],
+                                   text=transcriber._tokenizer.decode(result.tokens[:3]))
+
+    monkeypatch.setattr(transcriber, "_decode_window", first_words_only)
+    caplog.set_level(logging.INFO, logger="speech.stt")
+    pcm = padded(synth.synthesize(CALLBACK.format("on Friday afternoon")))
+    assert len(pcm) > 8 * 16000
+    words = normalize_text(transcriber.transcribe(pcm).text).split()
+    assert {"mother", "drive", "friday"} <= set(words)
+    assert any("path=retry" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("voice", ["en-gb+m4", "en-us+f3"])
+def test_a_long_robotic_turn_comes_back_whole(voice: str, transcriber: Transcriber) -> None:
+    # tiny.en's fitted-window decode of these stopped before the number (measured).
+    pcm = padded(espeak(CALLBACK.format("at 2 0 1, 4 4 5, 6 7 1 2"), voice, 185))
+    assert len(pcm) > 8 * 16000
+    text = transcriber.transcribe(pcm).text
+    words = normalize_text(text).split()
+    assert "mother" in words[:12]
+    assert sum(c.isdigit() for c in text) + sum(w in DIGITS for w in words) >= 6  # the number was heard
+
+
+# --- the site's vocabulary prompt: names said are spelled, names not said are not written ------
+
+SITE_PROMPT = ("Bright Smile Dental, Dr. Maria Lopez, Dr. James Chen, Sarah Johnson, Tom Becker, Delta Dental, Cigna, "
+               "MetLife, Aetna, Medicaid, Invisalign, Harbour Street.")
+
+
+@pytest.mark.parametrize(
+    ("text", "voice", "heard"),
+    [
+        # With the prompt, tiny.en wrote "I am a terminal toothache and MetLife in swollen." (measured).
+        ("I have a terrible toothache and the side of my face is swollen.", "en-us+f3", "toothache"),
+        ("Please call me back at 5 5 5, 2 1 4, 3 8 9 0.", "en-us+f3", "call"),
+    ],
+)
+def test_a_prompt_name_the_caller_did_not_say_is_not_written(
+    text: str, voice: str, heard: str, transcriber: Transcriber
+) -> None:
+    words = normalize_text(transcriber.transcribe(padded(espeak(text, voice, 185)), prompt=SITE_PROMPT).text).split()
+    assert heard in words
+    assert not {"metlife", "aetna", "invisalign", "cigna", "medicaid"} & set(words)
+
+
+@pytest.mark.parametrize(
+    ("text", "name"),
+    [("Do you accept MetLife?", "metlife"), ("Can I speak to doctor Chen please?", "chen"),
+     ("Is your office the one on Harbour Street?", "harbour")],
+)
+def test_names_really_said_keep_the_prompt_spelling(text: str, name: str, synth: Synthesizer,
+                                                    transcriber: Transcriber) -> None:
+    assert name in normalize_text(transcriber.transcribe(padded(synth.synthesize(text)), prompt=SITE_PROMPT).text)
