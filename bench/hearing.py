@@ -8,7 +8,7 @@ bench/hearing.yaml: things a dental clinic's callers say, with the words that ma
 Leakage: a transcript of an utterance that says none of the site's names, yet contains one (the
 vocabulary prompt "heard" instead of the audio: "... on Sunday, MetLife?").
 
-    .venv/bin/python bench/hearing.py [--quick] [--prompt-styles] [--model DIR]
+    .venv/bin/python bench/hearing.py [--quick] [--prompt-styles] [--no-retry] [--keep-weak-names] [--model DIR]
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from speech.models import bundled_piper_voice, bundled_whisper_dir  # noqa: E402
 from speech import stt  # noqa: E402
 from speech.stt import Transcriber, normalize_text  # noqa: E402
 from speech.tts import Synthesizer  # noqa: E402
-from tests.support.voices import espeak, phone_line  # noqa: E402
+from tests.support.hearing import edit_distance, espeak, phone_line  # noqa: E402
 
 ESPEAK_VOICES = ("en-us", "en-us+f3", "en-gb+m4")
 ESPEAK_RATES = (140, 185)
@@ -48,15 +48,6 @@ def words(text: str) -> list[str]:
     """normalize_text, with digits spoken one by one and equivalent spellings unified."""
     spaced = re.sub(r"\d", lambda m: f" {_DIGITS[int(m.group())]} ", text)
     return [_SAME.get(w, w) for w in normalize_text(spaced).split()]
-
-
-def edits(ref: list[str], hyp: list[str]) -> int:
-    row = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
-        prev, row[0] = row[0], i
-        for j, h in enumerate(hyp, 1):
-            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
-    return row[-1]
 
 
 def keyword_hits(keywords: list[str], hyp: list[str]) -> int:
@@ -95,13 +86,16 @@ def run(transcriber: Transcriber, clips: list[tuple[str, str, dict, bytes]], pro
     word heard in an utterance that says none of them) / such utterances."""
     stats: dict[tuple[str, str], dict] = {}
     for voice, channel, item, pcm in clips:
-        s = stats.setdefault((voice, channel), dict.fromkeys(("err", "ref", "kw", "kw_n", "leak", "free", "n", "ms", "retry"), 0))
+        s = stats.setdefault((voice, channel), dict.fromkeys(("err", "ref", "kw", "kw_n", "name", "name_n", "leak", "free", "n", "ms", "retry"), 0))
         result = transcriber.transcribe(pcm, prompt=prompt)
         ref, hyp = words(item["text"]), words(result.text)
-        s["err"] += edits(ref, hyp)
+        s["err"] += edit_distance(ref, hyp)
         s["ref"] += len(ref)
         s["kw"] += keyword_hits(item["keys"], hyp)
         s["kw_n"] += len(item["keys"])
+        said = [k for k in item["keys"] if k in names]
+        s["name"] += keyword_hits(said, hyp)
+        s["name_n"] += len(said)
         s["n"] += 1
         s["ms"] += result.elapsed_ms
         s["retry"] += result.path == "retry"
@@ -131,6 +125,7 @@ def report(stats: dict[tuple[str, str], dict]) -> str:
     return "\n".join([
         table(rows, ("voice (WER / key words)", *CHANNELS)),
         f"all: WER {100 * total['err'] / total['ref']:.1f} %, key words {100 * total['kw'] / total['kw_n']:.1f} %, "
+        f"names said and heard {total['name']}/{total['name_n']}, "
         f"leaks {total['leak']}/{total['free']} vocabulary-free utterances, retries {total['retry']}/{total['n']}, "
         f"mean {total['ms'] / total['n']:.0f} ms per utterance",
     ])
@@ -161,10 +156,13 @@ def main() -> None:
     parser.add_argument("--model", type=Path, help="a faster-whisper model dir (default: bundled tiny.en)")
     parser.add_argument("--verbose", action="store_true", help="print each leak")
     parser.add_argument("--no-retry", action="store_true", help="never decode a transcript that stopped early again")
+    parser.add_argument("--keep-weak-names", action="store_true", help="keep prompt names however weakly heard")
     args = parser.parse_args()
     VERBOSE = args.verbose
     if args.no_retry:
         stt._TRUNCATED_GAP_S, stt._MIN_WORDS_PER_S = float("inf"), 0.0
+    if args.keep_weak_names:
+        stt._WEAK_NAME_PROB = 0.0
     with tempfile.TemporaryDirectory() as tmp:
         site = load_config(ROOT / "etc" / "switchboard.yaml", data_dir=Path(tmp)).site
     started = time.monotonic()

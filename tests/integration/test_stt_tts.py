@@ -23,7 +23,7 @@ from speech.models import (
 )
 from speech.stt import Transcriber, _looks_looped, normalize_text
 from speech.tts import Synthesizer, split_clauses
-from tests.support.voices import espeak
+from tests.support.hearing import edit_distance, espeak
 
 pytestmark = pytest.mark.models
 
@@ -45,14 +45,7 @@ def synth() -> Iterator[Synthesizer]:
 
 
 def word_edits(a: str, b: str) -> int:
-    """Word-level edit distance between two normalized transcripts."""
-    x, y = normalize_text(a).split(), normalize_text(b).split()
-    row = list(range(len(y) + 1))
-    for i, wx in enumerate(x, 1):
-        prev, row[0] = row[0], i
-        for j, wy in enumerate(y, 1):
-            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (wx != wy))
-    return row[-1]
+    return edit_distance(normalize_text(a).split(), normalize_text(b).split())
 
 
 def noise_pcm(dbfs: float, seconds: float = 2.0) -> bytes:

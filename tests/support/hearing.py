@@ -1,4 +1,5 @@
-"""Caller voices other than the gateway's own, and a telephone line to pass them through (8 kHz pcm).
+"""For measuring the STT: caller voices other than the gateway's own, a telephone line to pass them
+through (8 kHz pcm), and word edit distance.
 
 espeak-ng (a Debian package) gives robotic, formant-synthesised voices that tiny.en finds much harder
 than Piper's; the line adds what a real call adds: G.711 mu-law and band-limited hiss.
@@ -53,3 +54,13 @@ def phone_line(pcm: bytes, *, snr_db: float | None = None, seed: int = 0) -> byt
         x = x + noise / np.sqrt(np.mean(noise**2)) * np.sqrt(np.mean(voiced**2)) * 10 ** (-snr_db / 20)
     x = _band_limit(x)
     return audio.ulaw_decode(audio.ulaw_encode(audio.float_to_pcm(x)))
+
+
+def edit_distance(ref: list[str], hyp: list[str]) -> int:
+    """Word-level Levenshtein distance (substitutions, insertions, deletions)."""
+    row = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, 1):
+        prev, row[0] = row[0], i
+        for j, h in enumerate(hyp, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
+    return row[-1]
