@@ -204,7 +204,7 @@ async def test_twenty_concurrent_calls_without_cross_talk(services, speak) -> No
         client, _ = await connect(gateway)
         try:
             reply = await ask(client, speak, question)
-            return question, await heard(services, reply)
+            return question, await heard(svc, reply)  # 20 replies at once: past the default STT queue
         finally:
             await client.close()
 
