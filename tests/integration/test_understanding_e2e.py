@@ -4,28 +4,21 @@ the real bundled models (speech in, speech out)."""
 from __future__ import annotations
 
 import asyncio
-import io
-import shutil
 import sqlite3
-import subprocess
-import wave
 
 import pytest
 from test_call_e2e import ask, connect, events, heard
 
-from speech.audio import resample
+from tests.support import hearing
 
 pytestmark = pytest.mark.models
 
 
 def espeak(text: str, rate: int = 110) -> bytes:
     """A robotic caller voice that is not the assistant's own (Piper), as 8 kHz PCM."""
-    if shutil.which("espeak-ng") is None:
+    if hearing.ESPEAK is None:
         pytest.skip("espeak-ng is not installed")
-    wav = subprocess.run(["espeak-ng", "--stdout", "-v", "en-us", "-s", str(rate), text], capture_output=True,
-                         check=True).stdout
-    with wave.open(io.BytesIO(wav)) as w:
-        return resample(w.readframes(w.getnframes()), w.getframerate(), 8000)
+    return hearing.espeak(text, "en-us", rate)
 
 
 async def said(services, client) -> list[str]:  # type: ignore[no-untyped-def]
