@@ -10,11 +10,14 @@ sender wrote this time (what a staff member should read), `core` drops the greet
 from __future__ import annotations
 
 import re
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from llm.dialog import Action, Dialog, Reply
 from llm.rules import normalize, wants_message
 
+MAX_DIALOGS = 500  # live dialogs of text threads kept; an evicted thread starts a fresh dialog
 # Where the sender's own text ends: a quoted reply, a forward, a signature or a device footer.
 _CUT = re.compile(
     r"^\s*(?:On\b.{0,200}\bwrote:?"  # Gmail, Apple Mail, Thunderbird (a trailing line may hold "wrote:")
@@ -191,6 +194,24 @@ def without_phone_only(text: str) -> str:
     """`text` without its sentences that only make sense on the phone (all of it if nothing is left)."""
     kept = [sentence for sentence in re.split(r"(?<=[.!?])\s+", text) if not PHONE_ONLY.search(sentence)]
     return " ".join(kept) or text
+
+
+class Dialogs:
+    """The live dialogs of text threads, the most recently used kept (an evicted thread starts afresh)."""
+
+    def __init__(self, keep: int = MAX_DIALOGS) -> None:
+        self._keep = keep
+        self._live: OrderedDict[int, Dialog] = OrderedDict()
+
+    def get(self, thread_id: int, make: Callable[[], Dialog]) -> Dialog:
+        dialog = self._live.pop(thread_id, None) or make()
+        self._live[thread_id] = dialog
+        while len(self._live) > self._keep:
+            self._live.popitem(last=False)
+        return dialog
+
+    def drop(self, thread_id: int) -> None:
+        self._live.pop(thread_id, None)
 
 
 @dataclass(frozen=True)

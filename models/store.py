@@ -175,6 +175,18 @@ class Store:
             raise ValueError(f"not a phone number, SIP URI or email address: {address!r}")
         if "@" not in key:
             return self._thread_for(key, name)
+        return self._thread_for_key(key, name)
+
+    async def chat_thread(self, key: str, *, create: bool) -> int | None:
+        """The thread of a chat contact keyed by `key` (e.g. "api:KEYNAME:EXTERNALID": no number or
+        address); None if it has none and `create` is false."""
+        if create:
+            return await self._run(self._thread_for_key, key, None)
+        rows = await self._run(self._select, "SELECT threads.id AS id FROM threads JOIN contacts"
+                               " ON contacts.id = threads.contact_id WHERE contacts.number = ?", [key])
+        return rows[0]["id"] if rows else None
+
+    def _thread_for_key(self, key: str, name: str | None) -> int:
         db = self._writer_db
         with db.atomic():
             db.execute("INSERT INTO contacts (number, name, created_at) VALUES (?, ?, ?)"
@@ -202,9 +214,9 @@ class Store:
         return bool(rows) and rows[0]["opted_out_at"] is not None
 
     async def add_thread_message(self, thread_id: int, channel: str, direction: str, body: str, status: str,
-                                 outbox_id: int | None = None) -> int:
+                                 outbox_id: int | None = None, at: float | None = None) -> int:
         row = {"thread_id": thread_id, "channel": channel, "direction": direction, "body": body,
-               "status": status, "at": time.time(), "outbox_id": outbox_id}
+               "status": status, "at": time.time() if at is None else at, "outbox_id": outbox_id}
         return await self._run(lambda: self._writer_db["messages"].insert(row).last_pk)
 
     async def thread_messages(self, thread_id: int) -> list[ThreadMessage]:

@@ -26,6 +26,7 @@ from gateway.sessions.outbound import OutboundMessageSession
 from gateway.config import Config
 from gateway.daemon.messaging import Messaging
 from gateway.http.api import HttpApi
+from gateway.http.chats import Chats
 from gateway.http.webhooks import Webhooks
 from gateway.tasks import TaskSet
 from gateway.media.pacer import MediaClock
@@ -183,6 +184,9 @@ class Daemon:
             config.http, services, route=self.route, planes=self.planes, emit=self.webhooks.emit,
             calls_active=lambda: len(self.gateway.sessions),
             ami_connected=(lambda: self.ami.connected) if self.ami is not None else None,
+            chats=Chats(config.site, services.retriever, services.store, engine=services.dialog_engine,
+                        max_reply_tokens=config.models.llm.max_reply_tokens,
+                        on_message_taken=self.messaging.deliver_to_staff if self.messaging else None),
         ) if config.http.enabled else None
         self.gateway = Gateway(services, transferer=transferer, calls=calls, ari=self.ari, messaging=self.messaging,
                                on_call_ended=self._call_ended)

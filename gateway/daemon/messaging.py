@@ -59,9 +59,14 @@ class Messaging:
         await self.conversations.close()
         await self.outbox.stop()
 
+    async def deliver_to_staff(self, message: TakenMessage) -> None:
+        """A taken message (or a request for a person) to the staff member it is for."""
+        await deliver_taken_message(self.outbox, self.site, message,
+                                    sms_channel=self.settings.conversations.staff_sms_channel)
+
     async def message_taken(self, message: TakenMessage) -> None:
         """A message taken during a call: to its staff member, and optionally a confirmation to the caller."""
         channel = self.settings.conversations.staff_sms_channel
-        await deliver_taken_message(self.outbox, self.site, message, sms_channel=channel)
+        await self.deliver_to_staff(message)
         if self.settings.confirm_to_caller:
             await confirm_taken_message(self.outbox, self.site, message, channel=channel)

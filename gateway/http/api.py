@@ -1,4 +1,4 @@
-"""The integrators' HTTP API inside the daemon: health, readiness, metrics, messages, one-time codes.
+"""The integrators' HTTP API inside the daemon: health, readiness, metrics, messages, one-time codes, chats.
 
 One event loop with the calls: handlers only await the store (its own thread) and the outbox, so
 a busy API never holds the media clock. Errors are RFC 9457 problem documents; bad input is a 4xx.
@@ -25,13 +25,14 @@ from gateway.config import HttpSettings
 from gateway.http.auth import Authenticator, RateLimited, Unauthorized
 from gateway.http.bodies import (
     Health, MessageAccepted, MessageIn, MessageStatus, OtpAccepted, OtpIn, OtpVerdict, OtpVerifyIn, ProblemDocument,
-    Ready, Step, destination,
+    Ready, Step, ThreadAction, ThreadEntry, ThreadHistory, ThreadMessageIn, ThreadReply, destination,
 )
 from gateway.http.metrics import CONTENT_TYPE, Metrics
 from gateway.http.limits import KeyedLocks
 from gateway.http.openapi import Operation, document
 from gateway.http.otp import HOUR_S, OneTimeCodes, Refused, load_hmac_key
 from gateway.services import Services
+from gateway.http.chats import Chats
 from models.records import ApiKey
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ PROBLEM = "application/problem+json"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 B = TypeVar("B", bound=BaseModel)
 KEY = web.RequestKey("api_key", ApiKey)  # the request's key, once authenticated
+_EXTERNAL_ID = re.compile(r"[A-Za-z0-9._@:-]{1,128}")  # an integrator's chat id: no spaces, slashes or controls
 
 
 class Problem(Exception):
@@ -80,8 +82,8 @@ class HttpApi:
     def __init__(self, settings: HttpSettings, services: Services, *,
                  route: Callable[[str], tuple[Outbox, str] | None], planes: Callable[[], dict[str, bool]],
                  emit: Callable[[str, dict[str, Any]], Awaitable[None]],
-                 calls_active: Callable[[], int], ami_connected: Callable[[], bool] | None) -> None:
-        self.settings, self.services, self.store = settings, services, services.store
+                 calls_active: Callable[[], int], ami_connected: Callable[[], bool] | None, chats: Chats) -> None:
+        self.settings, self.services, self.store, self.chats = settings, services, services.store, chats
         self._route, self._planes = route, planes  # route: API channel kind -> (outbox, its channel name)
         self._emit = emit  # a webhook event
         self.metrics = Metrics(calls_active=calls_active, ai_turns=lambda: services.turns_in_use,
@@ -107,6 +109,12 @@ class HttpApi:
             (Operation("POST", "/v1/otp/verify", "check a one-time code (it is used up when valid)", "otp:verify",
                        OtpVerifyIn, {200: OtpVerdict}, {404: "no such code", 429: "no attempts left"}),
              self.verify_code),
+            (Operation("POST", "/v1/threads/{external_id}/messages", "a message in a chat; the assistant's reply",
+                       "threads:write", ThreadMessageIn, {200: ThreadReply},
+                       {422: "bad body or external_id (1-128 of A-Z a-z 0-9 . _ @ : -)"}), self.thread_message),
+            (Operation("GET", "/v1/threads/{external_id}", "a chat's history, both sides", "threads:read",
+                       answers={200: ThreadHistory}, problems={404: "no such thread of this key"}),
+             self.thread_history),
         ]
         self._openapi = document([op for op, _ in routes], version="1")
         self.app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[self._middleware])
@@ -292,3 +300,27 @@ class HttpApi:
             raise Problem(429, "no attempts left for this code: request a new one",
                           retry_after=max(1, math.ceil(self.settings.otp.resend_cooldown_s)))
         return answer(OtpVerdict(valid=verdict.outcome == "valid", attempts_left=verdict.attempts_left))
+
+    # ---- threads ------------------------------------------------------------------------------------
+    @staticmethod
+    def _external_id(request: web.Request) -> str:
+        external_id = request.match_info["external_id"]
+        if not _EXTERNAL_ID.fullmatch(external_id):
+            raise Problem(422, "external_id: 1 to 128 letters, digits and . _ @ : -")
+        return external_id
+
+    async def thread_message(self, request: web.Request) -> web.Response:
+        external_id = self._external_id(request)
+        body = await _body(request, ThreadMessageIn)
+        turn = await self.chats.say(request[KEY].name, external_id, body.text)
+        return answer(ThreadReply(external_id=external_id, reply=turn.text, at=_iso(turn.at), actions=[
+            ThreadAction(type=a.kind, person=a.person) for a in turn.actions]))  # type: ignore[arg-type]
+
+    async def thread_history(self, request: web.Request) -> web.Response:
+        external_id = self._external_id(request)
+        messages = await self.chats.history(request[KEY].name, external_id)
+        if messages is None:
+            raise Problem(404, "no such thread")
+        return answer(ThreadHistory(external_id=external_id, messages=[
+            ThreadEntry(role="user" if m.direction == "in" else "assistant", text=m.body, at=_iso(m.at))
+            for m in messages]))

@@ -54,6 +54,18 @@ class OtpVerifyIn(Body):
     code: str = Field(min_length=1, max_length=12, pattern=r"^[0-9]+$")
 
 
+class ThreadMessageIn(Body):
+    text: str = Field(min_length=1, max_length=4000)
+
+    @model_validator(mode="after")
+    def _not_blank(self) -> ThreadMessageIn:
+        if not self.text.strip():
+            raise ValueError("text: empty")
+        if any(unicodedata.category(c) == "Cc" and c not in "\r\n\t" for c in self.text):
+            raise ValueError("text: has control characters")
+        return self
+
+
 def destination(kind: str, to: str) -> str:
     """The recipient as the outbox and the per-destination limits see it; raises ValueError.
     One number written two ways is one destination ("+1 555-0100" == "+15550100")."""
@@ -120,6 +132,29 @@ class OtpAccepted(Answer):
 class OtpVerdict(Answer):
     valid: bool
     attempts_left: int
+
+
+class ThreadAction(Answer):
+    type: Literal["transfer", "message_offered", "message_taken", "escalation", "emergency"]
+    person: str | None = None  # whom a transfer or message is for
+
+
+class ThreadReply(Answer):
+    external_id: str
+    reply: str | None  # None: nothing to say (thanks, a goodbye)
+    actions: list[ThreadAction]
+    at: str
+
+
+class ThreadEntry(Answer):
+    role: Literal["user", "assistant"]
+    text: str
+    at: str
+
+
+class ThreadHistory(Answer):
+    external_id: str
+    messages: list[ThreadEntry]
 
 
 class ProblemDocument(Answer):

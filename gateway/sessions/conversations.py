@@ -10,7 +10,6 @@ import datetime as dt
 import hashlib
 import logging
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 
 from channels.base import InboundMessage
@@ -21,7 +20,7 @@ from llm.dialog import Action, Dialog
 from llm.engine import LlmEngine
 from llm.knowledge import Retriever
 from llm.site import Site, StaffMember
-from llm.written import WrittenAnswer, answer
+from llm.written import Dialogs, WrittenAnswer, answer
 from models.records import TakenMessage
 from models.store import Store, normalize_address, normalize_number
 
@@ -30,7 +29,6 @@ log = logging.getLogger(__name__)
 # Not CANCEL or END: patients text "cancel" about appointments.
 STOP_WORDS = frozenset({"STOP", "STOPALL", "UNSUBSCRIBE", "QUIT", "OPTOUT"})
 START_WORDS = frozenset({"START", "UNSTOP", "SUBSCRIBE"})
-_MAX_DIALOGS = 500  # live dialog states kept; an evicted thread starts a fresh dialog
 
 
 @dataclass
@@ -53,7 +51,7 @@ class Conversations:
         self.max_reply_tokens = max_reply_tokens  # models.llm.max_reply_tokens, as for calls
         if self.settings.operator_channel and self.settings.operator_channel not in outbox.channels:
             raise ValueError(f"conversations.operator_channel: no channel {self.settings.operator_channel!r}")
-        self._dialogs: OrderedDict[int, Dialog] = OrderedDict()
+        self._dialogs = Dialogs()
         self._pending: dict[int, _Pending] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._locks: dict[int, asyncio.Lock] = {}
@@ -155,14 +153,10 @@ class Conversations:
                 await self.store.settle_inbound(ids, "answered")
 
     def _dialog(self, thread_id: int, message: InboundMessage) -> Dialog:
-        dialog = self._dialogs.pop(thread_id, None) or Dialog(
+        return self._dialogs.get(thread_id, lambda: Dialog(
             self.site, self.retriever, self.store, call_id=f"{message.channel}-thread-{thread_id}",
             caller=message.sender, engine=self.engine, max_reply_tokens=self.max_reply_tokens, written=True,
-            on_message_taken=self._deliver)
-        self._dialogs[thread_id] = dialog
-        while len(self._dialogs) > _MAX_DIALOGS:
-            self._dialogs.popitem(last=False)
-        return dialog
+            on_message_taken=self._deliver))
 
     async def _deliver(self, message: TakenMessage) -> None:
         """A message (or a request for a person) by text goes to that person like one taken on a call."""
@@ -177,7 +171,7 @@ class Conversations:
         if reasons:
             await self._notify_operator(message, row_id, text, "; ".join(dict.fromkeys(reasons)))
         if written.text is None:
-            self._dialogs.pop(thread_id, None)  # a goodbye by text needs no answer; start afresh next time
+            self._dialogs.drop(thread_id)  # a goodbye by text needs no answer; start afresh next time
         return written.text
 
     async def _notify_operator(self, message: InboundMessage, row_id: int, question: str, reason: str) -> None:

@@ -29,6 +29,7 @@ from channels.webhook import signature
 from gateway.config import AmiSettings, MessagingSettings
 from gateway.daemon.app import Daemon
 from gateway.http.keys import new_key
+from gateway.http.chats import Chats
 from models.store import Store
 from tests.support.ami_server import AmiTestServer
 from tests.support.fake_modem import FakeModem
@@ -352,6 +353,61 @@ async def test_audit_has_names_routes_statuses_only(rig: Rig) -> None:
     assert next(k for k in keys if k.name == name).last_used_at is not None
 
 
+async def _key_name(rig: Rig, key: str) -> str:
+    return next(k.name for k in await rig.daemon.services.store.api_keys() if k.prefix == key[:10])
+
+
+async def test_a_thread_keeps_its_context_and_history(rig: Rig) -> None:
+    key = await rig.key("threads:write", "threads:read")
+    path = "/v1/threads/web-42/messages"
+    status, first, _ = await rig.call("POST", path, key, {"text": "What time do you open on Tuesday?"})
+    assert status == 200 and "8 a.m." in first["reply"] and first["actions"] == [] and first["external_id"] == "web-42"
+    second = (await rig.call("POST", path, key, {"text": "And on Saturdays?"}))[1]  # read with the question before
+    assert second["reply"].startswith("On Saturday we're open from 9 a.m. to 1 p.m.")
+    offer = (await rig.call("POST", path, key, {"text": "Can I leave a message for Tom?"}))[1]
+    assert offer["actions"] == [{"type": "message_offered", "person": "Tom Becker"}]
+    taken = (await rig.call("POST", path, key, {"text": "Please call me about invoice 5521."}))[1]
+    assert taken["actions"] == [{"type": "message_taken", "person": "Tom Becker"}] and "Tom Becker" in taken["reply"]
+    status, history, _ = await rig.call("GET", "/v1/threads/web-42", key)
+    assert status == 200 and [m["role"] for m in history["messages"]] == ["user", "assistant"] * 4
+    assert [m["text"] for m in history["messages"]][::2] == [
+        "What time do you open on Tuesday?", "And on Saturdays?", "Can I leave a message for Tom?",
+        "Please call me about invoice 5521."]
+    assert history["messages"][1]["text"] == first["reply"] and history["messages"][-1]["at"] == taken["at"]
+    # Another key's thread of the same id is another thread; this key's is not visible to it.
+    other = await rig.key("threads:write", "threads:read")
+    assert (await rig.call("GET", "/v1/threads/web-42", other))[0] == 404
+    # A restarted daemon reads the history from the store (its dialogs start afresh).
+    chats = Chats(rig.daemon.config.site, rig.daemon.services.retriever, rig.daemon.services.store,
+                  engine=None, max_reply_tokens=64)
+    again = await chats.history(await _key_name(rig, key), "web-42")
+    assert again is not None and [m.body for m in again] == [m["text"] for m in history["messages"]]
+
+
+async def test_a_thread_transfer_request_and_refusals(rig: Rig) -> None:
+    key = await rig.key("threads:write")
+    status, body, _ = await rig.call("POST", "/v1/threads/chat:7@shop/messages", key,
+                                     {"text": "Can I speak to Dr. Lopez please?"})
+    assert status == 200 and body["actions"] == [{"type": "transfer", "person": "Dr. Maria Lopez"}], body
+    reader = await rig.key("threads:read")
+    cases = [
+        (await rig.call("POST", "/v1/threads/a/messages", None, {"text": "hi"}), 401),
+        (await rig.call("POST", "/v1/threads/a/messages", reader, {"text": "hi"}), 403),
+        (await rig.call("GET", "/v1/threads/chat:7@shop", key), 403),
+        (await rig.call("GET", "/v1/threads/never-used", reader), 404),
+        (await rig.call("POST", "/v1/threads/" + "a" * 129 + "/messages", key, {"text": "hi"}), 422),
+        (await rig.call("POST", "/v1/threads/a%20b/messages", key, {"text": "hi"}), 422),
+        (await rig.call("GET", "/v1/threads/a%00b", reader), 422),
+        (await rig.call("POST", "/v1/threads/a/messages", key, {"text": "   "}), 422),
+        (await rig.call("POST", "/v1/threads/a/messages", key, {"text": "x\x07"}), 422),
+        (await rig.call("POST", "/v1/threads/a/messages", key, {"text": "hi", "more": 1}), 422),
+        (await rig.call("POST", "/v1/threads/a/messages", key, {"text": "x" * 4001}), 422),
+        (await rig.call("POST", "/v1/threads/a/messages", key, {"text": "x" * 5000}), 413),
+    ]
+    for (status, body, resp), expected in cases:
+        assert (status, resp.content_type) == (expected, PROBLEM), (expected, body)
+
+
 def _switchboard(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "gateway.cli.main", "-c", str(ROOT / "etc" / "switchboard.yaml"),
                            "--data-dir", str(data_dir), *args],
@@ -395,8 +451,9 @@ def _junk(rnd: random.Random, depth: int = 0) -> object:
 
 async def test_fuzz_never_answers_500(rig: Rig) -> None:
     rnd = random.Random(20261202)
-    key = await rig.key(*ALL_SCOPES)
+    key = await rig.key(*ALL_SCOPES, "threads:write", "threads:read")
     routes = [("POST", "/v1/messages"), ("POST", "/v1/otp"), ("POST", "/v1/otp/verify"), ("GET", "/v1/messages/1"),
+              ("POST", "/v1/threads/fuzz/messages"), ("GET", "/v1/threads/fuzz"),
               ("GET", "/v1/messages/\u0663"), ("GET", "/v1/messages/" + "9" * 30), ("GET", "/v1/openapi.json"),
               ("GET", "/health"), ("GET", "/ready")]
     bodies: list[bytes] = [b"", b"null", b"\xff\xfe", b"{" * 3000, b'{"channel": "email", "to": "' + b"a" * 5000 + b'"}',
@@ -423,8 +480,8 @@ async def test_readme_curl_examples(rig: Rig) -> None:
     block = section[section.index("export SWITCHBOARD_KEY"):]
     block = block[:block.index("```")].replace("\\\n", " ")
     examples = re.findall(r"^(curl .+)\n# -> (\d{3}) (.+)$", block, re.M)
-    assert len(examples) == 6
-    key = await rig.key("messages:send", "messages:read", "otp:send", "otp:verify")
+    assert len(examples) == 8
+    key = await rig.key("messages:send", "messages:read", "otp:send", "otp:verify", "threads:write", "threads:read")
     real: dict[str, str] = {}
     for command, expected, shown in examples:
         for placeholder, value in real.items():
@@ -450,7 +507,8 @@ async def test_openapi_document_describes_every_route(rig: Rig) -> None:
     status, doc, _ = await rig.call("GET", "/v1/openapi.json")
     assert status == 200 and doc["openapi"] == "3.1.0"
     assert set(doc["paths"]) == {"/health", "/ready", "/metrics", "/v1/openapi.json", "/v1/messages",
-                                 "/v1/messages/{id}", "/v1/otp", "/v1/otp/verify"}
+                                 "/v1/messages/{id}", "/v1/otp", "/v1/otp/verify", "/v1/threads/{external_id}",
+                                 "/v1/threads/{external_id}/messages"}
     send = doc["paths"]["/v1/messages"]["post"]
     assert send["security"] == [{"bearer": []}] and {"202", "401", "403", "413", "422", "429"} <= set(send["responses"])
     schemas = doc["components"]["schemas"]
@@ -460,9 +518,9 @@ async def test_openapi_document_describes_every_route(rig: Rig) -> None:
     refs = re.findall(r'"\$ref": "#/components/schemas/(\w+)"', json.dumps(doc))
     assert refs and set(refs) <= set(schemas)
     # Every route the document says needs a key refuses a request without one (a route never loses its check).
-    keyed = [(method, path.replace("{id}", "1")) for path, item in doc["paths"].items()
+    keyed = [(method, path.replace("{id}", "1").replace("{external_id}", "x")) for path, item in doc["paths"].items()
              for method, op in item.items() if "security" in op]
-    assert len(keyed) == 4
+    assert len(keyed) == 6
     for method, path in keyed:
         assert (await rig.call(method.upper(), path, None, {}))[0] == 401, path
 
