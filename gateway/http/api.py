@@ -11,12 +11,13 @@ import math
 import re
 import string
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
 from http import HTTPStatus
 from typing import Any, TypeVar
 
-from aiohttp import web
+from aiohttp import WSCloseCode, WSMsgType, web
 from pydantic import BaseModel, ValidationError
 
 from channels.outbox import Outbox
@@ -32,7 +33,7 @@ from gateway.http.limits import KeyedLocks
 from gateway.http.openapi import Operation, document
 from gateway.http.otp import HOUR_S, OneTimeCodes, Refused, load_hmac_key
 from gateway.services import Services
-from gateway.http.chats import Chats
+from gateway.http.chats import Chats, ChatTurn
 from models.records import ApiKey
 
 log = logging.getLogger(__name__)
@@ -58,14 +59,23 @@ def answer(model: BaseModel, status: int = 200, *, content_type: str = "applicat
                         content_type=content_type, headers=headers)
 
 
+def problem_document(status: int, detail: str, **extra: Any) -> ProblemDocument:
+    return ProblemDocument(title=HTTPStatus(status).phrase, status=status, detail=detail, **extra)
+
+
 def problem(status: int, detail: str, retry_after: int | None = None, **extra: Any) -> web.Response:
-    document = ProblemDocument(title=HTTPStatus(status).phrase, status=status, detail=detail, **extra)
     headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
-    return answer(document, status, content_type=PROBLEM, headers=headers)
+    return answer(problem_document(status, detail, **extra), status, content_type=PROBLEM, headers=headers)
 
 
 def _iso(at: float) -> str:
     return datetime.fromtimestamp(at, timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _invalid(exc: ValidationError) -> Problem:
+    errors = [{"loc": ".".join(str(p) for p in e["loc"]) or "(body)", "msg": e["msg"]}
+              for e in exc.errors(include_url=False, include_input=False)[:20]]
+    return Problem(422, "invalid body", errors=errors)
 
 
 async def _body(request: web.Request, model: type[B]) -> B:
@@ -73,9 +83,7 @@ async def _body(request: web.Request, model: type[B]) -> B:
     try:
         return model.model_validate_json(raw)
     except ValidationError as exc:
-        errors = [{"loc": ".".join(str(p) for p in e["loc"]) or "(body)", "msg": e["msg"]}
-                  for e in exc.errors(include_url=False, include_input=False)[:20]]
-        raise Problem(422, "invalid body", errors=errors) from None
+        raise _invalid(exc) from None
 
 
 class HttpApi:
@@ -115,11 +123,15 @@ class HttpApi:
             (Operation("GET", "/v1/threads/{external_id}", "a chat's history, both sides", "threads:read",
                        answers={200: ThreadHistory}, problems={404: "no such thread of this key"}),
              self.thread_history),
+            (Operation("GET", "/v1/chat", "a live chat over a WebSocket (?external_id=, else a new thread): each text "
+                       "frame is a message, each answer a JSON frame (this reply, or a problem document)",
+                       "threads:write", answers={101: ThreadReply}), self.chat),
         ]
         self._openapi = document([op for op, _ in routes], version="1")
         self.app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[self._middleware])
         self.app.add_routes([web.route(op.method, op.path, self._keyed(op.scope, handler)) for op, handler in routes])
         self._runner: web.AppRunner | None = None
+        self._sockets: set[web.WebSocketResponse] = set()  # open chats, closed at stop
         self.port = 0
 
     async def start(self) -> None:
@@ -133,6 +145,8 @@ class HttpApi:
         log.info("http listening host=%s port=%d", self.settings.host, self.port)
 
     async def stop(self) -> None:
+        for ws in list(self._sockets):
+            await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server stopping")
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -304,7 +318,10 @@ class HttpApi:
     # ---- threads ------------------------------------------------------------------------------------
     @staticmethod
     def _external_id(request: web.Request) -> str:
-        external_id = request.match_info["external_id"]
+        return HttpApi._checked_id(request.match_info["external_id"])
+
+    @staticmethod
+    def _checked_id(external_id: str) -> str:
         if not _EXTERNAL_ID.fullmatch(external_id):
             raise Problem(422, "external_id: 1 to 128 letters, digits and . _ @ : -")
         return external_id
@@ -312,9 +329,12 @@ class HttpApi:
     async def thread_message(self, request: web.Request) -> web.Response:
         external_id = self._external_id(request)
         body = await _body(request, ThreadMessageIn)
-        turn = await self.chats.say(request[KEY].name, external_id, body.text)
-        return answer(ThreadReply(external_id=external_id, reply=turn.text, at=_iso(turn.at), actions=[
-            ThreadAction(type=a.kind, person=a.person) for a in turn.actions]))  # type: ignore[arg-type]
+        return answer(self._reply(external_id, await self.chats.say(request[KEY].name, external_id, body.text)))
+
+    @staticmethod
+    def _reply(external_id: str, turn: ChatTurn) -> ThreadReply:
+        return ThreadReply(external_id=external_id, reply=turn.text, at=_iso(turn.at), actions=[
+            ThreadAction(type=a.kind, person=a.person) for a in turn.actions])  # type: ignore[arg-type]
 
     async def thread_history(self, request: web.Request) -> web.Response:
         external_id = self._external_id(request)
@@ -324,3 +344,37 @@ class HttpApi:
         return answer(ThreadHistory(external_id=external_id, messages=[
             ThreadEntry(role="user" if m.direction == "in" else "assistant", text=m.body, at=_iso(m.at))
             for m in messages]))
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        """One thread per connection, its messages answered in order (the dialog is sequential)."""
+        key: ApiKey = request[KEY]
+        given = request.query.get("external_id")
+        external_id = self._checked_id(given) if given is not None else f"ws-{uuid.uuid4().hex}"
+        ws = web.WebSocketResponse(max_msg_size=self.settings.max_body_bytes, heartbeat=30.0)
+        await ws.prepare(request)
+        self._sockets.add(ws)
+        try:
+            async for frame in ws:
+                if frame.type is WSMsgType.ERROR:
+                    break
+                await ws.send_str(await self._chat_turn(key, external_id, frame.data) if frame.type is WSMsgType.TEXT
+                                  else problem_document(422, "send text frames").model_dump_json(exclude_none=True))
+        finally:
+            self._sockets.discard(ws)
+        return ws
+
+    async def _chat_turn(self, key: ApiKey, external_id: str, text: str) -> str:
+        """A frame's answer: the reply, or a problem document (the connection stays open)."""
+        try:
+            self.auth.take(key)  # each message counts against the key's rate, like a request
+            body = ThreadMessageIn.model_validate({"text": text})
+            turn = await self.chats.say(key.name, external_id, body.text)
+        except RateLimited as exc:
+            return problem_document(429, str(exc), retry_after=exc.retry_after).model_dump_json(exclude_none=True)
+        except ValidationError as exc:
+            invalid = _invalid(exc)
+            return problem_document(422, invalid.detail, **invalid.extra).model_dump_json(exclude_none=True)
+        except Exception:
+            log.exception("chat turn failed")
+            return problem_document(500, "internal error; see the daemon's log").model_dump_json(exclude_none=True)
+        return self._reply(external_id, turn).model_dump_json()

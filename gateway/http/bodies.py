@@ -166,3 +166,4 @@ class ProblemDocument(Answer):
     detail: str
     errors: list[dict[str, str]] | None = None  # 422: each field at fault (loc, msg)
     checks: dict[str, str] | None = None  # 503 from /ready
+    retry_after: int | None = None  # 429 in a WebSocket frame (an HTTP answer has the Retry-After header)

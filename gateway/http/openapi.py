@@ -19,7 +19,7 @@ _BODY_PROBLEMS = {413: "body too large", 422: "invalid body"}
 @dataclass(frozen=True)
 class Operation:
     method: str
-    path: str  # with {name} parameters (integers)
+    path: str  # with {name} parameters ({id}: an integer; others: a string)
     summary: str
     scope: str | None = None
     body: type[BaseModel] | None = None
@@ -44,8 +44,8 @@ def document(operations: list[Operation], version: str) -> dict[str, Any]:
                                 "responses": {}}
         params = re.findall(r"\{(\w+)\}", path)
         if params:
-            item["parameters"] = [{"name": p, "in": "path", "required": True, "schema": {"type": "integer"}}
-                                  for p in params]
+            item["parameters"] = [{"name": p, "in": "path", "required": True,
+                                   "schema": {"type": "integer" if p == "id" else "string"}} for p in params]
         if op.scope is not None:
             item["security"] = [{"bearer": []}]
             item["description"] = f"Needs a key with the scope `{op.scope}` (or `admin`)."
@@ -75,4 +75,4 @@ def _camel(path: str) -> str:
 
 
 def _description(status: int) -> str:
-    return {200: "OK", 202: "accepted: in the database"}.get(status, str(status))
+    return {101: "a WebSocket", 200: "OK", 202: "accepted: in the database"}.get(status, str(status))

@@ -408,6 +408,44 @@ async def test_a_thread_transfer_request_and_refusals(rig: Rig) -> None:
         assert (status, resp.content_type) == (expected, PROBLEM), (expected, body)
 
 
+async def test_websocket_chat_keeps_context_over_three_turns(rig: Rig) -> None:
+    key = await rig.key("threads:write", "threads:read")
+    headers = {"Authorization": f"Bearer {key}"}
+    async with rig.http.ws_connect(rig.base + "/v1/chat?external_id=site-visitor-1", headers=headers) as ws:
+        replies = []
+        for text in ("What time do you open on Tuesday?", "And on Saturdays?", "I'd like to leave a message for Tom"):
+            await ws.send_str(text)
+            replies.append(await ws.receive_json(timeout=30))
+        assert "8 a.m." in replies[0]["reply"] and replies[0]["external_id"] == "site-visitor-1"
+        assert replies[1]["reply"].startswith("On Saturday we're open from 9 a.m. to 1 p.m.")
+        assert replies[2]["actions"] == [{"type": "message_offered", "person": "Tom Becker"}]
+        await ws.send_str("Please send me the invoice again.")  # the offered message, written in the next frame
+        assert (await ws.receive_json(timeout=30))["actions"] == [{"type": "message_taken", "person": "Tom Becker"}]
+        await ws.send_str("   ")  # a bad frame is answered with a problem; the chat goes on
+        assert (await ws.receive_json(timeout=30))["status"] == 422
+        await ws.send_bytes(b"\x00")
+        assert (await ws.receive_json(timeout=30))["status"] == 422
+        rnd = random.Random(7)
+        for junk in ["\x00", "\u202e" * 10, "x" * 4001] + [json.dumps(_junk(rnd)) for _ in range(20)]:
+            await ws.send_str(junk)
+            answer = await ws.receive_json(timeout=30)
+            assert "reply" in answer or 400 <= answer["status"] < 500, (junk[:100], answer)
+    async with rig.http.ws_connect(rig.base + "/v1/chat", headers=headers) as ws:
+        await ws.send_str("x" * 5000)  # over http.max_body_bytes: the connection is closed
+        closing = await ws.receive(timeout=30)
+        assert closing.type is aiohttp.WSMsgType.CLOSE and closing.data == 1009
+    history = (await rig.call("GET", "/v1/threads/site-visitor-1", key))[1]["messages"]
+    assert [m["text"] for m in history[:8:2]] == ["What time do you open on Tuesday?", "And on Saturdays?",
+                                                   "I'd like to leave a message for Tom",
+                                                   "Please send me the invoice again."]
+    # No key, or a key without threads:write, is refused before the upgrade.
+    reader = await rig.key("threads:read")
+    for headers in ({}, {"Authorization": f"Bearer {reader}"}):
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await rig.http.ws_connect(rig.base + "/v1/chat", headers=headers)
+        assert refused.value.status == (403 if headers else 401)
+
+
 def _switchboard(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "gateway.cli.main", "-c", str(ROOT / "etc" / "switchboard.yaml"),
                            "--data-dir", str(data_dir), *args],
@@ -508,7 +546,7 @@ async def test_openapi_document_describes_every_route(rig: Rig) -> None:
     assert status == 200 and doc["openapi"] == "3.1.0"
     assert set(doc["paths"]) == {"/health", "/ready", "/metrics", "/v1/openapi.json", "/v1/messages",
                                  "/v1/messages/{id}", "/v1/otp", "/v1/otp/verify", "/v1/threads/{external_id}",
-                                 "/v1/threads/{external_id}/messages"}
+                                 "/v1/threads/{external_id}/messages", "/v1/chat"}
     send = doc["paths"]["/v1/messages"]["post"]
     assert send["security"] == [{"bearer": []}] and {"202", "401", "403", "413", "422", "429"} <= set(send["responses"])
     schemas = doc["components"]["schemas"]
@@ -520,7 +558,7 @@ async def test_openapi_document_describes_every_route(rig: Rig) -> None:
     # Every route the document says needs a key refuses a request without one (a route never loses its check).
     keyed = [(method, path.replace("{id}", "1").replace("{external_id}", "x")) for path, item in doc["paths"].items()
              for method, op in item.items() if "security" in op]
-    assert len(keyed) == 6
+    assert len(keyed) == 7
     for method, path in keyed:
         assert (await rig.call(method.upper(), path, None, {}))[0] == 401, path
 
@@ -572,3 +610,4 @@ async def test_webhooks_are_signed_and_reach_a_receiver_that_was_down(rig: Rig) 
         assert digits not in json.dumps(verified)
     finally:
         await runner.cleanup()
+
