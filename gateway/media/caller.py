@@ -13,7 +13,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from speech.audio import FRAME_BYTES, SILENCE_FRAME, rms, split_frames
+from speech.audio import FRAME_BYTES, SILENCE_FRAME, rms, split_frames, ulaw_encode
 
 _HEADER = struct.Struct("!BH")
 KIND_HANGUP, KIND_UUID, KIND_DTMF, KIND_AUDIO = 0x00, 0x01, 0x03, 0x10
@@ -39,6 +39,9 @@ class Reply:
 class CallerClient:
     host: str
     port: int
+    # What the caller sends as kind 0x10: slin, or u-law as Dial(AudioSocket/...) without c(slin) does
+    # (the gateway then needs audiosocket.codec_0x10: ulaw). Replies are read as slin either way.
+    codec: str = "slin"
     call_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     received: list[ReceivedFrame] = field(default_factory=list)
     hung_up: asyncio.Event = field(default_factory=asyncio.Event)
@@ -69,7 +72,7 @@ class CallerClient:
 
     async def _mic(self) -> None:
         """One frame per 20 ms against a monotonic schedule, as Asterisk's RTP stream would."""
-        silence = _HEADER.pack(KIND_AUDIO, len(SILENCE_FRAME)) + SILENCE_FRAME
+        silence = self._audio_message(SILENCE_FRAME)
         due = time.monotonic()
         while not self.hung_up.is_set():
             if time.monotonic() < self._silent_until:  # DTX / hold: Asterisk sends nothing at all
@@ -94,8 +97,12 @@ class CallerClient:
         done: asyncio.Future = asyncio.get_running_loop().create_future()
         frames = split_frames(pcm, FRAME_BYTES)
         for i, frame in enumerate(frames):
-            self._outgoing.put_nowait((_HEADER.pack(KIND_AUDIO, len(frame)) + frame, done if i == len(frames) - 1 else None))
+            self._outgoing.put_nowait((self._audio_message(frame), done if i == len(frames) - 1 else None))
         return done
+
+    def _audio_message(self, frame: bytes) -> bytes:
+        payload = ulaw_encode(frame) if self.codec == "ulaw" else frame
+        return _HEADER.pack(KIND_AUDIO, len(payload)) + payload
 
     def send_nothing(self, seconds: float) -> None:
         """Send no frames for a while, as Asterisk does during DTX, hold or silence suppression."""
