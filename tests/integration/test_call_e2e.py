@@ -15,8 +15,8 @@ from llm.rules import normalize
 pytestmark = pytest.mark.models
 
 
-async def connect(gateway) -> tuple[CallerClient, Reply]:  # type: ignore[no-untyped-def]
-    client = await CallerClient("127.0.0.1", gateway.port).connect()
+async def connect(gateway, codec: str = "slin") -> tuple[CallerClient, Reply]:  # type: ignore[no-untyped-def]
+    client = await CallerClient("127.0.0.1", gateway.port, codec=codec).connect()
     greeting = await client.wait_reply(time.monotonic() - 1)
     return client, greeting
 

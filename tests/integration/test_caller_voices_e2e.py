@@ -1,0 +1,72 @@
+"""Callers who do not sound like the gateway's own voice, end to end: a robotic espeak-ng voice, sent as
+u-law (audiosocket.codec_0x10: ulaw) with line noise, over real AudioSocket with the real bundled models."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import AsyncIterator
+
+import pytest
+from test_call_e2e import ask, connect, events, heard
+
+from tests.support.voices import ESPEAK_NG, CallerVoice
+
+pytestmark = [
+    pytest.mark.models,
+    pytest.mark.skipif(ESPEAK_NG is None, reason="espeak-ng is not installed: it is the Debian package espeak-ng, "
+                                                 "which ./switchboard test installs"),
+]
+
+VOICE = CallerVoice("espeak-us-ulaw-noise", "en-us", 150, codec="ulaw", snr_db=25)
+# tiny.en hears this voice's "bill" as "real", "meal" or "wheel" (bench/understanding.py --mode audio
+# measures such misses); its "insurance" comes through.
+
+
+@pytest.fixture(scope="module")
+async def ulaw_gateway(services) -> AsyncIterator:  # type: ignore[no-untyped-def]
+    """The gateway as configured for Dial(AudioSocket/...) without c(slin): kind 0x10 carries u-law."""
+    from gateway.app import Gateway
+
+    ulaw = services.config.audiosocket.model_copy(update={"codec_0x10": "ulaw"})
+    svc = dataclasses.replace(services, config=dataclasses.replace(services.config, audiosocket=ulaw))
+    gw = Gateway(svc, host="127.0.0.1", port=0)
+    await gw.start()
+    yield gw
+    await gw.stop(grace_s=2.0)
+
+
+@pytest.fixture(scope="module")
+def robotic(services):  # type: ignore[no-untyped-def]
+    async def _speak(text: str) -> bytes:
+        return await asyncio.to_thread(VOICE.render, text, services.synthesizer.synthesize)
+
+    return _speak
+
+
+async def test_life_threatening_emergency_gets_911_then_a_transfer(  # type: ignore[no-untyped-def]
+        ulaw_gateway, services, robotic) -> None:
+    client, _ = await connect(ulaw_gateway, codec=VOICE.codec)
+    try:
+        reply = await ask(client, robotic, "Please help, my husband can't breathe and his throat is swelling up.")
+        said = [t.text for t in await services.store.turns(client.call_id) if t.speaker == "assistant"]
+        assert said[-1] == services.config.site.wording.emergency
+        text = await heard(services, reply)
+        assert "911" in text or "9 1 1" in text or "emergency" in text, text
+        transfer = next(e for e in await events(services, client, "transfer") if e.kind == "transfer")
+        assert transfer.data == {"source": "rule:emergency", "target": "the front desk", "extension": "200"}
+    finally:
+        await client.close()
+
+
+async def test_a_question_for_billing_and_insurance_is_put_through_to_that_person(  # type: ignore[no-untyped-def]
+        ulaw_gateway, services, robotic) -> None:
+    client, _ = await connect(ulaw_gateway, codec=VOICE.codec)
+    try:
+        reply = await ask(client, robotic, "I have a question about my insurance, who can I talk to?")
+        assert "through" in await heard(services, reply)
+        await asyncio.wait_for(client.hung_up.wait(), 10)  # the leg ends so the dialplan rings Tom
+        transfer = next(e for e in await events(services, client, "transfer") if e.kind == "transfer")
+        assert transfer.data == {"source": "rule:transfer", "target": "Tom Becker", "extension": "204"}
+    finally:
+        await client.close()
