@@ -60,12 +60,10 @@ async def bundled_engine(config) -> AsyncIterator:  # type: ignore[no-untyped-de
 
 @pytest.fixture(scope="session")
 async def gateway(services) -> AsyncIterator:  # type: ignore[no-untyped-def]
-    from gateway.daemon.app import Gateway
+    from tests.support.gateway import running_gateway
 
-    gw = Gateway(services, host="127.0.0.1", port=0)
-    await gw.start()
-    yield gw
-    await gw.stop(grace_s=2.0)
+    async with running_gateway(services) as gw:
+        yield gw
 
 
 @pytest.fixture(scope="session")

@@ -8,8 +8,9 @@ import dataclasses
 from collections.abc import AsyncIterator
 
 import pytest
-from test_call_e2e import ask, connect, events, heard
+from test_call_e2e import ask, connect, heard, transferred
 
+from tests.support.gateway import running_gateway
 from tests.support.voices import ESPEAK_NG, CallerVoice
 
 pytestmark = [
@@ -26,14 +27,10 @@ VOICE = CallerVoice("espeak-us-ulaw-noise", "en-us", 150, codec="ulaw", snr_db=2
 @pytest.fixture(scope="module")
 async def ulaw_gateway(services) -> AsyncIterator:  # type: ignore[no-untyped-def]
     """The gateway as configured for Dial(AudioSocket/...) without c(slin): kind 0x10 carries u-law."""
-    from gateway.app import Gateway
-
     ulaw = services.config.audiosocket.model_copy(update={"codec_0x10": "ulaw"})
-    svc = dataclasses.replace(services, config=dataclasses.replace(services.config, audiosocket=ulaw))
-    gw = Gateway(svc, host="127.0.0.1", port=0)
-    await gw.start()
-    yield gw
-    await gw.stop(grace_s=2.0)
+    async with running_gateway(dataclasses.replace(services, config=dataclasses.replace(
+            services.config, audiosocket=ulaw))) as gw:
+        yield gw
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +50,8 @@ async def test_life_threatening_emergency_gets_911_then_a_transfer(  # type: ign
         assert said[-1] == services.config.site.wording.emergency
         text = await heard(services, reply)
         assert "911" in text or "9 1 1" in text or "emergency" in text, text
-        transfer = next(e for e in await events(services, client, "transfer") if e.kind == "transfer")
-        assert transfer.data == {"source": "rule:emergency", "target": "the front desk", "extension": "200"}
+        assert await transferred(services, client) == {"source": "rule:emergency", "target": "the front desk",
+                                                       "extension": "200"}
     finally:
         await client.close()
 
@@ -65,8 +62,7 @@ async def test_a_question_for_billing_and_insurance_is_put_through_to_that_perso
     try:
         reply = await ask(client, robotic, "I have a question about my insurance, who can I talk to?")
         assert "through" in await heard(services, reply)
-        await asyncio.wait_for(client.hung_up.wait(), 10)  # the leg ends so the dialplan rings Tom
-        transfer = next(e for e in await events(services, client, "transfer") if e.kind == "transfer")
-        assert transfer.data == {"source": "rule:transfer", "target": "Tom Becker", "extension": "204"}
+        assert await transferred(services, client) == {"source": "rule:transfer", "target": "Tom Becker",
+                                                       "extension": "204"}
     finally:
         await client.close()

@@ -3,11 +3,10 @@ the real bundled models (speech in, speech out)."""
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 
 import pytest
-from test_call_e2e import ask, connect, events, heard
+from test_call_e2e import ask, connect, events, heard, transferred
 
 from tests.support import hearing
 
@@ -32,9 +31,8 @@ async def test_transfer_by_topic_without_a_name(gateway, services, speak) -> Non
         reply = await ask(client, speak, "Hi there, who do I talk to about a bill I got?")
         text = await heard(services, reply)
         assert "through" in text or "tom" in text or "becker" in text, text  # tiny.en may miss the name
-        await asyncio.wait_for(client.hung_up.wait(), 10)
-        transfer = next(e for e in await events(services, client, "transfer") if e.kind == "transfer")
-        assert transfer.data == {"source": "rule:transfer", "target": "Tom Becker", "extension": "204"}
+        assert await transferred(services, client) == {"source": "rule:transfer", "target": "Tom Becker",
+                                                       "extension": "204"}
     finally:
         await client.close()
 
@@ -45,9 +43,8 @@ async def test_an_appointment_change_is_put_through_to_the_front_desk(gateway, s
     try:
         await client.wait_reply(await client.say(espeak("I need to push my cleaning back to next week.")),
                                 timeout_s=30)
-        await asyncio.wait_for(client.hung_up.wait(), 10)
-        transfer = next(e for e in await events(services, client, "transfer") if e.kind == "transfer")
-        assert transfer.data == {"source": "rule:appointment", "target": "the front desk", "extension": "200"}
+        assert await transferred(services, client) == {"source": "rule:appointment", "target": "the front desk",
+                                                       "extension": "200"}
     finally:
         await client.close()
 
@@ -79,9 +76,8 @@ async def test_garbled_staff_name_is_clarified_then_transferred(gateway, service
         await client.wait_reply(await client.say(espeak("Can I talk to Doctor Ken?")))  # tiny.en: "Dr. Ken"
         assert (await said(services, client))[-1] == "Did you mean Dr. James Chen?"
         await client.say(espeak("Yes."))
-        await asyncio.wait_for(client.hung_up.wait(), 15)
-        transfer = next(e for e in await events(services, client, "transfer") if e.kind == "transfer")
-        assert transfer.data == {"source": "rule:clarified", "target": "Dr. James Chen", "extension": "202"}
+        assert await transferred(services, client, 15) == {"source": "rule:clarified", "target": "Dr. James Chen",
+                                                           "extension": "202"}
     finally:
         await client.close()
 
