@@ -7,8 +7,8 @@ git ref) runs in a child process on the same corpus in the same run.
 Audio mode (bench/understanding_audio.py): each utterance is said in a call of its own over a real
 AudioSocket connection to `switchboard run` on the bundled defaults, in each caller voice (Piper,
 espeak-ng voices and rates, u-law, line noise), and judged on what the gateway said and recorded.
-The held-out part in four voices takes about an hour on a shared 2-core machine: --limit and
---voices pick a subset (--limit N takes N per part, spread over the categories).
+About 15 calls a minute on a shared 2-core machine (the held-out part in one voice: 10 minutes):
+--limit and --voices pick a subset (--limit N takes N per part, spread over the categories).
 
 The corpus is bench/understanding_heldout.yaml (written first, never tuned on) and
 bench/understanding_tuning.yaml. Each utterance names its right outcome(s).
