@@ -11,12 +11,13 @@ import pytest
 from test_call_e2e import ask, connect, heard, transferred
 
 from tests.support.gateway import running_gateway
-from tests.support.voices import ESPEAK_NG, CallerVoice
+from tests.support.hearing import ESPEAK
+from tests.support.voices import CallerVoice
 
 pytestmark = [
     pytest.mark.models,
-    pytest.mark.skipif(ESPEAK_NG is None, reason="espeak-ng is not installed: it is the Debian package espeak-ng, "
-                                                 "which ./switchboard test installs"),
+    pytest.mark.skipif(ESPEAK is None, reason="espeak-ng is not installed: it is the Debian package espeak-ng, "
+                                              "which ./switchboard test installs"),
 ]
 
 VOICE = CallerVoice("espeak-us-ulaw-noise", "en-us", 150, codec="ulaw", snr_db=25)

@@ -1,23 +1,19 @@
-"""Caller voices other than the gateway's own: espeak-ng voices and rates, u-law on the wire, line noise.
-
-Shared by the end-to-end tests and bench/understanding.py's audio mode. espeak-ng is a system
-package (`./switchboard test` installs it); `ESPEAK_NG` is None where it is missing.
+"""Caller voices for whole calls: a voice (Piper, or espeak-ng's from tests/support/hearing.py), a rate,
+the codec on the AudioSocket wire and line noise. Shared by the end-to-end tests and
+bench/understanding.py's audio mode. espeak-ng is a system package (`./switchboard test` installs
+it); `hearing.ESPEAK` is None where it is missing.
 """
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from speech import audio
+from tests.support.hearing import espeak
 
-ESPEAK_NG = shutil.which("espeak-ng")
 NOISE_PAD_MS = 400  # line noise before and after the words, as a line hisses before anyone speaks
 
 
@@ -43,20 +39,9 @@ VOICES = {v.name: v for v in [
 ]}
 
 
-def espeak(text: str, voice: str = "en-us", rate: int = 175) -> bytes:
-    """`text` spoken by espeak-ng, as 8 kHz pcm."""
-    if ESPEAK_NG is None:
-        raise RuntimeError("espeak-ng is not installed (Debian package espeak-ng)")
-    with tempfile.TemporaryDirectory() as tmp:
-        wav = Path(tmp) / "speech.wav"
-        subprocess.run([ESPEAK_NG, "-v", voice, "-s", str(rate), "-w", str(wav), text], check=True,
-                       capture_output=True)
-        pcm, rate_hz = audio.read_wav(wav)
-    return audio.resample(pcm, rate_hz, audio.SAMPLE_RATE)
-
-
 def line_noise(pcm: bytes, snr_db: float, seed: int = 0) -> bytes:
-    """Hiss and mains hum `snr_db` below the speech's level, over the words and a pad either side."""
+    """White hiss and mains hum `snr_db` below the speech's level, over the words and a pad either
+    side, on the full 8 kHz band (hearing.phone_line is band-limited pink hiss, always through u-law)."""
     speech = audio.pcm_to_float(pcm)
     frames = speech[: len(speech) // audio.FRAME_SAMPLES * audio.FRAME_SAMPLES].reshape(-1, audio.FRAME_SAMPLES)
     power = (frames**2).mean(axis=1)
