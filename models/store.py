@@ -75,6 +75,8 @@ class Store:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")
         self._db: Database | None = None
         self._closed = False
+        # Told each call turn, call event and help request after its commit (the daemon's metrics and webhooks).
+        self.on_record: Callable[[Turn | CallEvent | HelpRequest], None] | None = None
 
     @classmethod
     async def open(cls, path: str | Path, *, client: bool = False) -> Store:
@@ -337,6 +339,13 @@ class Store:
         if cursor.rowcount == 0:
             raise NotFoundError(f"end_call: no call {call_id!r} in {self.path}")
 
+    def _recorded(self, record: Turn | CallEvent | HelpRequest) -> None:
+        if self.on_record is not None:
+            try:
+                self.on_record(record)
+            except Exception as exc:  # a watcher's failure must not fail the write it watched
+                log.error("store watcher failed record=%s error=%s", type(record).__name__, exc)
+
     async def call(self, call_id: str) -> dict[str, Any] | None:
         rows = await self._run(self._select, "SELECT * FROM calls WHERE call_id = ?", [call_id])
         return rows[0] if rows else None
@@ -345,6 +354,7 @@ class Store:
         row = {**asdict(turn), "timings_ms": json.dumps(turn.timings_ms),
                "interrupted": int(turn.interrupted)}
         await self._run(lambda: self._writer_db["turns"].insert(row))
+        self._recorded(turn)
 
     async def turns(self, call_id: str) -> list[Turn]:
         rows = await self._run(self._select, "SELECT * FROM turns WHERE call_id = ? ORDER BY seq",
@@ -355,6 +365,7 @@ class Store:
     async def add_event(self, event: CallEvent) -> None:
         row = {**asdict(event), "data": json.dumps(event.data)}
         await self._run(lambda: self._writer_db["call_events"].insert(row))
+        self._recorded(event)
 
     async def events(self, call_id: str) -> list[CallEvent]:
         rows = await self._run(
@@ -598,7 +609,9 @@ class Store:
     async def create_help_request(self, request: HelpRequest) -> int:
         row = {**asdict(request), "created_at": request.created_at or time.time()}
         del row["id"]
-        return await self._run(lambda: self._writer_db["help_requests"].insert(row).last_pk)
+        request_id = await self._run(lambda: self._writer_db["help_requests"].insert(row).last_pk)
+        self._recorded(replace(request, id=request_id, created_at=row["created_at"]))
+        return request_id
 
     async def help_requests(self, status: str | None = None) -> list[HelpRequest]:
         where, params = ("WHERE status = ?", [status]) if status else ("", [])

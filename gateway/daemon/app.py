@@ -31,6 +31,7 @@ from gateway.http.webhooks import Webhooks
 from gateway.tasks import TaskSet
 from gateway.media.pacer import MediaClock
 from gateway.services import Services, load_services
+from models.records import CallEvent, HelpRequest, Turn
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +179,7 @@ class Daemon:
         self.webhooks = Webhooks(hooks, self.hook_outbox)
         self._hook_tasks = TaskSet("webhooks")
         for outbox in (self.messaging.outbox if self.messaging else None, self.voice):
-            if outbox is not None and hooks:
+            if outbox is not None:
                 outbox.on_settled = self._message_settled
         self.http = HttpApi(
             config.http, services, route=self.route, planes=self.planes, emit=self.webhooks.emit,
@@ -191,6 +192,11 @@ class Daemon:
         self.gateway = Gateway(services, transferer=transferer, calls=calls, ari=self.ari, messaging=self.messaging,
                                on_call_ended=self._call_ended)
 
+    def _recorded(self, record: Turn | CallEvent | HelpRequest) -> None:
+        """What calls store (turn timings, transfer events) feeds the metrics."""
+        if self.http is not None:
+            self.http.metrics.observe(record)
+
     def _call_ended(self, call_id: str, reason: str) -> None:
         if self.http is not None:
             self.http.metrics.calls_ended.labels(reason).inc()
@@ -199,6 +205,10 @@ class Daemon:
 
     async def _message_settled(self, row_id: int, state: str) -> None:
         """message.sent | delivered | failed, for messages an API key queued (codes are reported by otp.*)."""
+        if self.http is not None:
+            self.http.metrics.deliveries.labels(state).inc()
+        if self.hook_outbox is None:
+            return
         row = await self.services.store.outbox_get(row_id)
         if row is not None and row.owner is not None and not row.idempotency_key.startswith("otp:"):
             await self.webhooks.emit(f"message.{state}", {"id": row.id, "channel": row.channel, "status": state,
@@ -224,6 +234,7 @@ class Daemon:
     async def start(self) -> None:
         """Listen, then connect the control planes in the background; raises OSError if a port is taken.
         The API listens first: /ready then tells what is still coming up, and a taken port stops nothing."""
+        self.services.store.on_record = self._recorded
         if self.http is not None:
             await self.http.start()
         try:
@@ -256,6 +267,8 @@ class Daemon:
         rest, in reverse."""
         if self.http is not None:
             await self.http.stop()
+        if self.services.store.on_record == self._recorded:
+            self.services.store.on_record = None
         if self.voice is not None:  # a call in progress is placed again after a restart
             await self.voice.stop()
         await self.gateway.stop(grace_s)

@@ -30,6 +30,7 @@ from gateway.config import AmiSettings, MessagingSettings
 from gateway.daemon.app import Daemon
 from gateway.http.keys import new_key
 from gateway.http.chats import Chats
+from gateway.media.caller import CallerClient
 from models.store import Store
 from tests.support.ami_server import AmiTestServer
 from tests.support.fake_modem import FakeModem
@@ -135,6 +136,39 @@ async def test_health_ready_and_metrics(rig: Rig) -> None:
     listed = set(re.findall(r"^- `(switchboard_\w+)[`{]", README, re.M))
     exposed = set(re.findall(r"^# TYPE (switchboard_\w+) ", text, re.M))
     assert exposed <= listed and listed - exposed <= {"switchboard_ami_connected", "switchboard_outbox_messages"}
+
+
+def sample(text: str, name: str) -> float:
+    """One sample's value in a text exposition (0 when absent)."""
+    found = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+async def test_a_call_and_a_delivery_are_measured(rig: Rig, speak) -> None:  # type: ignore[no-untyped-def]
+    """A real call (a spoken turn, then a transfer by the dialplan) fills the latency histograms and counts
+    the transfer; an email delivered counts a delivery."""
+    before = (await rig.call("GET", "/metrics"))[1]["text"]
+    status, _, _ = await rig.call("POST", "/v1/messages", await rig.key(),
+                                  {"channel": "email", "to": "counted@example.test", "text": "hi"})
+    assert status == 202
+    client = await CallerClient("127.0.0.1", rig.daemon.gateway.port).connect()
+    try:
+        await client.wait_reply(time.monotonic() - 1)  # the greeting
+        sent = await client.say(await speak("Hi, could I speak to Doctor Chen please?"))
+        await client.wait_reply(sent)
+        await asyncio.wait_for(client.hung_up.wait(), 15)
+    finally:
+        await client.close()
+    await rig.mail_to("counted@example.test")
+    for _ in range(100):  # the session stores its last event as the leg ends
+        text = (await rig.call("GET", "/metrics"))[1]["text"]
+        if sample(text, 'switchboard_transfers_total{result="sent"}') > 0:
+            break
+        await asyncio.sleep(0.1)
+    for name in ("switchboard_voice_to_voice_seconds_count", "switchboard_stt_seconds_count",
+                 "switchboard_first_audio_seconds_count", 'switchboard_transfers_total{result="sent"}',
+                 'switchboard_deliveries_total{outcome="sent"}'):
+        assert sample(text, name) > sample(before, name), name
 
 
 async def until_status(rig_call, path: str, key: str, wanted: str) -> dict:  # type: ignore[no-untyped-def]
