@@ -144,7 +144,8 @@ class SipMessageSettings(Settings):
         return self
 
 
-WEBHOOK_EVENTS = ("message.sent", "message.delivered", "message.failed", "otp.verified", "call.ended")
+WEBHOOK_EVENTS = ("message.sent", "message.delivered", "message.failed", "otp.verified", "call.ended",
+                  "help_request.created")
 
 
 class WebhookSettings(Settings):

@@ -31,6 +31,7 @@ from gateway.http.webhooks import Webhooks
 from gateway.tasks import TaskSet
 from gateway.media.pacer import MediaClock
 from gateway.services import Services, load_services
+from models.privacy import masked
 from models.records import CallEvent, HelpRequest, Turn
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ CALL_GRACE_S = 8.0  # a caller's goodbye on stop
 # models), after which the process exits whatever is still running; systemd's TimeoutStopSec
 # (systemd/switchboard.service) is set above it.
 STOP_DEADLINE_S = 30.0
+SUMMARY_CHARS = 120  # call.ended's summary
 
 
 class Gateway:
@@ -193,15 +195,26 @@ class Daemon:
                                on_call_ended=self._call_ended)
 
     def _recorded(self, record: Turn | CallEvent | HelpRequest) -> None:
-        """What calls store (turn timings, transfer events) feeds the metrics."""
+        """What calls store (turn timings, transfer events) feeds the metrics; a help request is an event."""
         if self.http is not None:
             self.http.metrics.observe(record)
+        if isinstance(record, HelpRequest) and self.hook_outbox is not None:
+            self._hook_tasks.spawn(self.webhooks.emit("help_request.created", {
+                "id": record.id, "call_id": record.call_id, "question": masked(record.question)}))
 
     def _call_ended(self, call_id: str, reason: str) -> None:
         if self.http is not None:
             self.http.metrics.calls_ended.labels(reason).inc()
         if self.hook_outbox is not None:
-            self._hook_tasks.spawn(self.webhooks.emit("call.ended", {"call_id": call_id, "outcome": reason}))
+            self._hook_tasks.spawn(self._report_call_ended(call_id, reason))
+
+    async def _report_call_ended(self, call_id: str, reason: str) -> None:
+        """call.ended, with a summary for a list view: the outcome and the caller's first words, numbers masked."""
+        first = next((t.text for t in await self.services.store.turns(call_id) if t.speaker == "caller"), None)
+        summary = f"{reason}: {masked(first)}" if first else reason
+        if len(summary) > SUMMARY_CHARS:
+            summary = summary[:SUMMARY_CHARS - 1] + "…"
+        await self.webhooks.emit("call.ended", {"call_id": call_id, "outcome": reason, "summary": summary})
 
     async def _message_settled(self, row_id: int, state: str) -> None:
         """message.sent | delivered | failed, for messages an API key queued (codes are reported by otp.*)."""

@@ -15,13 +15,15 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 import aiohttp
 import pytest
+from aiohttp import web
 from test_email_peer import SmtpPeer
 
 from channels.settings import WebhookSettings
@@ -144,27 +146,36 @@ def sample(text: str, name: str) -> float:
     return float(found.group(1)) if found else 0.0
 
 
-async def test_a_call_and_a_delivery_are_measured(rig: Rig, speak) -> None:  # type: ignore[no-untyped-def]
-    """A real call (a spoken turn, then a transfer by the dialplan) fills the latency histograms and counts
-    the transfer; an email delivered counts a delivery."""
+async def test_a_call_and_a_delivery_are_measured_and_reported(rig: Rig, speak) -> None:  # type: ignore[no-untyped-def]
+    """A real call (a spoken turn, then a transfer by the dialplan) fills the latency histograms, counts the
+    transfer and sends call.ended; an email delivered counts a delivery; a chat's unknown question sends
+    help_request.created."""
     before = (await rig.call("GET", "/metrics"))[1]["text"]
-    status, _, _ = await rig.call("POST", "/v1/messages", await rig.key(),
+    key = await rig.key("messages:send", "threads:write")
+    status, _, _ = await rig.call("POST", "/v1/messages", key,
                                   {"channel": "email", "to": "counted@example.test", "text": "hi"})
     assert status == 202
-    client = await CallerClient("127.0.0.1", rig.daemon.gateway.port).connect()
-    try:
-        await client.wait_reply(time.monotonic() - 1)  # the greeting
-        sent = await client.say(await speak("Hi, could I speak to Doctor Chen please?"))
-        await client.wait_reply(sent)
-        await asyncio.wait_for(client.hung_up.wait(), 15)
-    finally:
-        await client.close()
+    async with receiver(rig.hook_port) as event:
+        client = await CallerClient("127.0.0.1", rig.daemon.gateway.port).connect()
+        try:
+            await client.wait_reply(time.monotonic() - 1)  # the greeting
+            sent = await client.say(await speak("Hi, could I speak to Doctor Chen please? My number is 555 0102 030."))
+            await client.wait_reply(sent)
+            await asyncio.wait_for(client.hung_up.wait(), 15)
+        finally:
+            await client.close()
+        _, ended = await event("call.ended", client.call_id, "call_id")
+        summary = ended["data"]["summary"]
+        assert summary.startswith("transferred: ") and "chen" in summary.lower(), summary
+        assert "0102" not in summary and len(summary) <= 120
+        reply = (await rig.call("POST", "/v1/threads/hooks-1/messages", key,
+                                {"text": "Do you sell gift cards for the holidays?"}))[1]
+        assert {"type": "escalation"} in [{"type": a["type"]} for a in reply["actions"]], reply
+        request = next(r for r in await rig.daemon.services.store.help_requests() if "gift" in r.question)
+        _, created = await event("help_request.created", request.id)
+        assert "gift card" in created["data"]["question"].lower()
     await rig.mail_to("counted@example.test")
-    for _ in range(100):  # the session stores its last event as the leg ends
-        text = (await rig.call("GET", "/metrics"))[1]["text"]
-        if sample(text, 'switchboard_transfers_total{result="sent"}') > 0:
-            break
-        await asyncio.sleep(0.1)
+    text = (await rig.call("GET", "/metrics"))[1]["text"]  # call.ended came after the call's last event
     for name in ("switchboard_voice_to_voice_seconds_count", "switchboard_stt_seconds_count",
                  "switchboard_first_audio_seconds_count", 'switchboard_transfers_total{result="sent"}',
                  'switchboard_deliveries_total{outcome="sent"}'):
@@ -597,8 +608,38 @@ async def test_openapi_document_describes_every_route(rig: Rig) -> None:
         assert (await rig.call(method.upper(), path, None, {}))[0] == 401, path
 
 
+@asynccontextmanager
+async def receiver(port: int) -> AsyncIterator[Callable[..., Awaitable[tuple[dict, dict]]]]:
+    """A webhook receiver on loopback, as a bounded wait for one event (its signature checked)."""
+    received: list[tuple[dict, bytes]] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        received.append((dict(request.headers), await request.read()))
+        return web.Response(status=204)
+
+    async def event(kind: str, match: object, field: str = "id") -> tuple[dict, dict]:
+        for _ in range(300):
+            for headers, body in received:
+                doc = json.loads(body)
+                if doc["type"] == kind and doc["data"].get(field) == match:
+                    assert headers["Switchboard-Signature"] == signature(
+                        HOOK_SECRET.encode(), headers["Switchboard-Timestamp"], body)
+                    return headers, doc
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"no {kind} event for {match}")
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield event
+    finally:
+        await runner.cleanup()
+
+
 async def test_webhooks_are_signed_and_reach_a_receiver_that_was_down(rig: Rig) -> None:
-    from aiohttp import web
     key = await rig.key()
     status, sent, _ = await rig.call("POST", "/v1/messages", key,
                                      {"channel": "email", "to": "hooked@example.test", "text": "hi"})
@@ -611,37 +652,12 @@ async def test_webhooks_are_signed_and_reach_a_receiver_that_was_down(rig: Rig) 
         await asyncio.sleep(0.05)
     else:
         raise AssertionError("no webhook retried")
-    received: list[tuple[dict, bytes]] = []
-
-    async def hook(request: web.Request) -> web.Response:
-        received.append((dict(request.headers), await request.read()))
-        return web.Response(status=204)
-
-    app = web.Application()
-    app.router.add_post("/hook", hook)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", rig.hook_port).start()
-    try:
-        async def event(kind: str, match: object) -> tuple[dict, dict]:
-            for _ in range(200):
-                for headers, body in received:
-                    doc = json.loads(body)
-                    if doc["type"] == kind and doc["data"].get("id") == match:
-                        return headers, doc
-                await asyncio.sleep(0.05)
-            raise AssertionError(f"no {kind} event for {match}")
-
+    async with receiver(rig.hook_port) as event:
         headers, doc = await event("message.sent", sent["id"])
-        body = next(b for h, b in received if h is headers)
-        assert headers["Switchboard-Signature"] == signature(HOOK_SECRET.encode(), headers["Switchboard-Timestamp"],
-                                                             body)
         assert abs(int(headers["Switchboard-Timestamp"]) - time.time()) < 60 and doc["data"]["channel"] == "email"
         _, code, _ = await rig.call("POST", "/v1/otp", key, {"to": "hooked.code@example.test", "channel": "email"})
         digits = _code(await rig.mail_to("hooked.code@example.test"))
         assert (await rig.call("POST", "/v1/otp/verify", key, {"id": code["id"], "code": digits}))[1]["valid"]
         _, verified = await event("otp.verified", code["id"])
         assert digits not in json.dumps(verified)
-    finally:
-        await runner.cleanup()
 
