@@ -12,10 +12,15 @@ import sys
 import time
 from pathlib import Path
 
+import aiohttp
 import pytest
 import yaml
+from test_email_peer import SmtpPeer
 
+from channels.email import message_id
+from gateway.http.keys import new_key
 from gateway.media.caller import KIND_HANGUP, CallerClient
+from models.store import Store
 from tests.support.ami_server import AmiTestServer
 from tests.support.net import free_port
 
@@ -34,10 +39,11 @@ def site_config(tmp_path: Path, **sections: object) -> Path:
     return path
 
 
-def start_daemon(config: Path, port: int, **env: str) -> subprocess.Popen[str]:
+def start_daemon(config: Path, port: int, http_port: int = 0, **env: str) -> subprocess.Popen[str]:
     """`switchboard -c CONFIG run`, as systemd starts it."""
     return subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli.main", "-c", str(config), "run", "--port", str(port), "--http-port", "0"],
+        [sys.executable, "-m", "gateway.cli.main", "-c", str(config), "run", "--port", str(port),
+         "--http-port", str(http_port)],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env={**os.environ, "HF_HUB_OFFLINE": "1", **env})
 
@@ -169,3 +175,45 @@ async def test_second_sigterm_stops_at_once(tmp_path: Path) -> None:
         await client.close()
         if proc.poll() is None:
             proc.kill()
+
+
+async def test_a_message_accepted_before_sigkill_is_sent_after_restart(tmp_path: Path) -> None:
+    """202 means kept: the daemon is killed (-9) at once while its SMTP relay is down; started again with the
+    relay up, it sends the message, under the Message-ID its idempotency key names."""
+    smtp = SmtpPeer()
+    smtp.port = free_port()  # down until the restart
+    config = site_config(tmp_path, messaging={
+        "email": {"smtp": {"host": "127.0.0.1", "port": smtp.port, "security": "none",
+                           "from_address": "desk@clinic.test"}},
+        "outbox": {"retry": {"base_s": 0.05, "cap_s": 0.2}}})
+    (tmp_path / "data").mkdir()
+    store = await Store.open(tmp_path / "data" / "switchboard.db")
+    key, record = new_key("crash", ["messages:send"], "10/s", None)
+    await store.api_key_create(record)
+    await store.close()
+    port, http_port = free_port(), free_port()
+    first = start_daemon(config, port, http_port)
+    second = None
+    lines: list[str] = []
+    try:
+        await _logged(first, "ready audiosocket", lines, timeout=180)
+        async with aiohttp.ClientSession() as http, http.post(
+                f"http://127.0.0.1:{http_port}/v1/messages", headers={"Authorization": f"Bearer {key}"},
+                json={"channel": "email", "to": "kill9@example.test", "text": "Your crown is ready.",
+                      "idempotency_key": "kill9-1"}) as resp:
+            assert resp.status == 202, await resp.text()
+        first.kill()
+        assert await asyncio.to_thread(first.wait, 10) == -signal.SIGKILL
+        await smtp.start()
+        second = start_daemon(config, port, http_port)
+        (mail,) = await smtp.wait_for(1, timeout=180)  # the restart loads the models again
+        assert mail["To"] == "kill9@example.test" and "crown" in mail.get_body(("plain",)).get_content()
+        assert mail["Message-ID"] == message_id("api:crash:kill9-1", "clinic.test")
+        second.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(second.wait, 30) == 0
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+        await smtp.stop()
