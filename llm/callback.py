@@ -27,6 +27,21 @@ ringing phoning again back number that this it is was and but or because please
 """.split())
 
 
+# Words around an answer to "your name?" / "your number?" that say nothing more.
+_ANSWER_WORDS = frozenset("""
+yes yeah yep no nope it's it is its my number name that's that is right correct the um uh ok okay sure i'm i am
+and call me on at this
+""".split())
+
+
+def says_more(text: str) -> bool:
+    """True if `text` holds more than a name, a number and the words around them: the rest of a
+    message the caller goes on with when asked for their name or number."""
+    words = [w for w in re.findall(r"[a-z']+", text.lower().replace("\u2019", "'"))
+             if w not in _DIGIT_WORDS and w not in _REPEATS and w not in _ANSWER_WORDS]
+    return len(words) >= 4
+
+
 def spoken_number(text: str) -> str | None:
     """The phone number in `text` as digits, or None: the longest run of digits and digit words."""
     runs, run, repeat = [], "", 1

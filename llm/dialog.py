@@ -316,6 +316,10 @@ class Dialog:
         assert call is not None
         call.turns += 1
         number = callback.spoken_number(text)
+        # More than an answer belongs to the message: a caller who paused mid-message (their turn ended
+        # there) goes on with it when asked for a name or a number.
+        if callback.says_more(text):
+            call.text = f"{call.text} {text}"
         if call.asked == "name":
             call.name = callback.spoken_name(text, answer=True)
         if call.asked == "confirm" and number is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from llm import callback
 from llm.callback import read_back, spoken_name, spoken_number
 
 
@@ -36,3 +37,15 @@ def test_read_back_in_groups(number: str, spoken: str) -> None:
 ])
 def test_spoken_name(text: str, answer: bool, name: str | None) -> None:
     assert spoken_name(text, answer=answer) == name
+
+
+@pytest.mark.parametrize(("text", "more"), [
+    ("Pat", False),
+    ("My name is Pat Lee", False),
+    ("it's 555 0123", False),
+    ("Yes, my number is five five five, oh one four two.", False),
+    ("Please call me back about my crown appointment on 555 0142.", True),
+    ("It's about the bill you sent, it's wrong, 555 0142", True),
+])
+def test_says_more_than_an_answer(text: str, more: bool) -> None:
+    assert callback.says_more(text) is more

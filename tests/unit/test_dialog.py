@@ -201,6 +201,19 @@ def stored_messages(tmp_path: Path) -> list[tuple]:
         return db.execute("select for_staff, body, caller_name from messages").fetchall()
 
 
+async def test_a_message_said_in_two_turns_keeps_both(store: Store, tmp_path: Path) -> None:
+    """The caller paused after their name (the turn ended there) and went on when asked for a number."""
+    d = voice_dialog(store)
+    await d.respond("Can I leave a message for Tom?")
+    ask = await d.respond("This is Anne.")
+    assert ask.source == "rule:callback_number"
+    check = await d.respond("Please call me back about my crown appointment on 555 0142.")
+    assert check.text.startswith("I have 5 5 5, 0 1 4 2.")
+    await d.respond("Yes.")
+    assert stored_messages(tmp_path) == [
+        ("Tom Becker", "This is Anne. Please call me back about my crown appointment on 555 0142.", "Anne")]
+
+
 @pytest.mark.parametrize(("message", "number", "digits"), [
     ("This is Pat Lee, my crown is loose, call me on 555 0199.", "5550199", "5 5 5, 0 1 9 9"),
     ("It's Pat Lee. My crown is loose. My number is five five five, oh one nine nine.", "5550199",
