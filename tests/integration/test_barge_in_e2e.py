@@ -159,9 +159,12 @@ async def test_words_said_before_an_interruption_are_not_lost_while_stt_is_busy(
     client = await greeted(gateway.port)
     try:
         first, second = await speak("Do you take Delta Dental?"), await speak(INTERRUPTION)
-        asked = await client.say(first)
-        # Another call's long utterance holds the STT worker, so this turn waits for its words ...
-        busy = asyncio.ensure_future(services.transcriber.transcribe_async((second + bytes(3200)) * 8))
+        said = client.say(first)
+        # Another call's long utterance takes the STT worker just before this caller's last words, so the
+        # turn's STT (speculative at 200 ms of silence) waits behind it, however fast or loaded the machine ...
+        await asyncio.sleep(max(0.0, len(first) / 16000 - 0.3))
+        busy = asyncio.ensure_future(services.transcriber.transcribe_async((second + bytes(3200)) * 16))
+        await said
         await asyncio.sleep(0.7)  # ... past the end of the turn (end_silence_ms 500), then the caller goes on
         await client.wait_reply(await client.say(second), timeout_s=40)
         await busy
