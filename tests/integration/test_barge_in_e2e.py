@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import threading
 import time
 
 import pytest
@@ -154,23 +155,36 @@ async def test_a_replaced_reply_stops_its_generation(gateway, bundled_engine) ->
         await client.close()
 
 
-async def test_words_said_before_an_interruption_are_not_lost_while_stt_is_busy(gateway, services, speak) -> None:  # type: ignore[no-untyped-def]
+async def test_words_said_before_an_interruption_are_not_lost_while_stt_is_busy(  # type: ignore[no-untyped-def]
+        gateway, services, speak, monkeypatch) -> None:
     """The caller speaks again while their last words still wait for STT: both reach the next turn."""
     client = await greeted(gateway.port)
+    # Another call's utterance holds the STT worker(s) until this caller has spoken again, so this turn's
+    # words wait for STT however fast or loaded the machine is (timing it with a long utterance was not).
+    release, hold = threading.Event(), bytes(3200)
+    transcribe = services.transcriber.transcribe
+
+    def held(pcm8k: bytes, **kwargs):  # type: ignore[no-untyped-def]
+        if pcm8k is hold:
+            release.wait(30)
+        return transcribe(pcm8k, **kwargs)
+
+    monkeypatch.setattr(services.transcriber, "transcribe", held)
     try:
         first, second = await speak("Do you take Delta Dental?"), await speak(INTERRUPTION)
-        said = client.say(first)
-        # Another call's long utterance takes the STT worker just before this caller's last words, so the
-        # turn's STT (speculative at 200 ms of silence) waits behind it, however fast or loaded the machine ...
-        await asyncio.sleep(max(0.0, len(first) / 16000 - 0.3))
-        busy = asyncio.ensure_future(services.transcriber.transcribe_async((second + bytes(3200)) * 16))
-        await said
-        await asyncio.sleep(0.7)  # ... past the end of the turn (end_silence_ms 500), then the caller goes on
-        await client.wait_reply(await client.say(second), timeout_s=40)
-        await busy
+        busy = [asyncio.ensure_future(services.transcriber.transcribe_async(hold))
+                for _ in range(services.config.models.stt.workers)]
+        await client.say(first)
+        await asyncio.sleep(0.7)  # past the end of the turn (end_silence_ms 500): its words wait for STT ...
+        sent = client.say(second)  # ... when the caller goes on
+        await asyncio.sleep(0.5)
+        release.set()
+        await client.wait_reply(await sent, timeout_s=40)
+        await asyncio.gather(*busy)
         callers, _ = await spoken(services, client)
         assert callers, "no turn was stored"
         words = normalize(callers[-1].text)
         assert "delta" in words and "parking" in words, words
     finally:
+        release.set()
         await client.close()

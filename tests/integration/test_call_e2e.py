@@ -115,6 +115,9 @@ async def test_unknown_question_creates_a_help_request(gateway, services, speak)
     client, _ = await connect(gateway)
     try:
         reply = await ask(client, speak, "Do you sell gift cards for the holidays?")
+        said = [t.text for t in await services.store.turns(client.call_id) if t.speaker == "assistant"]
+        if "are you asking" in said[-1]:  # the confirmation band ("are you asking how you can pay?"): no
+            reply = await ask(client, speak, "No.")
         assert "get back to you" in await heard(services, reply)
         requests = [r for r in await services.store.help_requests() if r.call_id == client.call_id]
         assert len(requests) == 1 and "gift card" in requests[0].question.lower()
