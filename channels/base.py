@@ -1,6 +1,6 @@
 """What every text channel (SMS by modem, SIP MESSAGE, email) provides to the outbox and the dialog."""
 from __future__ import annotations
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Awaitable, Callable, Protocol
 
 from pydantic import BaseModel, ConfigDict

@@ -62,7 +62,8 @@ class AudioSocketSettings(Section):
     idle_timeout_s: float = Field(300.0, gt=0)
     max_calls: int = Field(250, ge=1)
     # What kind 0x10 carries: slin, as Asterisk defines it. ulaw/alaw only for Dial(AudioSocket/...)
-    # without c(slin), which sends the caller's codec labelled 0x10 (better: add c(slin)).
+    # without c(slin), which sends the caller's codec labelled 0x10 (better: add c(slin)). Replies stay
+    # slin: res_audiosocket labels every 0x10 frame it receives as slin and transcodes it itself.
     codec_0x10: Literal["slin", "ulaw", "alaw"] = "slin"
 
 
