@@ -7,6 +7,7 @@ runs half-configured. Relative paths in the YAML are relative to the file that n
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -256,6 +257,34 @@ class OtpSettings(Section):
     message: str = Field("Your code is {code}. It expires in {minutes} minutes.", pattern=r"\{code\}")
 
 
+class PublicChatSettings(Section):
+    """`http.public_chat:`: WS /v1/chat without a key, for a website's visitors (off unless enabled)."""
+
+    enabled: bool = False
+    origins: tuple[str, ...] = ()  # the pages allowed to open it: exact Origin values, "https://clinic.example"
+    max_connections_per_ip: int = Field(3, ge=1)
+    messages_per_minute_per_ip: int = Field(12, ge=1)
+    max_message_bytes: int = Field(2000, ge=64, le=65536)  # a longer frame closes the chat (1009)
+    idle_timeout_s: float = Field(300.0, gt=0)  # no message for this long closes the chat (1000)
+
+    @model_validator(mode="after")
+    def _origins(self) -> "PublicChatSettings":
+        if self.enabled and not self.origins:
+            raise ValueError("origins: list the sites allowed to open the public chat")
+        for origin in self.origins:
+            if not re.fullmatch(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?", origin):
+                raise ValueError(f"origins: {origin!r} is not scheme://host[:port] (no path, no slash at the end)")
+        return self
+
+
+class RetentionSettings(Section):
+    """`http.retention:`: how long the API's own records are kept; the daemon deletes older ones."""
+
+    audit_days: float = Field(90.0, gt=0)  # the audit of authenticated requests
+    otp_days: float = Field(7.0, ge=1)  # one-time codes, counted from their expiry (used ones too)
+    sweep_interval_s: float = Field(3600.0, ge=1)  # and once at start
+
+
 class HttpSettings(Section):
     """`http:`: the integrators' API inside the daemon (gateway.http); behind a TLS proxy if exposed."""
 
@@ -268,6 +297,8 @@ class HttpSettings(Section):
     templates: dict[str, str] = {}  # name -> text with $vars, for POST /v1/messages {template, vars}
     otp: OtpSettings = OtpSettings()
     webhooks: tuple[WebhookSettings, ...] = ()  # signed event deliveries, through a durable outbox
+    public_chat: PublicChatSettings = PublicChatSettings()
+    retention: RetentionSettings = RetentionSettings()
 
 
 class FileConfig(Section):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from llm.dialog import Action, Dialog, Reply
@@ -245,11 +245,13 @@ def subject_question(subject: str | None) -> str | None:
     return text if text and _is_question(text) else None
 
 
-async def answer(dialog: Dialog, body: str, at: float | None = None, subject: str | None = None) -> WrittenAnswer:
+async def answer(dialog: Dialog, body: str, at: float | None = None, subject: str | None = None,
+                 progress: Callable[[str | None], Awaitable[None]] | None = None) -> WrittenAnswer:
     """Run the dialog on each question of a written message and compose one reply. A request for a
     person or a message is taken at once as a message with the sender's own words (they are written
     already); a bare 'can I leave a message' is asked for the message. `at`: when it was sent; an
-    email's `subject` is the question when the body asks none ("Sent from my iPhone" under "Parking?")."""
+    email's `subject` is the question when the body asks none ("Sent from my iPhone" under "Parking?").
+    `progress` gets the reply composed so far after each question is answered (a live chat streams it)."""
     asked_in_subject = subject_question(subject)
     if asked_in_subject and not parts(core(body)):
         body = f"{asked_in_subject}\n{body}"
@@ -283,4 +285,6 @@ async def answer(dialog: Dialog, body: str, at: float | None = None, subject: st
                     reply = taken
         replies.append(reply)
         asked.append(question)
+        if progress is not None:
+            await progress(compose(replies, asked))
     return WrittenAnswer(compose(replies, asked), tuple(replies))

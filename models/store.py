@@ -228,6 +228,17 @@ class Store:
             " WHERE thread_id = ? ORDER BY at, id", [thread_id])
         return [ThreadMessage(**r) for r in rows]
 
+    async def thread_page(self, thread_id: int, limit: int,
+                          before: int | None = None) -> tuple[list[ThreadMessage], bool]:
+        """The newest `limit` messages of a thread older than the message id `before` (all if None), oldest
+        first, and whether there are older ones still. By id: a thread's ids grow as its messages are added."""
+        rows = await self._run(
+            self._select,
+            "SELECT id, thread_id, channel, direction, body, status, at, outbox_id FROM messages"
+            " WHERE thread_id = ? AND id < ? ORDER BY id DESC LIMIT ?",
+            [thread_id, before if before is not None else 2 ** 63 - 1, limit + 1])
+        return [ThreadMessage(**r) for r in reversed(rows[:limit])], len(rows) > limit
+
     async def record_inbound(self, channel: str, sender: str, body: str, at: float, subject: str | None,
                              provider_ref: str | None) -> tuple[int, int] | None:
         """Commit an inbound text as `pending` in its sender's thread: (message id, thread id), or None
@@ -568,6 +579,23 @@ class Store:
                 [code.id, code.key_name, code.channel, code.destination, code.purpose, code.code_hmac,
                  code.created_at, code.expires_at])
         await self._run(run)
+
+    async def sweep_api_rows(self, audit_before: float, otp_before: float, batch: int = 5000) -> tuple[int, int]:
+        """Delete audit rows written before `audit_before` and one-time codes that expired before
+        `otp_before`: (audit rows, codes) deleted. In batches, each its own commit, so a first sweep of a
+        large table does not hold the writer for long."""
+        def delete(table: str, column: str, before: float) -> int:
+            total = 0
+            while True:
+                with self._writer_db.atomic():
+                    count = self._writer_db.execute(
+                        f"DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} WHERE {column} < ? LIMIT ?)",
+                        [before, batch]).rowcount
+                total += count
+                if count < batch:
+                    return total
+        return (await self._run(delete, "api_audit", "at", audit_before),
+                await self._run(delete, "otp_codes", "expires_at", otp_before))
 
     async def otp_sent_via(self, otp_id: str, outbox_id: int) -> None:
         await self._run(lambda: self._writer_db.execute("UPDATE otp_codes SET outbox_id = ? WHERE id = ?",

@@ -27,6 +27,7 @@ from gateway.config import Config
 from gateway.daemon.messaging import Messaging
 from gateway.http.api import HttpApi
 from gateway.http.chats import Chats
+from gateway.http.retention import Sweeper
 from gateway.http.webhooks import Webhooks
 from gateway.tasks import TaskSet
 from gateway.media.pacer import MediaClock
@@ -189,8 +190,11 @@ class Daemon:
             ami_connected=(lambda: self.ami.connected) if self.ami is not None else None,
             chats=Chats(config.site, services.retriever, services.store, engine=services.dialog_engine,
                         max_reply_tokens=config.models.llm.max_reply_tokens,
-                        on_message_taken=self.messaging.deliver_to_staff if self.messaging else None),
+                        on_message_taken=self.messaging.deliver_to_staff if self.messaging else None,
+                        on_escalation=self.messaging.conversations.escalate if self.messaging else None),
         ) if config.http.enabled else None
+        self.sweeper = Sweeper(services.store, config.http.retention) if config.http.enabled else None
+        self._sweeping = TaskSet("retention")
         self.gateway = Gateway(services, transferer=transferer, calls=calls, ari=self.ari, messaging=self.messaging,
                                on_call_ended=self._call_ended)
 
@@ -274,12 +278,15 @@ class Daemon:
             await self.voice.start(_no_inbound)
         if self.hook_outbox is not None:
             await self.hook_outbox.start(_no_inbound)
+        if self.sweeper is not None:
+            self._sweeping.spawn(self.sweeper.run())
 
     async def stop(self, grace_s: float = 8.0) -> None:
         """No new API requests; callers hear goodbye before ARI hands them back to the dialplan; then the
         rest, in reverse."""
         if self.http is not None:
             await self.http.stop()
+        await self._sweeping.finish()
         if self.services.store.on_record == self._recorded:
             self.services.store.on_record = None
         if self.voice is not None:  # a call in progress is placed again after a restart

@@ -6,13 +6,14 @@ a busy API never holds the media clock. Errors are RFC 9457 problem documents; b
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import re
 import string
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime, timezone
 from http import HTTPStatus
 from typing import Any, TypeVar
@@ -25,12 +26,14 @@ from gateway.asterisk.voice import CODE_SUBJECT
 from gateway.config import HttpSettings
 from gateway.http.auth import Authenticator, RateLimited, Unauthorized
 from gateway.http.bodies import (
-    Health, MessageAccepted, MessageIn, MessageStatus, OtpAccepted, OtpIn, OtpVerdict, OtpVerifyIn, ProblemDocument,
-    Ready, Step, ThreadAction, ThreadEntry, ThreadHistory, ThreadMessageIn, ThreadReply, destination,
+    CallIn, ChatDelta, ChatReply, Health, MessageAccepted, MessageIn, MessageStatus, OtpAccepted, OtpIn, OtpVerdict,
+    OtpVerifyIn, Outgoing, ProblemDocument, Ready, Step, ThreadAction, ThreadEntry, ThreadHistory, ThreadMessageIn,
+    ThreadReply, destination,
 )
 from gateway.http.metrics import CONTENT_TYPE, Metrics
 from gateway.http.limits import KeyedLocks
 from gateway.http.openapi import Operation, document
+from gateway.http.public import Visitors
 from gateway.http.otp import HOUR_S, OneTimeCodes, Refused, load_hmac_key
 from gateway.services import Services
 from gateway.http.chats import Chats, ChatTurn
@@ -42,6 +45,9 @@ PROBLEM = "application/problem+json"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 B = TypeVar("B", bound=BaseModel)
 KEY = web.RequestKey("api_key", ApiKey)  # the request's key, once authenticated
+PUBLIC_OWNER = "*public"  # the threads of keyless chats: not a key name (see keys.new_key), so no key reads them
+PUBLIC_RETRY_S = 30  # Retry-After of a refused public chat: until one of the address's chats ends
+HISTORY_LIMIT, HISTORY_MAX = 50, 200  # messages in a page of a thread's history: by default, at most
 _EXTERNAL_ID = re.compile(r"[A-Za-z0-9._@:-]{1,128}")  # an integrator's chat id: no spaces, slashes or controls
 
 
@@ -111,6 +117,14 @@ class HttpApi:
             (Operation("GET", "/v1/messages/{id}", "a message's status and timeline", "messages:read",
                        answers={200: MessageStatus}, problems={404: "no such message of this key"}),
              self.message_status),
+            (Operation("POST", "/v1/calls", "place an outbound call that speaks a text, by AMI Originate",
+                       "calls:create", CallIn, {202: MessageAccepted},
+                       {422: "bad body, or no AMI on this daemon", 429: "over the key's rate or the destination's "
+                                                                         "hourly limit (Retry-After)"}),
+             self.place_call),
+            (Operation("GET", "/v1/calls/{id}", "a call's status and timeline (ringing is `sending`, answered "
+                       "is `delivered`)", "calls:create", answers={200: MessageStatus},
+                       problems={404: "no such call of this key"}), self.call_status),
             (Operation("POST", "/v1/otp", "send a one-time code", "otp:send", OtpIn, {202: OtpAccepted},
                        {429: "over the key's rate, the resend cooldown or the destination's hourly limit "
                              "(Retry-After)"}), self.send_code),
@@ -120,16 +134,23 @@ class HttpApi:
             (Operation("POST", "/v1/threads/{external_id}/messages", "a message in a chat; the assistant's reply",
                        "threads:write", ThreadMessageIn, {200: ThreadReply},
                        {422: "bad body or external_id (1-128 of A-Z a-z 0-9 . _ @ : -)"}), self.thread_message),
-            (Operation("GET", "/v1/threads/{external_id}", "a chat's history, both sides", "threads:read",
-                       answers={200: ThreadHistory}, problems={404: "no such thread of this key"}),
+            (Operation("GET", "/v1/threads/{external_id}", "a chat's history, both sides, a page at a time",
+                       "threads:read", answers={200: ThreadHistory},
+                       problems={404: "no such thread of this key", 422: "bad external_id, limit or before"},
+                       query={"limit": f"messages in the page, newest (default {HISTORY_LIMIT}, at most "
+                                       f"{HISTORY_MAX})", "before": "the `next` of the previous page: older messages"}),
              self.thread_history),
             (Operation("GET", "/v1/chat", "a live chat over a WebSocket (?external_id=, else a new thread): each text "
-                       "frame is a message, each answer a JSON frame (this reply, or a problem document)",
-                       "threads:write", answers={101: ThreadReply}), self.chat),
+                       "frame is a message, answered by `delta` frames as the reply is produced, then a `reply` "
+                       "frame (or a problem document). Without a key when http.public_chat is enabled: then "
+                       "each connection is a new thread", "threads:write", answers={101: ChatReply}), self.chat),
         ]
         self._openapi = document([op for op, _ in routes], version="1")
         self.app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[self._middleware])
-        self.app.add_routes([web.route(op.method, op.path, self._keyed(op.scope, handler)) for op, handler in routes])
+        public = self.public_chat if settings.public_chat.enabled else None
+        self.app.add_routes([web.route(op.method, op.path, self._keyed(
+            op.scope, handler, keyless=public if handler == self.chat else None)) for op, handler in routes])
+        self._visitors = Visitors(settings.public_chat)
         self._runner: web.AppRunner | None = None
         self._sockets: set[web.WebSocketResponse] = set()  # open chats, closed at stop
         self.port = 0
@@ -172,13 +193,15 @@ class HttpApi:
             self.auth.audit(key.name, request.method, route, response.status)
         return response
 
-    def _keyed(self, needed: str | None, handler: Handler) -> Handler:
+    def _keyed(self, needed: str | None, handler: Handler, keyless: Handler | None = None) -> Handler:
         """The handler behind the key check its route's scope asks for (wrapped where it is registered,
-        so a route cannot lose its check on the way)."""
+        so a route cannot lose its check on the way); a request without a key goes to `keyless` if given."""
         if needed is None:
             return handler
 
         async def checked(request: web.Request) -> web.StreamResponse:
+            if keyless is not None and "Authorization" not in request.headers:
+                return await keyless(request)
             try:
                 key = request[KEY] = await self.auth.authenticate(request.headers.get("Authorization"))
             except Unauthorized as exc:
@@ -234,10 +257,16 @@ class HttpApi:
 
     async def send_message(self, request: web.Request) -> web.Response:
         body = await _body(request, MessageIn)
-        key: ApiKey = request[KEY]
-        (outbox, channel), to = self._channel(body.channel), self._destination(body.channel, body.to)
-        text = body.text if body.text is not None else self._render(body.template or "", body.vars)
         subject = (body.subject or self.services.config.site.name) if body.channel == "email" else None
+        return await self._queue(request[KEY], body.channel, body, subject)
+
+    async def place_call(self, request: web.Request) -> web.Response:
+        """A call is a voice message: the same outbox and AMI Originate as `channel: voice`."""
+        return await self._queue(request[KEY], "voice", await _body(request, CallIn), None)
+
+    async def _queue(self, key: ApiKey, kind: str, body: Outgoing, subject: str | None) -> web.Response:
+        (outbox, channel), to = self._channel(kind), self._destination(kind, body.to)
+        text = body.text if body.text is not None else self._render(body.template or "", body.vars)
         # Scoped by key: two integrators' keys never collide, and "otp:" rows cannot be forged.
         idempotency = f"api:{key.name}:{body.idempotency_key}" if body.idempotency_key else None
         async with self._destinations.hold(to):
@@ -265,12 +294,19 @@ class HttpApi:
         return text
 
     async def message_status(self, request: web.Request) -> web.Response:
+        return await self._status(request, "message", lambda channel: True)
+
+    async def call_status(self, request: web.Request) -> web.Response:
+        return await self._status(request, "call", lambda channel: channel == "voice")
+
+    async def _status(self, request: web.Request, what: str, kind: Callable[[str], bool]) -> web.Response:
         key: ApiKey = request[KEY]
         raw = request.match_info["id"]
         row = await self.store.outbox_get(int(raw)) if re.fullmatch(r"[0-9]{1,18}", raw) else None
         # Only the key that queued a message (or an admin key) sees it; others learn nothing, not even that it exists.
-        if row is None or row.owner is None or (row.owner != key.name and "admin" not in key.scopes):
-            raise Problem(404, "no such message")
+        if (row is None or row.owner is None or not kind(row.channel)
+                or (row.owner != key.name and "admin" not in key.scopes)):
+            raise Problem(404, f"no such {what}")
         events = await self.store.outbox_events(row.id)
         return answer(MessageStatus(
             id=row.id, channel=row.channel, status=row.state, attempts=row.attempts, last_error=row.last_error,
@@ -332,49 +368,104 @@ class HttpApi:
         return answer(self._reply(external_id, await self.chats.say(request[KEY].name, external_id, body.text)))
 
     @staticmethod
-    def _reply(external_id: str, turn: ChatTurn) -> ThreadReply:
-        return ThreadReply(external_id=external_id, reply=turn.text, at=_iso(turn.at), actions=[
+    def _reply(external_id: str, turn: ChatTurn, model: type[ThreadReply] = ThreadReply) -> ThreadReply:
+        return model(external_id=external_id, reply=turn.text, at=_iso(turn.at), actions=[
             ThreadAction(type=a.kind, person=a.person) for a in turn.actions])  # type: ignore[arg-type]
 
     async def thread_history(self, request: web.Request) -> web.Response:
         external_id = self._external_id(request)
-        messages = await self.chats.history(request[KEY].name, external_id)
-        if messages is None:
+        limit, before = self._page(request.query)
+        page = await self.chats.history(request[KEY].name, external_id, limit, before)
+        if page is None:
             raise Problem(404, "no such thread")
-        return answer(ThreadHistory(external_id=external_id, messages=[
+        messages, more = page
+        return answer(ThreadHistory(external_id=external_id, next=str(messages[0].id) if more else None, messages=[
             ThreadEntry(role="user" if m.direction == "in" else "assistant", text=m.body, at=_iso(m.at))
             for m in messages]))
 
+    @staticmethod
+    def _page(query: Mapping[str, str]) -> tuple[int, int | None]:
+        """?limit= (1 to HISTORY_MAX, default HISTORY_LIMIT) and ?before= (a `next` cursor), or 422."""
+        limit, before = query.get("limit", str(HISTORY_LIMIT)), query.get("before")
+        if not re.fullmatch(r"[0-9]{1,4}", limit) or not 1 <= int(limit) <= HISTORY_MAX:
+            raise Problem(422, f"limit: a number from 1 to {HISTORY_MAX}")
+        if before is not None and not re.fullmatch(r"[0-9]{1,18}", before):
+            raise Problem(422, "before: the `next` of a previous page")
+        return int(limit), int(before) if before is not None else None
+
     async def chat(self, request: web.Request) -> web.StreamResponse:
-        """One thread per connection, its messages answered in order (the dialog is sequential)."""
+        """One thread per connection (?external_id=, else a new one), its messages answered in order."""
         key: ApiKey = request[KEY]
         given = request.query.get("external_id")
         external_id = self._checked_id(given) if given is not None else f"ws-{uuid.uuid4().hex}"
         ws = web.WebSocketResponse(max_msg_size=self.settings.max_body_bytes, heartbeat=30.0)
         await ws.prepare(request)
+        return await self._converse(ws, key.name, external_id, lambda: self.auth.take(key), idle_s=None)
+
+    async def public_chat(self, request: web.Request) -> web.StreamResponse:
+        """WS /v1/chat without a key (http.public_chat): only from the allowed Origins, a few chats and
+        messages a minute per address, and each connection its own new thread (no ?external_id=: a
+        visitor reads and continues nobody else's chat)."""
+        public = self.settings.public_chat
+        if request.headers.get("Origin") not in public.origins:
+            raise Problem(403, "this Origin may not open the public chat (http.public_chat.origins)")
+        address = request.remote or "unknown"
+        if not self._visitors.admit(address):
+            raise Problem(429, f"over {public.max_connections_per_ip} open chats from this address",
+                          retry_after=PUBLIC_RETRY_S)
+        try:
+            ws = web.WebSocketResponse(max_msg_size=public.max_message_bytes, heartbeat=30.0)
+            await ws.prepare(request)
+            log.info("public chat opened")
+            return await self._converse(ws, PUBLIC_OWNER, f"public-{uuid.uuid4().hex}",
+                                        lambda: self._visitors.take(address), idle_s=public.idle_timeout_s)
+        finally:
+            self._visitors.leave(address)
+
+    async def _converse(self, ws: web.WebSocketResponse, owner: str, external_id: str, take: Callable[[], None],
+                        idle_s: float | None) -> web.WebSocketResponse:
+        """Answer each text frame in turn; `take` counts a message against its limit (raises RateLimited).
+        A frame over the socket's max_msg_size ends the chat (aiohttp closes with 1009); so does silence
+        for `idle_s` (1000)."""
         self._sockets.add(ws)
         try:
-            async for frame in ws:
-                if frame.type is WSMsgType.ERROR:
+            while not ws.closed:
+                try:
+                    frame = await ws.receive(timeout=idle_s)
+                except asyncio.TimeoutError:
+                    await ws.close(code=WSCloseCode.OK, message=b"idle")
                     break
-                await ws.send_str(await self._chat_turn(key, external_id, frame.data) if frame.type is WSMsgType.TEXT
-                                  else problem_document(422, "send text frames").model_dump_json(exclude_none=True))
+                if frame.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
+                    break
+                answer = (await self._chat_turn(ws, owner, external_id, take, frame.data)
+                          if frame.type is WSMsgType.TEXT else _frame(problem_document(422, "send text frames")))
+                if not ws.closed:
+                    await ws.send_str(answer)
         finally:
             self._sockets.discard(ws)
         return ws
 
-    async def _chat_turn(self, key: ApiKey, external_id: str, text: str) -> str:
-        """A frame's answer: the reply, or a problem document (the connection stays open)."""
+    async def _chat_turn(self, ws: web.WebSocketResponse, owner: str, external_id: str, take: Callable[[], None],
+                         text: str) -> str:
+        """A frame's answer: the reply (after its deltas), or a problem document (the connection stays open)."""
+        async def delta(piece: str) -> None:
+            if not ws.closed:
+                await ws.send_str(ChatDelta(external_id=external_id, text=piece).model_dump_json())
+
         try:
-            self.auth.take(key)  # each message counts against the key's rate, like a request
+            take()  # each message counts against the key's (or the address's) rate, like a request
             body = ThreadMessageIn.model_validate({"text": text})
-            turn = await self.chats.say(key.name, external_id, body.text)
+            turn = await self.chats.say(owner, external_id, body.text, on_delta=delta)
         except RateLimited as exc:
-            return problem_document(429, str(exc), retry_after=exc.retry_after).model_dump_json(exclude_none=True)
+            return _frame(problem_document(429, str(exc), retry_after=exc.retry_after))
         except ValidationError as exc:
             invalid = _invalid(exc)
-            return problem_document(422, invalid.detail, **invalid.extra).model_dump_json(exclude_none=True)
+            return _frame(problem_document(422, invalid.detail, **invalid.extra))
         except Exception:
             log.exception("chat turn failed")
-            return problem_document(500, "internal error; see the daemon's log").model_dump_json(exclude_none=True)
-        return self._reply(external_id, turn).model_dump_json()
+            return _frame(problem_document(500, "internal error; see the daemon's log"))
+        return self._reply(external_id, turn, ChatReply).model_dump_json()
+
+
+def _frame(document: ProblemDocument) -> str:
+    return document.model_dump_json(exclude_none=True)

@@ -32,8 +32,8 @@ class Unauthorized(Exception):
 
 
 class RateLimited(Exception):
-    def __init__(self, retry_after_s: float) -> None:
-        super().__init__(f"over this key's rate; retry in {retry_after_s:.2f} s")
+    def __init__(self, retry_after_s: float, whose: str = "this key's rate") -> None:
+        super().__init__(f"over {whose}; retry in {retry_after_s:.2f} s")
         self.retry_after = max(1, math.ceil(retry_after_s))
 
 

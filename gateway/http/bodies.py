@@ -22,18 +22,18 @@ class Body(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class MessageIn(Body):
-    channel: Kind
+class Outgoing(Body):
+    """What is said to someone: a text, or a template under http.templates with its variables."""
+
     to: str = Field(min_length=1, max_length=254)
     text: str | None = Field(None, min_length=1, max_length=4000)
-    subject: str | None = Field(None, min_length=1, max_length=200)  # email only; default: the site's name
     template: str | None = Field(None, min_length=1, max_length=64)  # a name under http.templates
     vars: dict[str, str] = Field(default_factory=dict, max_length=50)
     send_at: AwareDatetime | None = None  # ISO 8601 with a zone; not before then
-    idempotency_key: str | None = Field(None, min_length=1, max_length=128)
+    idempotency_key: str | None = Field(None, min_length=1, max_length=128)  # per key, for messages and calls
 
     @model_validator(mode="after")
-    def _one_text(self) -> MessageIn:
+    def _one_text(self) -> Outgoing:
         if (self.text is None) == (self.template is None):
             raise ValueError("give exactly one of text and template")
         if self.vars and self.template is None:
@@ -41,6 +41,16 @@ class MessageIn(Body):
         if self.send_at is not None and self.send_at.timestamp() > time.time() + MAX_SCHEDULE_S:
             raise ValueError("send_at: at most two years ahead")
         return self
+
+
+class MessageIn(Outgoing):
+    channel: Kind
+    subject: str | None = Field(None, min_length=1, max_length=200)  # email only; default: the site's name
+
+
+class CallIn(Outgoing):
+    """An outbound call that speaks the text (twice if the callee stays on the line), placed by AMI
+    Originate: `to` is a number or an extension."""
 
 
 class OtpIn(Body):
@@ -146,6 +156,20 @@ class ThreadReply(Answer):
     at: str
 
 
+class ChatDelta(Answer):
+    """WS /v1/chat: the next piece of the reply being produced (joined, the deltas are the reply so far)."""
+
+    type: Literal["delta"] = "delta"
+    external_id: str
+    text: str
+
+
+class ChatReply(ThreadReply):
+    """WS /v1/chat: the whole reply to a message, after its deltas; the text to keep."""
+
+    type: Literal["reply"] = "reply"
+
+
 class ThreadEntry(Answer):
     role: Literal["user", "assistant"]
     text: str
@@ -154,7 +178,8 @@ class ThreadEntry(Answer):
 
 class ThreadHistory(Answer):
     external_id: str
-    messages: list[ThreadEntry]
+    messages: list[ThreadEntry]  # oldest first: the newest `limit` before the `before` cursor
+    next: str | None = None  # the `before` of the page of older messages; None: this page reaches the start
 
 
 class ProblemDocument(Answer):

@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from gateway.http.limits import KeyedLocks
 from llm.dialog import Action, Dialog, Reply
@@ -25,6 +26,13 @@ from models.store import Store
 log = logging.getLogger(__name__)
 
 CHANNEL = "api"
+
+
+class Escalate(Protocol):
+    """Tells the operator what in a turn's replies needs a person (the daemon's Conversations.escalate)."""
+
+    def __call__(self, contact: str, channel: str, at: float, question: str, replies: tuple[Reply, ...],
+                 *, key: str) -> Awaitable[None]: ...
 
 
 @dataclass(frozen=True)
@@ -62,9 +70,11 @@ def actions(replies: tuple[Reply, ...]) -> tuple[ChatAction, ...]:
 class Chats:
     def __init__(self, site: Site, retriever: Retriever, store: Store, *, engine: LlmEngine | None,
                  max_reply_tokens: int,
-                 on_message_taken: Callable[[TakenMessage], Awaitable[None]] | None = None) -> None:
+                 on_message_taken: Callable[[TakenMessage], Awaitable[None]] | None = None,
+                 on_escalation: Escalate | None = None) -> None:
         self.site, self.retriever, self.store, self.engine = site, retriever, store, engine
         self.max_reply_tokens, self.on_message_taken = max_reply_tokens, on_message_taken
+        self.on_escalation = on_escalation
         self._dialogs = Dialogs()
         self._threads = KeyedLocks()  # one turn at a time per thread: a Dialog is sequential
 
@@ -74,7 +84,10 @@ class Chats:
         (key names have no ':')."""
         return f"{CHANNEL}:{owner}:{external_id}"
 
-    async def say(self, owner: str, external_id: str, text: str) -> ChatTurn:
+    async def say(self, owner: str, external_id: str, text: str,
+                  on_delta: Callable[[str], Awaitable[None]] | None = None) -> ChatTurn:
+        """The reply to `text` in this thread. `on_delta` gets the reply as it is produced, a question
+        at a time: each call the next piece of it (see `_Stream`)."""
         key, received = self.key(owner, external_id), time.time()
         async with self._threads.hold(key):
             thread_id = await self.store.chat_thread(key, create=True)
@@ -83,10 +96,12 @@ class Chats:
                 self.site, self.retriever, self.store, call_id=f"{CHANNEL}-thread-{thread_id}", caller=None,
                 engine=self.engine, max_reply_tokens=self.max_reply_tokens, written=True,
                 on_message_taken=self.on_message_taken))
-            written = await answer(dialog, text, at=received)
+            written = await answer(dialog, text, at=received,
+                                   progress=_Stream(on_delta).draft if on_delta is not None else None)
             if written.text is None:
                 self._dialogs.drop(thread_id)  # a goodbye: the next message starts afresh, as by SMS
-            await self.store.add_thread_message(thread_id, CHANNEL, "in", text, "answered", at=received)
+            row_id = await self.store.add_thread_message(thread_id, CHANNEL, "in", text, "answered", at=received)
+            await self._escalate(key, received, text, written.replies, row_id)
             turn = ChatTurn(written.text, actions(written.replies), time.time())
             if turn.text is not None:
                 await self.store.add_thread_message(thread_id, CHANNEL, "out", turn.text, "sent", at=turn.at)
@@ -94,7 +109,36 @@ class Chats:
                  ",".join(a.kind for a in turn.actions), ",".join(r.source for r in written.replies))
         return turn
 
-    async def history(self, owner: str, external_id: str) -> list[ThreadMessage] | None:
-        """Both sides, oldest first; None if this key has no such thread."""
+    async def _escalate(self, contact: str, at: float, text: str, replies: tuple[Reply, ...], row_id: int) -> None:
+        if self.on_escalation is None:
+            return
+        try:  # the help request is stored already: a note that cannot be queued must not cost the reply
+            await self.on_escalation(contact, CHANNEL, at, text, replies, key=f"escalate-{CHANNEL}-{row_id}")
+        except Exception:
+            log.exception("operator note failed contact=%s", contact)
+
+    async def history(self, owner: str, external_id: str, limit: int,
+                      before: int | None = None) -> tuple[list[ThreadMessage], bool] | None:
+        """A page of both sides, oldest first, and whether older messages remain (see Store.thread_page);
+        None if this key has no such thread."""
         thread_id = await self.store.chat_thread(self.key(owner, external_id), create=False)
-        return None if thread_id is None else await self.store.thread_messages(thread_id)
+        return None if thread_id is None else await self.store.thread_page(thread_id, limit, before)
+
+
+class _Stream:
+    """Drafts of a reply (after each question answered) as deltas: what a draft adds to the one before.
+    Joined, the deltas are the reply, except when a later question reorders what was sent (an emergency
+    goes first; an unanswered question is quoted once others are answered): then the stream stops and
+    the final reply is the text to show."""
+
+    def __init__(self, send: Callable[[str], Awaitable[None]]) -> None:
+        self._send, self._sent, self._stopped = send, "", False
+
+    async def draft(self, text: str | None) -> None:
+        if self._stopped or not text or text == self._sent:
+            return
+        if not text.startswith(self._sent):
+            self._stopped = True
+            return
+        delta, self._sent = text[len(self._sent):], text
+        await self._send(delta)

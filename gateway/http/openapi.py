@@ -25,6 +25,7 @@ class Operation:
     body: type[BaseModel] | None = None
     answers: dict[int, type[BaseModel] | str] = field(default_factory=dict)  # a model, or a media type
     problems: dict[int, str] = field(default_factory=dict)  # its own refusals
+    query: dict[str, str] = field(default_factory=dict)  # optional query parameters (strings): name -> what
 
 
 def document(operations: list[Operation], version: str) -> dict[str, Any]:
@@ -46,6 +47,10 @@ def document(operations: list[Operation], version: str) -> dict[str, Any]:
         if params:
             item["parameters"] = [{"name": p, "in": "path", "required": True,
                                    "schema": {"type": "integer" if p == "id" else "string"}} for p in params]
+        if op.query:
+            item.setdefault("parameters", []).extend(
+                {"name": name, "in": "query", "required": False, "description": what, "schema": {"type": "string"}}
+                for name, what in op.query.items())
         if op.scope is not None:
             item["security"] = [{"bearer": []}]
             item["description"] = f"Needs a key with the scope `{op.scope}` (or `admin`)."

@@ -16,7 +16,7 @@ from channels.base import InboundMessage
 from channels.outbox import Outbox
 from channels.templates import render
 from gateway.config import ConversationSettings
-from llm.dialog import Action, Dialog
+from llm.dialog import Action, Dialog, Reply
 from llm.engine import LlmEngine
 from llm.knowledge import Retriever
 from llm.site import Site, StaffMember
@@ -165,24 +165,28 @@ class Conversations:
     async def _act(self, thread_id: int, message: InboundMessage, row_id: int, text: str,
                    written: WrittenAnswer) -> str | None:
         """Tell the operator what needs a person; the reply to send, None for a goodbye alone."""
-        reasons = [("emergency" if r.source == "rule:emergency" else f"asked for {r.target.name}")
-                   if r.action is Action.TRANSFER and r.target is not None else "no answer in the knowledge"
-                   for r in written.replies if r.action in (Action.TRANSFER, Action.ESCALATE)]
-        if reasons:
-            await self._notify_operator(message, row_id, text, "; ".join(dict.fromkeys(reasons)))
+        await self.escalate(message.sender, message.channel, message.at, text, written.replies,
+                            key=f"escalate-{row_id}")
         if written.text is None:
             self._dialogs.drop(thread_id)  # a goodbye by text needs no answer; start afresh next time
         return written.text
 
-    async def _notify_operator(self, message: InboundMessage, row_id: int, question: str, reason: str) -> None:
-        channel, to = self.settings.operator_channel, self.settings.operator_to
-        if channel is None or to is None:
+    async def escalate(self, contact: str, channel: str, at: float, question: str, replies: tuple[Reply, ...],
+                       *, key: str) -> None:
+        """Tell `conversations.operator_to` what in these replies needs a person (a request for someone,
+        an emergency, a question the knowledge does not answer): the same note for a text by SMS or email
+        and for a chat over the HTTP API. `key` makes a repeat of the same turn one note."""
+        reasons = [("emergency" if r.source == "rule:emergency" else f"asked for {r.target.name}")
+                   if r.action is Action.TRANSFER and r.target is not None else "no answer in the knowledge"
+                   for r in replies if r.action in (Action.TRANSFER, Action.ESCALATE)]
+        operator, to = self.settings.operator_channel, self.settings.operator_to
+        if not reasons or operator is None or to is None:
             return
-        note = render("escalation", site=self.site.name, contact=message.sender, channel=message.channel,
-                      when=_when(self.site, message.at), question=question, reason=reason)
-        await self.outbox.enqueue(channel, to, note.text if channel == "email" else f"{note.subject}: {question}",
-                                  subject=note.subject, html=note.html if channel == "email" else None,
-                                  idempotency_key=f"escalate-{row_id}")
+        note = render("escalation", site=self.site.name, contact=contact, channel=channel,
+                      when=_when(self.site, at), question=question, reason="; ".join(dict.fromkeys(reasons)))
+        await self.outbox.enqueue(operator, to, note.text if operator == "email" else f"{note.subject}: {question}",
+                                  subject=note.subject, html=note.html if operator == "email" else None,
+                                  idempotency_key=key)
 
     async def _reply(self, row_ids: list[int], message: InboundMessage, text: str, key: str,
                      opt_notice: bool = False) -> None:

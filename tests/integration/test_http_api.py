@@ -28,7 +28,7 @@ from test_email_peer import SmtpPeer
 
 from channels.settings import WebhookSettings
 from channels.webhook import signature
-from gateway.config import AmiSettings, MessagingSettings
+from gateway.config import AmiSettings, MessagingSettings, PublicChatSettings
 from gateway.daemon.app import Daemon
 from gateway.http.keys import new_key
 from gateway.http.chats import Chats
@@ -43,6 +43,8 @@ README = (ROOT / "README.md").read_text()
 pytestmark = pytest.mark.models
 PROBLEM = "application/problem+json"
 HOOK_SECRET_ENV, HOOK_SECRET = "TEST_WEBHOOK_SECRET", "whsec-test-7f3a"
+SITE = "https://www.clinic.test"  # http.public_chat.origins
+OPERATOR = "ops@clinic.test"  # conversations.operator_to: where escalations go
 ALL_SCOPES = ["messages:send", "messages:read", "otp:send", "otp:verify"]
 
 
@@ -72,10 +74,11 @@ class Rig:
             parsed = {"text": raw.decode(errors="replace")}
         return resp.status, parsed, resp
 
-    async def mail_to(self, address: str, timeout: float = 20.0):  # type: ignore[no-untyped-def]
+    async def mail_to(self, address: str, timeout: float = 20.0, containing: str = ""):  # type: ignore[no-untyped-def]
         deadline = time.monotonic() + timeout
         while True:
-            found = [m for m in self.smtp.messages if m["To"] == address]
+            found = [m for m in self.smtp.messages
+                     if m["To"] == address and (not containing or containing in m.get_body(("plain",)).get_content())]
             if found:
                 return found[-1]
             assert time.monotonic() < deadline, f"no mail to {address}"
@@ -102,13 +105,16 @@ async def rig(services, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterat
         "email": {"smtp": {"host": "127.0.0.1", "port": smtp.port, "security": "none",
                            "from_address": "desk@clinic.test"}},
         "sms_modem": {"port": str(directory / "ttyGSM0"), "reconnect_s": 0.2, "network_timeout_s": 0.5},
-        "outbox": {"retry": {"base_s": 0.05, "cap_s": 0.2}}})
+        "outbox": {"retry": {"base_s": 0.05, "cap_s": 0.2}},
+        "conversations": {"operator_channel": "email", "operator_to": OPERATOR}})
     os.environ[HOOK_SECRET_ENV] = HOOK_SECRET
     hook_port = free_port()  # the receiver comes up in test_webhooks_*
     http = config.http.model_copy(update={
         "port": 0, "messages_per_destination_hourly": 3, "max_body_bytes": 4096,
         "templates": {"reminder": "Your appointment is at $time."},
         "webhooks": (WebhookSettings(url=f"http://127.0.0.1:{hook_port}/hook", secret_env=HOOK_SECRET_ENV),),
+        "public_chat": PublicChatSettings(enabled=True, origins=(SITE,), max_connections_per_ip=2,
+                                          messages_per_minute_per_ip=3, max_message_bytes=300),
         "otp": config.http.otp.model_copy(update={"resend_cooldown_s": 30.0, "per_destination_hourly": 2})})
     daemon = Daemon(await own_store(services, directory, messaging=messaging, http=http))
     await daemon.start()
@@ -196,10 +202,20 @@ async def test_ready_and_voice_through_ami(services, tmp_path: Path) -> None:  #
     Originates at the AMI test server (busy here: the row fails with the reason). A second daemon in the
     process has its own metrics."""
     port = free_port()
-    daemon = Daemon(await own_store(services, tmp_path, ami=AmiSettings(
-        enabled=True, port=port, username="gateway", secret="secret", outbound_retries=0, outbound_ring_s=5)))
+    own = await own_store(services, tmp_path, ami=AmiSettings(
+        enabled=True, port=port, username="gateway", secret="secret", outbound_retries=0, outbound_ring_s=5))
+    # The retention sweeper runs at start: the audit row of 100 days ago goes, today's stays.
+    await own.store.api_audit_write([("old", "GET", "/health", 200, time.time() - 100 * 86400),
+                                     ("new", "GET", "/health", 200, time.time())])
+    daemon = Daemon(own)
     await daemon.start()
-    server = AmiTestServer(port=port, originate_reasons=[5, 5])
+    for _ in range(200):
+        if [r["key_name"] for r in await own.store.api_audit()] == ["new"]:
+            break
+        await asyncio.sleep(0.05)
+    else:
+        raise AssertionError("the daemon's retention sweeper did not run")
+    server = AmiTestServer(port=port, originate_reasons=[5, 5, 5])
     assert daemon.http is not None
     try:
         async with aiohttp.ClientSession() as http:
@@ -221,6 +237,24 @@ async def test_ready_and_voice_through_ami(services, tmp_path: Path) -> None:  #
             assert status == 202
             originates = await server.wait_for("Originate", 2)
             assert originates[1]["Channel"] == "PJSIP/201"
+            # POST /v1/calls: the same Originate path, under its own scope.
+            call = {"to": "+1 555 0111", "text": "Your crown is ready.", "idempotency_key": "crown-1"}
+            assert (await rig.call("POST", "/v1/calls", key, call))[0] == 403  # no calls:create
+            caller = await rig.key("calls:create")
+            status, placed, _ = await rig.call("POST", "/v1/calls", caller, call)
+            assert status == 202 and placed["status"] == "queued"
+            originates = await server.wait_for("Originate", 3)
+            assert originates[2]["Channel"] == "PJSIP/+15550111"
+            failed = await until_status(rig.call, f"/v1/calls/{placed['id']}", caller, "failed")
+            assert failed["channel"] == "voice" and failed["last_error"].endswith("busy after 1 attempt(s)")
+            assert [failed["timeline"][i]["status"] for i in (0, -1)] == ["queued", "failed"]
+            assert (await rig.call("POST", "/v1/calls", caller, call))[1] == {"id": placed["id"], "status": "failed"}
+            assert (await rig.call("GET", f"/v1/calls/{sent['id']}", caller))[0] == 404  # another key's
+            assert (await rig.call("GET", f"/v1/calls/{placed['id']}", key))[0] == 403
+            assert (await rig.call("POST", "/v1/calls", caller, {"to": "+1 555 0111"}))[0] == 422
+            with pytest.raises(aiohttp.WSServerHandshakeError) as refusal:  # no public chat here: a key, or 401
+                await http.ws_connect(rig.base + "/v1/chat", origin="https://www.clinic.test")
+            assert refusal.value.status == 401
             text = (await rig.call("GET", "/metrics"))[1]["text"]
         assert "switchboard_ami_connected 1.0" in text and "/health" not in text
     finally:
@@ -425,8 +459,32 @@ async def test_a_thread_keeps_its_context_and_history(rig: Rig) -> None:
     # A restarted daemon reads the history from the store (its dialogs start afresh).
     chats = Chats(rig.daemon.config.site, rig.daemon.services.retriever, rig.daemon.services.store,
                   engine=None, max_reply_tokens=64)
-    again = await chats.history(await _key_name(rig, key), "web-42")
-    assert again is not None and [m.body for m in again] == [m["text"] for m in history["messages"]]
+    again = await chats.history(await _key_name(rig, key), "web-42", 50)
+    assert again is not None and [m.body for m in again[0]] == [m["text"] for m in history["messages"]]
+    assert history["next"] is None and not again[1]
+
+
+async def test_thread_history_pages_back_with_a_cursor(rig: Rig) -> None:
+    """limit= pages from the newest message back; `next` is the cursor of the older page, None at the start."""
+    key = await rig.key("threads:write", "threads:read")
+    questions = ["What time do you open on Tuesday?", "And on Saturdays?", "Where are you?"]
+    for text in questions:
+        assert (await rig.call("POST", "/v1/threads/paged/messages", key, {"text": text}))[0] == 200
+    whole = (await rig.call("GET", "/v1/threads/paged", key))[1]
+    assert len(whole["messages"]) == 6 and whole["next"] is None
+    pages, cursor = [], ""
+    while cursor is not None:
+        status, page, _ = await rig.call("GET", f"/v1/threads/paged?limit=4{cursor and '&before=' + cursor}", key)
+        assert status == 200 and len(page["messages"]) <= 4
+        pages.insert(0, page["messages"])
+        cursor = page["next"]
+    assert [len(p) for p in pages] == [2, 4] and [m for p in pages for m in p] == whole["messages"]
+    assert pages[1][-1]["role"] == "assistant" and pages[0][0]["text"] == questions[0]
+    for query in ("limit=0", "limit=201", "limit=x", "before=-1", "before=" + "9" * 19, "limit="):
+        status, body, resp = await rig.call("GET", f"/v1/threads/paged?{query}", key)
+        assert (status, resp.content_type) == (422, PROBLEM), (query, body)
+    assert (await rig.call("GET", "/v1/threads/paged?limit=200", key))[1] == whole
+    assert (await rig.call("GET", "/v1/threads/paged?before=1", key))[1]["messages"] == []
 
 
 async def test_a_thread_transfer_request_and_refusals(rig: Rig) -> None:
@@ -453,6 +511,17 @@ async def test_a_thread_transfer_request_and_refusals(rig: Rig) -> None:
         assert (status, resp.content_type) == (expected, PROBLEM), (expected, body)
 
 
+async def chat_answer(ws: aiohttp.ClientWebSocketResponse) -> tuple[dict, list[str]]:
+    """The answer to a message in a WebSocket chat: its last frame (a reply or a problem document), and the
+    deltas that came before it."""
+    deltas: list[str] = []
+    while True:
+        frame = await ws.receive_json(timeout=30)
+        if frame.get("type") != "delta":
+            return frame, deltas
+        deltas.append(frame["text"])
+
+
 async def test_websocket_chat_keeps_context_over_three_turns(rig: Rig) -> None:
     key = await rig.key("threads:write", "threads:read")
     headers = {"Authorization": f"Bearer {key}"}
@@ -460,20 +529,20 @@ async def test_websocket_chat_keeps_context_over_three_turns(rig: Rig) -> None:
         replies = []
         for text in ("What time do you open on Tuesday?", "And on Saturdays?", "I'd like to leave a message for Tom"):
             await ws.send_str(text)
-            replies.append(await ws.receive_json(timeout=30))
+            replies.append((await chat_answer(ws))[0])
         assert "8 a.m." in replies[0]["reply"] and replies[0]["external_id"] == "site-visitor-1"
         assert replies[1]["reply"].startswith("On Saturday we're open from 9 a.m. to 1 p.m.")
         assert replies[2]["actions"] == [{"type": "message_offered", "person": "Tom Becker"}]
         await ws.send_str("Please send me the invoice again.")  # the offered message, written in the next frame
-        assert (await ws.receive_json(timeout=30))["actions"] == [{"type": "message_taken", "person": "Tom Becker"}]
+        assert (await chat_answer(ws))[0]["actions"] == [{"type": "message_taken", "person": "Tom Becker"}]
         await ws.send_str("   ")  # a bad frame is answered with a problem; the chat goes on
-        assert (await ws.receive_json(timeout=30))["status"] == 422
+        assert (await chat_answer(ws))[0]["status"] == 422
         await ws.send_bytes(b"\x00")
-        assert (await ws.receive_json(timeout=30))["status"] == 422
+        assert (await chat_answer(ws))[0]["status"] == 422
         rnd = random.Random(7)
         for junk in ["\x00", "\u202e" * 10, "x" * 4001] + [json.dumps(_junk(rnd)) for _ in range(20)]:
             await ws.send_str(junk)
-            answer = await ws.receive_json(timeout=30)
+            answer = (await chat_answer(ws))[0]
             assert "reply" in answer or 400 <= answer["status"] < 500, (junk[:100], answer)
     async with rig.http.ws_connect(rig.base + "/v1/chat", headers=headers) as ws:
         await ws.send_str("x" * 5000)  # over http.max_body_bytes: the connection is closed
@@ -483,12 +552,134 @@ async def test_websocket_chat_keeps_context_over_three_turns(rig: Rig) -> None:
     assert [m["text"] for m in history[:8:2]] == ["What time do you open on Tuesday?", "And on Saturdays?",
                                                    "I'd like to leave a message for Tom",
                                                    "Please send me the invoice again."]
-    # No key, or a key without threads:write, is refused before the upgrade.
+    # A key without threads:write is refused before the upgrade (no key: see the public chat's tests, and
+    # test_ready_and_voice_through_ami for a daemon without one).
     reader = await rig.key("threads:read")
-    for headers in ({}, {"Authorization": f"Bearer {reader}"}):
-        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
-            await rig.http.ws_connect(rig.base + "/v1/chat", headers=headers)
-        assert refused.value.status == (403 if headers else 401)
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await rig.http.ws_connect(rig.base + "/v1/chat", headers={"Authorization": f"Bearer {reader}"})
+    assert refused.value.status == 403
+
+
+async def test_chat_escalations_reach_the_operator_like_texts(rig: Rig) -> None:
+    """A question the knowledge does not answer, in a REST chat and in a WebSocket chat, is a help request
+    and a note to conversations.operator_to (here by email to the aiosmtpd), as an SMS or email would be."""
+    key = await rig.key("threads:write")
+    question = "Do you repair bicycles on Sundays?"
+    reply = (await rig.call("POST", "/v1/threads/escalate-rest/messages", key, {"text": question}))[1]
+    assert reply["actions"] == [{"type": "escalation", "person": None}], reply
+    note = await rig.mail_to(OPERATOR, containing=question)
+    assert "escalate-rest" in note["Subject"]
+    assert "no answer in the knowledge" in note.get_body(("plain",)).get_content()
+    headers = {"Authorization": f"Bearer {key}"}
+    question = "Can you fix the tiles on my roof?"
+    async with rig.http.ws_connect(rig.base + "/v1/chat?external_id=escalate-ws", headers=headers) as ws:
+        await ws.send_str(question)
+        assert (await chat_answer(ws))[0]["actions"] == [{"type": "escalation", "person": None}]
+    note = await rig.mail_to(OPERATOR, containing=question)
+    assert "escalate-ws" in note["Subject"] and "by api" in note.get_body(("plain",)).get_content()
+    assert any(question in r.question for r in await rig.daemon.services.store.help_requests())
+
+
+async def test_websocket_replies_stream_a_question_at_a_time(rig: Rig) -> None:
+    """A message asking two things: a delta as each is answered, then the whole reply (the deltas joined)."""
+    key = await rig.key("threads:write")
+    async with rig.http.ws_connect(rig.base + "/v1/chat", headers={"Authorization": f"Bearer {key}"}) as ws:
+        await ws.send_str("Is there parking? Do you see children?")
+        final, deltas = await chat_answer(ws)
+        assert final["type"] == "reply" and len(deltas) == 2 and "".join(deltas) == final["reply"], (deltas, final)
+        assert "parking" in deltas[0] and "parking" not in deltas[1] and deltas[1].startswith("\n\n")
+        await ws.send_str("Where are you?")  # one question: one delta, the reply
+        final, deltas = await chat_answer(ws)
+        assert deltas == [final["reply"]] and final["actions"] == []
+
+
+def visitor(n: int) -> aiohttp.ClientSession:
+    """A website visitor at 127.0.0.n: the public chat counts per address."""
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=(f"127.0.0.{n}", 0)))
+
+
+async def refused(session: aiohttp.ClientSession, url: str, **kwargs: object) -> aiohttp.WSServerHandshakeError:
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refusal:
+        await session.ws_connect(url, **kwargs)  # type: ignore[arg-type]
+    return refusal.value
+
+
+async def test_public_chat_needs_an_allowed_origin_and_is_a_thread_of_its_own(rig: Rig) -> None:
+    url = rig.base + "/v1/chat"
+    async with visitor(11) as http:
+        assert (await refused(http, url)).status == 403  # no Origin
+        assert (await refused(http, url, origin="https://evil.test")).status == 403
+        assert (await refused(http, url, origin=SITE + "/")).status == 403
+        key = await rig.key("threads:write", "threads:read")
+        assert (await rig.call("POST", "/v1/threads/kept-private/messages", key, {"text": "Where are you?"}))[0] == 200
+        ids = []
+        for _ in range(2):  # an external id from a visitor is no way into a thread
+            async with http.ws_connect(url + "?external_id=kept-private", origin=SITE) as ws:
+                await ws.send_str("What time do you open on Tuesday?")
+                final = (await chat_answer(ws))[0]
+                assert "8 a.m." in final["reply"] and final["external_id"].startswith("public-")
+                ids.append(final["external_id"])
+        assert ids[0] != ids[1]
+        assert len((await rig.call("GET", "/v1/threads/kept-private", key))[1]["messages"]) == 2
+        assert (await rig.call("GET", f"/v1/threads/{ids[0]}", key))[0] == 404
+        # A key still opens its own chat (the key path is unchanged by the public mode).
+        assert (await refused(http, url, headers={"Authorization": "Bearer sb_wrong"})).status == 401
+
+
+async def test_public_chat_limits_connections_per_address(rig: Rig) -> None:
+    url = rig.base + "/v1/chat"
+    async with visitor(12) as http, visitor(13) as other:
+        first = await http.ws_connect(url, origin=SITE)
+        second = await http.ws_connect(url, origin=SITE)
+        refusal = await refused(http, url, origin=SITE)
+        assert refusal.status == 429 and int(refusal.headers["Retry-After"]) > 0
+        await (await other.ws_connect(url, origin=SITE)).close()  # another address is not held back
+        await first.close()
+        for _ in range(200):  # the server lets the address go once it has seen the close
+            try:
+                third = await http.ws_connect(url, origin=SITE)
+                break
+            except aiohttp.WSServerHandshakeError as exc:
+                assert exc.status == 429
+                await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("a closed public chat still counted")
+        await third.close()
+        await second.close()
+
+
+async def test_public_chat_limits_messages_per_address_and_their_size(rig: Rig) -> None:
+    url = rig.base + "/v1/chat"
+    async with visitor(14) as http:
+        async with http.ws_connect(url, origin=SITE) as ws:
+            for _ in range(3):  # messages_per_minute_per_ip: 3
+                await ws.send_str("Where are you?")
+                assert (await chat_answer(ws))[0]["type"] == "reply"
+            await ws.send_str("Where are you?")
+            limited = (await chat_answer(ws))[0]
+            assert limited["status"] == 429 and limited["retry_after"] >= 1 and "address" in limited["detail"]
+        async with http.ws_connect(url, origin=SITE) as ws:  # the limit is the address's, not the connection's
+            await ws.send_str("Where are you?")
+            assert (await chat_answer(ws))[0]["status"] == 429
+    async with visitor(15) as http, http.ws_connect(url, origin=SITE) as ws:
+        await ws.send_str("x" * 301)  # over max_message_bytes: the chat is closed
+        closing = await ws.receive(timeout=30)
+        assert closing.type is aiohttp.WSMsgType.CLOSE and closing.data == 1009
+
+
+async def test_public_chat_closes_when_idle(rig: Rig) -> None:
+    api = rig.daemon.http
+    assert api is not None
+    public = api.settings.public_chat
+    api.settings = api.settings.model_copy(update={"public_chat": public.model_copy(update={"idle_timeout_s": 0.5})})
+    try:
+        async with visitor(16) as http, http.ws_connect(rig.base + "/v1/chat", origin=SITE) as ws:
+            await ws.send_str("Where are you?")
+            assert (await chat_answer(ws))[0]["type"] == "reply"
+            closing = await ws.receive(timeout=30)  # then nothing more from the visitor
+            assert closing.type is aiohttp.WSMsgType.CLOSE and closing.data == 1000 and closing.extra == "idle"
+    finally:
+        api.settings = api.settings.model_copy(update={"public_chat": public})
 
 
 def _switchboard(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -591,11 +782,13 @@ async def test_openapi_document_describes_every_route(rig: Rig) -> None:
     assert status == 200 and doc["openapi"] == "3.1.0"
     assert set(doc["paths"]) == {"/health", "/ready", "/metrics", "/v1/openapi.json", "/v1/messages",
                                  "/v1/messages/{id}", "/v1/otp", "/v1/otp/verify", "/v1/threads/{external_id}",
-                                 "/v1/threads/{external_id}/messages", "/v1/chat"}
+                                 "/v1/threads/{external_id}/messages", "/v1/chat", "/v1/calls", "/v1/calls/{id}"}
     send = doc["paths"]["/v1/messages"]["post"]
     assert send["security"] == [{"bearer": []}] and {"202", "401", "403", "413", "422", "429"} <= set(send["responses"])
     schemas = doc["components"]["schemas"]
     assert schemas["MessageIn"]["properties"]["channel"]["enum"] == ["sms", "sip", "email", "voice"]
+    assert {"to", "text", "template", "vars", "send_at", "idempotency_key"} == set(schemas["CallIn"]["properties"])
+    assert doc["paths"]["/v1/calls"]["post"]["description"].startswith("Needs a key with the scope `calls:create`")
     assert "additionalProperties" in schemas["MessageIn"] and "ProblemDocument" in schemas
     # Each $ref resolves.
     refs = re.findall(r'"\$ref": "#/components/schemas/(\w+)"', json.dumps(doc))
@@ -603,9 +796,9 @@ async def test_openapi_document_describes_every_route(rig: Rig) -> None:
     # Every route the document says needs a key refuses a request without one (a route never loses its check).
     keyed = [(method, path.replace("{id}", "1").replace("{external_id}", "x")) for path, item in doc["paths"].items()
              for method, op in item.items() if "security" in op]
-    assert len(keyed) == 7
-    for method, path in keyed:
-        assert (await rig.call(method.upper(), path, None, {}))[0] == 401, path
+    assert len(keyed) == 9
+    for method, path in keyed:  # /v1/chat: this daemon has a public chat, which needs an allowed Origin
+        assert (await rig.call(method.upper(), path, None, {}))[0] == (403 if path == "/v1/chat" else 401), path
 
 
 @asynccontextmanager

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import sqlite3
 import stat
 import time
 from pathlib import Path
@@ -152,3 +153,83 @@ def test_webhook_settings_need_their_secret(monkeypatch: pytest.MonkeyPatch) -> 
     assert signature(b"s", "100", b"{}") == "v1=" + hmac.new(b"s", b"100.{}", hashlib.sha256).hexdigest()
     with pytest.raises(ValueError):
         WebhookSettings(url="https://crm.example/hook", secret_env="HOOK_SECRET", events=("call.started",))
+
+
+async def test_retention_deletes_old_audit_rows_and_settled_codes(tmp_path: Path) -> None:
+    """With a clock of our own: audit rows older than audit_days go, codes expired more than otp_days ago go
+    (used or not), the rest stay; a sweep with nothing to do deletes nothing."""
+    from gateway.config import RetentionSettings
+    from gateway.http.retention import DAY_S, Sweeper
+    from models.records import OtpCode
+    now = 1_900_000_000.0
+    store = await Store.open(tmp_path / "sb.db")
+    try:
+        await store.api_audit_write([("shop", "GET", "/health", 200, now - age * DAY_S) for age in (200, 91, 89, 0)])
+        for name, expired_days_ago in (("old", 8.0), ("recent", 6.0), ("live", -0.001)):
+            await store.otp_create(OtpCode(id=name, key_name="shop", channel="sms", destination="+15550100",
+                                           purpose=None, code_hmac="h", created_at=now - expired_days_ago * DAY_S - 300,
+                                           expires_at=now - expired_days_ago * DAY_S))
+        await store.otp_attempt("old", lambda h: True, 5, now - 8.5 * DAY_S)  # used, long ago
+        sweeper = Sweeper(store, RetentionSettings(audit_days=90, otp_days=7), clock=lambda: now)
+        assert await sweeper.sweep() == (2, 1)
+        assert sorted(round((now - r["at"]) / DAY_S) for r in await store.api_audit()) == [0, 89]
+        with sqlite3.connect(tmp_path / "sb.db") as db:
+            assert [row[0] for row in db.execute("SELECT id FROM otp_codes ORDER BY id")] == ["live", "recent"]
+        assert await sweeper.sweep() == (0, 0)
+        later = Sweeper(store, RetentionSettings(audit_days=1, otp_days=1), clock=lambda: now + 2 * DAY_S)
+        assert await later.sweep() == (2, 2)
+    finally:
+        await store.close()
+
+
+async def test_retention_deletes_in_batches(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path / "sb.db")
+    try:
+        await store.api_audit_write([("shop", "GET", "/health", 200, float(i)) for i in range(25)])
+        assert await store.sweep_api_rows(audit_before=20.0, otp_before=0.0, batch=4) == (20, 0)
+        assert len(await store.api_audit()) == 5
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize(("body", "key", "reason"), [
+    ("  public_chat: {enabled: true}", "http.public_chat", "origins: list the sites"),
+    ("  public_chat: {enabled: true, origins: ['https://clinic.test/chat']}", "http.public_chat", "no path"),
+    ("  public_chat: {max_message_bytes: 10}", "http.public_chat.max_message_bytes", "greater than or equal"),
+    ("  public_chat: {idle_timeout_s: 0}", "http.public_chat.idle_timeout_s", "greater than 0"),
+    ("  public_chat: {max_connections: 3}", "http.public_chat.max_connections", "unknown key"),
+    ("  retention: {otp_days: 0.5}", "http.retention.otp_days", "greater than or equal to 1"),
+    ("  retention: {audit_days: soon}", "http.retention.audit_days", "valid number"),
+])
+def test_public_chat_and_retention_mistakes_name_file_key_and_reason(tmp_path: Path, body: str, key: str,
+                                                                    reason: str) -> None:
+    from gateway.config import ConfigError, HttpSettings, load_config
+    assert not HttpSettings().public_chat.enabled and HttpSettings().retention.audit_days == 90
+    etc = Path(__file__).resolve().parents[2] / "etc"
+    text = (etc / "switchboard.yaml").read_text().replace("directory.yaml", str(etc / "directory.yaml")).replace(
+        "knowledge.yaml", str(etc / "knowledge.yaml")).replace("  port: 8080\n", f"  port: 8080\n{body}\n", 1)
+    (tmp_path / "switchboard.yaml").write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_config(tmp_path / "switchboard.yaml")
+    assert (err.value.file, err.value.key) == (str(tmp_path / "switchboard.yaml"), key)
+    assert reason in err.value.reason
+
+
+def test_visitors_count_connections_and_messages_per_address() -> None:
+    from gateway.config import PublicChatSettings
+    from gateway.http.auth import RateLimited
+    from gateway.http.public import Visitors
+    now = [0.0]
+    visitors = Visitors(PublicChatSettings(max_connections_per_ip=2, messages_per_minute_per_ip=2),
+                        clock=lambda: now[0])
+    assert visitors.admit("a") and visitors.admit("a") and not visitors.admit("a") and visitors.admit("b")
+    visitors.leave("a")
+    assert visitors.admit("a")
+    visitors.take("a")
+    visitors.take("a")
+    with pytest.raises(RateLimited) as limited:
+        visitors.take("a")
+    assert limited.value.retry_after == 30  # one message back every 30 s
+    visitors.take("b")
+    now[0] += 30.0
+    visitors.take("a")
