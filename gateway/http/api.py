@@ -7,6 +7,7 @@ a busy API never holds the media clock. Errors are RFC 9457 problem documents; b
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import re
@@ -439,8 +440,9 @@ class HttpApi:
                     break
                 answer = (await self._chat_turn(ws, owner, external_id, take, frame.data)
                           if frame.type is WSMsgType.TEXT else _frame(problem_document(422, "send text frames")))
-                if not ws.closed:
-                    await ws.send_str(answer)
+                with contextlib.suppress(ConnectionError):  # gone meanwhile: the turn is stored all the same
+                    if not ws.closed:
+                        await ws.send_str(answer)
         finally:
             self._sockets.discard(ws)
         return ws
@@ -449,8 +451,10 @@ class HttpApi:
                          text: str) -> str:
         """A frame's answer: the reply (after its deltas), or a problem document (the connection stays open)."""
         async def delta(piece: str) -> None:
-            if not ws.closed:
-                await ws.send_str(ChatDelta(external_id=external_id, text=piece).model_dump_json())
+            # A client gone mid-reply costs it the rest of the stream, not the turn: that is still stored.
+            with contextlib.suppress(ConnectionError):
+                if not ws.closed:
+                    await ws.send_str(ChatDelta(external_id=external_id, text=piece).model_dump_json())
 
         try:
             take()  # each message counts against the key's (or the address's) rate, like a request
