@@ -301,6 +301,32 @@ class HttpSettings(Section):
     retention: RetentionSettings = RetentionSettings()
 
 
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+class HelpRequestSettings(Section):
+    """`help_requests:`: questions the assistant could not answer, for staff to answer (the dashboard)."""
+
+    timeout: str = Field("24h", pattern=r"^\d+(\.\d+)?[smhd]$")  # unanswered this long: unresolved
+    sweep_interval_s: float = Field(60.0, gt=0)  # how often open requests are checked against the timeout
+
+    @property
+    def timeout_s(self) -> float:
+        return float(self.timeout[:-1]) * _UNIT_S[self.timeout[-1]]
+
+
+class DashboardSettings(Section):
+    """`dashboard:`: the staff pages under /dashboard on the HTTP server (needs http.enabled)."""
+
+    enabled: bool = True
+    session_hours: float = Field(12.0, gt=0)  # a sign-in lasts this long
+    # Mark the session cookie Secure on plain-HTTP requests too: set it behind a TLS-terminating proxy
+    # (a request that arrives over TLS always gets Secure).
+    secure_cookie: bool = False
+    login_failures: int = Field(5, ge=1)  # failed sign-ins per user name, and per address, within the window
+    login_window_s: float = Field(900.0, gt=0)
+
+
 class FileConfig(Section):
     """The top-level keys of etc/switchboard.yaml."""
 
@@ -318,6 +344,8 @@ class FileConfig(Section):
     ari: AriSettings | None = None  # Stasis mode, instead of the AudioSocket() dialplan line
     messaging: MessagingSettings = MessagingSettings()
     http: HttpSettings = HttpSettings()
+    help_requests: HelpRequestSettings = HelpRequestSettings()
+    dashboard: DashboardSettings = DashboardSettings()
     log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
     # Debugging aid: what callers say, in the log. Off, the log has only lengths (and numbers are masked).
     log_transcripts: bool = False
@@ -341,6 +369,8 @@ class Config:
     ari: AriSettings | None = None
     messaging: MessagingSettings = MessagingSettings()
     http: HttpSettings = HttpSettings()
+    help_requests: HelpRequestSettings = HelpRequestSettings()
+    dashboard: DashboardSettings = DashboardSettings()
 
     @property
     def models_dir(self) -> Path:
@@ -421,4 +451,6 @@ def load_config(path: Path | str | None = None, *, data_dir: Path | None = None)
         ari=top.ari,
         messaging=top.messaging,
         http=top.http,
+        help_requests=top.help_requests,
+        dashboard=top.dashboard,
     )

@@ -218,7 +218,48 @@ def _v4_http_api(db: Database) -> None:
     db.execute("ALTER TABLE outbox ADD COLUMN owner TEXT")  # the API key that queued it, if any
 
 
-MIGRATIONS: list[Callable[[Database], None]] = [_v1_initial, _v2_outbox, _v3_durable_inbound, _v4_http_api]
+def _v5_staff(db: Database) -> None:
+    # Dashboard staff: an argon2 hash of each password, never the password.
+    db.execute("""
+        CREATE TABLE staff_users (
+            name TEXT PRIMARY KEY,
+            role TEXT NOT NULL CHECK (role IN ('operator', 'supervisor', 'admin')),
+            password_hash TEXT NOT NULL,
+            created_at REAL NOT NULL
+        )""")
+    # A signed-in browser: only the SHA-256 of its cookie (a 256-bit random secret), so a copy of the
+    # database signs nobody in; a row deleted is a session revoked, also across restarts.
+    db.execute("""
+        CREATE TABLE staff_sessions (
+            token_hash TEXT PRIMARY KEY,
+            user_name TEXT NOT NULL REFERENCES staff_users(name) ON DELETE CASCADE,
+            csrf TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            expires_at REAL NOT NULL
+        )""")
+    db.execute("CREATE INDEX idx_staff_sessions_user ON staff_sessions (user_name)")
+    # What staff did (logins, answers, edits): no passwords, no message bodies.
+    db.execute("""
+        CREATE TABLE staff_audit (
+            id INTEGER PRIMARY KEY,
+            user_name TEXT NOT NULL,
+            action TEXT NOT NULL,
+            target TEXT,
+            outcome TEXT NOT NULL,
+            remote TEXT,
+            at REAL NOT NULL
+        )""")
+    db.execute("CREATE INDEX idx_staff_audit_at ON staff_audit (at)")
+    # The learning loop's follow-up to the customer who asked: who answered, and the outbox row
+    # carrying the answer (or why none could be sent). status gains 'unresolved' (timed out).
+    db.execute("ALTER TABLE help_requests ADD COLUMN answered_by TEXT")
+    db.execute("ALTER TABLE help_requests ADD COLUMN followup_channel TEXT")
+    db.execute("ALTER TABLE help_requests ADD COLUMN followup_outbox_id INTEGER REFERENCES outbox(id)")
+    db.execute("ALTER TABLE help_requests ADD COLUMN followup_note TEXT")
+
+
+MIGRATIONS: list[Callable[[Database], None]] = [_v1_initial, _v2_outbox, _v3_durable_inbound, _v4_http_api,
+                                                _v5_staff]
 LATEST_VERSION = len(MIGRATIONS)
 
 

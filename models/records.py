@@ -45,9 +45,14 @@ class HelpRequest:
     call_id: str | None
     contact_number: str | None
     question: str
-    status: str = "open"  # "open" | "answered"
+    status: str = "open"  # "open" | "answered" | "unresolved" (no answer within help_requests.timeout)
     answer: str | None = None
     created_at: float = 0
+    answered_at: float | None = None
+    answered_by: str | None = None  # the staff member (dashboard), None from the CLI
+    followup_channel: str | None = None  # how the answer went back to the customer who asked
+    followup_outbox_id: int | None = None
+    followup_note: str | None = None  # why no follow-up was sent, when none was
 
 
 @dataclass
@@ -109,6 +114,30 @@ class ApiKey:
 
     def usable(self, now: float) -> bool:
         return self.revoked_at is None and (self.expires_at is None or now < self.expires_at)
+
+
+STAFF_ROLES = ("operator", "supervisor", "admin")  # each may do what the one before may, and more
+
+
+@dataclass(frozen=True)
+class StaffUser:
+    """A dashboard account as stored: an argon2 hash, never the password."""
+
+    name: str
+    role: str  # one of STAFF_ROLES
+    password_hash: str
+    created_at: float
+
+    def may(self, role: str) -> bool:
+        """Has this user at least `role`?"""
+        return STAFF_ROLES.index(self.role) >= STAFF_ROLES.index(role)
+
+
+@dataclass(frozen=True)
+class StaffSession:
+    user: StaffUser
+    csrf: str  # the token every form of this session carries
+    expires_at: float
 
 
 @dataclass(frozen=True)

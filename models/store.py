@@ -23,8 +23,8 @@ from sqlite_utils import Database
 
 from models.migrations import LATEST_VERSION, SchemaVersionError, migrate, schema_version
 from models.records import (
-    ApiKey, CallEvent, CallRecord, HelpRequest, KnowledgeEntry, OtpCode, OutboxRecord, TakenMessage, ThreadMessage,
-    Turn,
+    ApiKey, CallEvent, CallRecord, HelpRequest, KnowledgeEntry, OtpCode, OutboxRecord, StaffSession, StaffUser,
+    TakenMessage, ThreadMessage, Turn,
 )
 
 log = logging.getLogger(__name__)
@@ -632,6 +632,67 @@ class Store:
             return ("valid" if valid else "invalid"), (0 if valid else max_attempts - attempts)
         return await self._run(run)
 
+    # --- dashboard staff, sessions, audit ---
+
+    async def staff_add(self, user: StaffUser) -> None:
+        """Raises ValueError if the name is taken."""
+        def run() -> None:
+            try:
+                self._writer_db.execute("INSERT INTO staff_users (name, role, password_hash, created_at)"
+                                        " VALUES (?, ?, ?, ?)", [user.name, user.role, user.password_hash,
+                                                                 user.created_at])
+            except sqlite3.IntegrityError:
+                raise ValueError(f"a user named {user.name!r} exists already") from None
+        await self._run(run)
+
+    async def staff_users(self) -> list[StaffUser]:
+        return [StaffUser(**r) for r in await self._run(self._select, "SELECT * FROM staff_users ORDER BY name", [])]
+
+    async def staff_user(self, name: str) -> StaffUser | None:
+        rows = await self._run(self._select, "SELECT * FROM staff_users WHERE name = ?", [name])
+        return StaffUser(**rows[0]) if rows else None
+
+    async def staff_remove(self, name: str) -> bool:
+        """False if there is no such user; their sessions go with them (ON DELETE CASCADE)."""
+        return await self._run(lambda: self._writer_db.execute("DELETE FROM staff_users WHERE name = ?",
+                                                               [name]).rowcount == 1)
+
+    async def staff_session_create(self, token_hash: str, user_name: str, csrf: str, expires_at: float) -> None:
+        await self._run(lambda: self._writer_db.execute(
+            "INSERT INTO staff_sessions (token_hash, user_name, csrf, created_at, expires_at) VALUES (?, ?, ?, ?, ?)",
+            [token_hash, user_name, csrf, time.time(), expires_at]))
+
+    async def staff_session(self, token_hash: str, now: float) -> StaffSession | None:
+        """The unexpired session with this token hash, and its user."""
+        rows = await self._run(self._select,
+                               "SELECT u.*, s.csrf, s.expires_at FROM staff_sessions s JOIN staff_users u"
+                               " ON u.name = s.user_name WHERE s.token_hash = ? AND s.expires_at > ?",
+                               [token_hash, now])
+        if not rows:
+            return None
+        row = rows[0]
+        csrf, expires_at = row.pop("csrf"), row.pop("expires_at")
+        return StaffSession(StaffUser(**row), csrf, expires_at)
+
+    async def staff_session_end(self, token_hash: str) -> None:
+        """Also drops every expired session, so the table stays small."""
+        def run() -> None:
+            db = self._writer_db
+            with db.atomic():
+                db.execute("DELETE FROM staff_sessions WHERE token_hash = ? OR expires_at <= ?",
+                           [token_hash, time.time()])
+        await self._run(run)
+
+    async def staff_audit_write(self, user_name: str, action: str, target: str | None, outcome: str,
+                                remote: str | None) -> None:
+        await self._run(lambda: self._writer_db.execute(
+            "INSERT INTO staff_audit (user_name, action, target, outcome, remote, at) VALUES (?, ?, ?, ?, ?, ?)",
+            [user_name, action, target, outcome, remote, time.time()]))
+
+    async def staff_audit(self, limit: int = 100) -> list[dict[str, Any]]:
+        return await self._run(self._select, "SELECT user_name, action, target, outcome, remote, at FROM staff_audit"
+                               " ORDER BY id DESC LIMIT ?", [limit])
+
     # --- help requests ---
 
     async def create_help_request(self, request: HelpRequest) -> int:
@@ -643,19 +704,33 @@ class Store:
 
     async def help_requests(self, status: str | None = None) -> list[HelpRequest]:
         where, params = ("WHERE status = ?", [status]) if status else ("", [])
-        rows = await self._run(
-            self._select,
-            "SELECT id, call_id, contact_number, question, status, answer, created_at"
-            f" FROM help_requests {where} ORDER BY created_at, id", params)
+        rows = await self._run(self._select, f"SELECT * FROM help_requests {where} ORDER BY created_at, id", params)
         return [HelpRequest(**r) for r in rows]
 
-    async def answer_help_request(self, request_id: int, answer: str) -> KnowledgeEntry:
+    async def help_request(self, request_id: int) -> HelpRequest | None:
+        rows = await self._run(self._select, "SELECT * FROM help_requests WHERE id = ?", [request_id])
+        return HelpRequest(**rows[0]) if rows else None
+
+    async def help_request_followup(self, request_id: int, channel: str | None, outbox_id: int | None,
+                                    note: str | None) -> None:
+        """How the answer went back to the customer who asked (or, in `note`, why it did not)."""
+        await self._run(lambda: self._writer_db.execute(
+            "UPDATE help_requests SET followup_channel = ?, followup_outbox_id = ?, followup_note = ? WHERE id = ?",
+            [channel, outbox_id, note, request_id]))
+
+    async def expire_help_requests(self, created_before: float) -> int:
+        """Open requests asked before then become unresolved; how many did."""
+        return await self._run(lambda: self._writer_db.execute(
+            "UPDATE help_requests SET status = 'unresolved' WHERE status = 'open' AND created_at < ?",
+            [created_before]).rowcount)
+
+    async def answer_help_request(self, request_id: int, answer: str, by: str | None = None) -> KnowledgeEntry:
         """Record staff's answer and learn it, so the next caller asking is answered."""
         if not answer.strip():
             raise ValueError(f"help request {request_id}: empty answer")
-        return await self._run(self._answer_help_request, request_id, answer.strip())
+        return await self._run(self._answer_help_request, request_id, answer.strip(), by)
 
-    def _answer_help_request(self, request_id: int, answer: str) -> KnowledgeEntry:
+    def _answer_help_request(self, request_id: int, answer: str, by: str | None) -> KnowledgeEntry:
         db = self._writer_db
         with db.atomic():
             row = db.execute("SELECT question FROM help_requests WHERE id = ?",
@@ -663,8 +738,8 @@ class Store:
             if row is None:
                 raise NotFoundError(f"no help request {request_id} in {self.path}")
             db.execute(
-                "UPDATE help_requests SET status = 'answered', answer = ?, answered_at = ?"
-                " WHERE id = ?", [answer, time.time(), request_id])
+                "UPDATE help_requests SET status = 'answered', answer = ?, answered_at = ?, answered_by = ?"
+                " WHERE id = ?", [answer, time.time(), by, request_id])
             entry = KnowledgeEntry(id=f"learned-{request_id}", question=row[0],
                                    answer=answer, source="learned")
             # Answering again corrects the learned entry rather than adding a second one.

@@ -3,34 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 import time
-from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import TypeVar
 
-from gateway.cli.common import load
-from gateway.config import Config
+from gateway.cli.common import load, on_store
 from gateway.http.keys import new_key
-from models.store import Store
-
-T = TypeVar("T")
 
 
 def _when(at: float | None) -> str:
     return datetime.fromtimestamp(at).strftime("%Y-%m-%d %H:%M") if at else "-"
-
-
-def _on_store(config: Config, work: Callable[[Store], Awaitable[T]]) -> T:
-    """Run `work` on the database, opened as a client: the daemon may have it open."""
-    async def run() -> T:
-        store = await Store.open(config.database, client=True)
-        try:
-            return await work(store)
-        finally:
-            await store.close()
-    return asyncio.run(run())
 
 
 def cmd_create(args: argparse.Namespace) -> int:
@@ -43,7 +25,7 @@ def cmd_create(args: argparse.Namespace) -> int:
         print(f"switchboard keys create: {exc}", file=sys.stderr)
         return 2
     try:
-        _on_store(config, lambda store: store.api_key_create(record))
+        on_store(config, lambda store: store.api_key_create(record))
     except ValueError as exc:
         print(f"switchboard keys create: {exc}", file=sys.stderr)
         return 1
@@ -58,7 +40,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     config = load(args)
     if config is None:
         return 2
-    keys, now = _on_store(config, lambda store: store.api_keys()), time.time()
+    keys, now = on_store(config, lambda store: store.api_keys()), time.time()
     if not keys:
         print("no keys (switchboard keys create --name NAME --scope SCOPE)")
         return 0
@@ -76,7 +58,7 @@ def cmd_revoke(args: argparse.Namespace) -> int:
     config = load(args)
     if config is None:
         return 2
-    if not _on_store(config, lambda store: store.api_key_revoke(args.name)):
+    if not on_store(config, lambda store: store.api_key_revoke(args.name)):
         print(f"switchboard keys revoke: no active key named {args.name!r}", file=sys.stderr)
         return 1
     print(f"key {args.name} revoked")

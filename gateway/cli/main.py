@@ -1,4 +1,4 @@
-"""`switchboard` command: run | demo | doctor | call | models | questions | keys.
+"""`switchboard` command: run | demo | doctor | call | models | questions | keys | users.
 
 The whole command line is declared here; each command's work lives in its own module
 (gateway/cli/<command>.py), imported only when that command runs, so that `switchboard questions
@@ -91,6 +91,23 @@ def build_parser() -> argparse.ArgumentParser:
     _command(keys_sub.add_parser("list", help="names, scopes, prefixes, dates; never the keys"), "keys:cmd_list")
     revoke = _command(keys_sub.add_parser("revoke", help="refuse key NAME from now on"), "keys:cmd_revoke")
     revoke.add_argument("name")
+
+    users = sub.add_parser("users", help="dashboard staff accounts: add, list, remove",
+                           description="Staff accounts for the dashboard (/dashboard on the HTTP server), stored "
+                                       "with argon2 password hashes; the daemon sees changes at once.")
+    users_sub = users.add_subparsers(dest="users_command", required=True, metavar="COMMAND")
+    add = _command(users_sub.add_parser("add", help="add user NAME; the password is asked for (twice)"),
+                   "users:cmd_add")
+    add.add_argument("name")
+    add.add_argument("--role", required=True, choices=("admin", "supervisor", "operator"),
+                     help="operator: conversations and live calls; supervisor: also help requests and "
+                          "knowledge; admin: everything, users included")
+    add.add_argument("--password-env", metavar="VAR", help="read the password from this environment variable "
+                                                           "instead of a prompt (never give it as an argument)")
+    _command(users_sub.add_parser("list", help="names, roles, dates; never passwords"), "users:cmd_list")
+    remove = _command(users_sub.add_parser("remove", help="delete user NAME and end their sessions"),
+                      "users:cmd_remove")
+    remove.add_argument("name")
     return parser
 
 

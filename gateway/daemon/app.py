@@ -25,6 +25,9 @@ from gateway.sessions.call import CallSession, DialplanTransferer, Transferer
 from gateway.sessions.outbound import OutboundMessageSession
 from gateway.config import Config
 from gateway.daemon.messaging import Messaging
+from gateway.dashboard.app import Dashboard
+from gateway.dashboard.helpdesk import HelpDesk
+from gateway.dashboard.pages import PREFIX as DASHBOARD_PREFIX
 from gateway.http.api import HttpApi
 from gateway.http.chats import Chats
 from gateway.http.retention import Sweeper
@@ -195,6 +198,13 @@ class Daemon:
         ) if config.http.enabled else None
         self.sweeper = Sweeper(services.store, config.http.retention) if config.http.enabled else None
         self._sweeping = TaskSet("retention")
+        # Answers to help requests, their follow-up to the customer, and their timeout (with or without pages).
+        self.helpdesk = HelpDesk(services.store, config.site.name, config.help_requests, route=self.route,
+                                 outbox_of=self._outbox_of, prepare_speech=services.synthesizer.prepare)
+        self.dashboard = Dashboard(config.dashboard, services.store, self.helpdesk) \
+            if self.http is not None and config.dashboard.enabled else None
+        if self.http is not None and self.dashboard is not None:
+            self.http.app.add_subapp(DASHBOARD_PREFIX, self.dashboard.app)
         self.gateway = Gateway(services, transferer=transferer, calls=calls, ari=self.ari, messaging=self.messaging,
                                on_call_ended=self._call_ended)
 
@@ -238,6 +248,11 @@ class Daemon:
         name = self.config.messaging.channel_name(kind)
         return (self.messaging.outbox, name) if self.messaging is not None and name else None
 
+    def _outbox_of(self, channel: str) -> Outbox | None:
+        """The outbox serving a text channel by its name (a text thread's own channel)."""
+        outbox = self.messaging.outbox if self.messaging is not None else None
+        return outbox if outbox is not None and channel in outbox.channels else None
+
     def planes(self) -> dict[str, bool]:
         """Each configured control plane and channel: is it connected (started) now?"""
         up = {"ami": self.ami.connected} if self.ami is not None else {}
@@ -280,6 +295,7 @@ class Daemon:
             await self.hook_outbox.start(_no_inbound)
         if self.sweeper is not None:
             self._sweeping.spawn(self.sweeper.run())
+        await self.helpdesk.start()
 
     async def stop(self, grace_s: float = 8.0) -> None:
         """No new API requests; callers hear goodbye before ARI hands them back to the dialplan; then the
@@ -287,6 +303,7 @@ class Daemon:
         if self.http is not None:
             await self.http.stop()
         await self._sweeping.finish()
+        await self.helpdesk.stop()
         if self.services.store.on_record == self._recorded:
             self.services.store.on_record = None
         if self.voice is not None:  # a call in progress is placed again after a restart

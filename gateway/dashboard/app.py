@@ -1,0 +1,217 @@
+"""The staff dashboard: an aiohttp application mounted by the daemon at /dashboard on its HTTP server.
+
+Every page but sign-in needs a session (cookie: HttpOnly, SameSite=Strict, Secure over TLS or when
+configured) and a role, checked here on the server for each route where it is registered. Every
+POST carries the session's CSRF token (sign-in: a double-submit cookie) or is refused with 403.
+Staff actions (sign-ins, refusals, answers) go to the audit log.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import math
+import secrets
+from collections.abc import Awaitable, Callable
+from urllib.parse import quote
+
+from aiohttp import web
+
+from gateway.config import DashboardSettings
+from gateway.dashboard import pages
+from gateway.dashboard.accounts import Throttle, check_password, close_session, open_session, session_for
+from gateway.dashboard.helpdesk import HelpDesk
+from gateway.dashboard.pages import PREFIX
+from models.records import StaffSession
+from models.store import NotFoundError, Store
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+COOKIE = "sb_session"
+LOGIN_COOKIE = "sb_login"  # the sign-in form's CSRF token, double-submitted
+SESSION = web.RequestKey("staff_session", StaffSession)
+FORM = web.RequestKey("form", dict)
+_HEADERS = {
+    # No scripts at all, styles from our own stylesheet, forms only to us, never framed.
+    "Content-Security-Policy": "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
+                               "frame-ancestors 'none'; base-uri 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-store",
+}
+
+
+class Forbidden(Exception):
+    """403, audited."""
+
+
+def html(body: str, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(text=body, status=status, content_type="text/html", headers=headers)
+
+
+def see_other(path: str) -> web.Response:
+    return web.Response(status=303, headers={"Location": path})
+
+
+class Dashboard:
+    def __init__(self, settings: DashboardSettings, store: Store, helpdesk: HelpDesk) -> None:
+        self.settings, self.store, self.helpdesk = settings, store, helpdesk
+        self.throttle = Throttle(settings.login_failures, settings.login_window_s)
+        self.app = web.Application(middlewares=[self._pages])
+        self.app.add_routes([
+            web.get("/style.css", self.style),
+            web.get("/login", self.login_form),
+            web.post("/login", self.login),
+            web.post("/logout", self._staff("operator", self.logout)),
+            web.get("/", self._staff("operator", self.home)),
+            web.get("/help", self._staff("supervisor", self.help_requests)),
+            web.post("/help/{id:[0-9]{1,18}}/answer", self._staff("supervisor", self.answer)),
+            web.get("/knowledge", self._staff("supervisor", self.knowledge)),
+            web.get("/users", self._staff("admin", self.users)),
+        ])
+
+    async def start(self) -> None:
+        await self.helpdesk.start()
+
+    async def stop(self) -> None:
+        await self.helpdesk.stop()
+
+    # ---- middleware and guards ------------------------------------------------------------------
+    @web.middleware
+    async def _pages(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """HTML errors (never the API's problem documents) and the security headers on every page."""
+        try:
+            response = await handler(request)
+        except Forbidden as exc:
+            await self._audit(request, "refused", str(exc))
+            response = html(pages.message_page("Not allowed", str(exc), request.get(SESSION)), 403)
+        except web.HTTPException as exc:  # aiohttp's own 404, 405, 413
+            response = html(pages.message_page(exc.reason, exc.text or exc.reason, request.get(SESSION)), exc.status)
+        except Exception:
+            log.exception("dashboard handler failed path=%s", request.path)
+            response = html(pages.message_page("Error", "Something went wrong; see the daemon's log.",
+                                               request.get(SESSION)), 500)
+        response.headers.update(_HEADERS)
+        return response
+
+    def _staff(self, role: str, handler: Handler) -> Handler:
+        """`handler` behind a session of at least `role` and, for a POST, the session's CSRF token."""
+        async def guarded(request: web.Request) -> web.StreamResponse:
+            session = await session_for(self.store, request.cookies.get(COOKIE))
+            if session is None:
+                if request.method == "GET":
+                    return see_other(f"{PREFIX}/login?next={quote(request.path)}")
+                return html(pages.message_page("Signed out", "Sign in again, then repeat what you did."), 401)
+            request[SESSION] = session
+            if request.method == "POST":
+                form = dict(await request.post())
+                if not hmac.compare_digest(str(form.get("csrf", "")), session.csrf):
+                    raise Forbidden("This form is not from this session (missing or wrong CSRF token).")
+                request[FORM] = form
+            if not session.user.may(role):
+                raise Forbidden(f"This page needs the {role} role; you are {session.user.role}.")
+            return await handler(request)
+        return guarded
+
+    async def _audit(self, request: web.Request, action: str, outcome: str, *, user: str | None = None,
+                     target: str | None = None) -> None:
+        session = request.get(SESSION)
+        name = user if user is not None else session.user.name if session is not None else "-"
+        try:
+            await self.store.staff_audit_write(name[:64], action, target or f"{request.method} {request.path}",
+                                               outcome, request.remote)
+        except Exception as exc:  # an audit problem must not fail the action; say it is missing
+            log.error("staff audit not written action=%s error=%s", action, exc)
+
+    def _cookie(self, request: web.Request, response: web.Response, name: str, value: str, max_age: int) -> None:
+        response.set_cookie(name, value, max_age=max_age, path=PREFIX, httponly=True, samesite="Strict",
+                            secure=self.settings.secure_cookie or request.secure)
+
+    # ---- sign-in ----------------------------------------------------------------------------------
+    async def style(self, request: web.Request) -> web.Response:
+        return web.Response(text=pages.STYLE, content_type="text/css")
+
+    async def login_form(self, request: web.Request) -> web.Response:
+        return self._login_page(request, request.query.get("next", ""))
+
+    def _login_page(self, request: web.Request, next_path: str, *, name: str = "", error: str | None = None,
+                    status: int = 200, retry_after: int | None = None) -> web.Response:
+        token = secrets.token_urlsafe(32)
+        response = html(pages.login_page(token, next_path, name=name, error=error), status,
+                        {"Retry-After": str(retry_after)} if retry_after else None)
+        self._cookie(request, response, LOGIN_COOKIE, token, 3600)
+        return response
+
+    async def login(self, request: web.Request) -> web.StreamResponse:
+        form = await request.post()
+        expected = request.cookies.get(LOGIN_COOKIE, "")
+        if not expected or not hmac.compare_digest(str(form.get("csrf", "")), expected):
+            raise Forbidden("This sign-in form is not from this browser (missing or wrong CSRF token).")
+        name, password = str(form.get("name", "")).strip(), str(form.get("password", ""))
+        next_path = str(form.get("next", ""))
+        keys = (f"user:{name.casefold()}", f"address:{request.remote}")
+        wait = self.throttle.retry_after(*keys)
+        if wait:
+            await self._audit(request, "sign-in", "throttled", user=name)
+            minutes = math.ceil(wait / 60)
+            return self._login_page(request, next_path, name=name, status=429, retry_after=math.ceil(wait),
+                                    error=f"Too many failed sign-ins. Try again in {minutes} minute(s).")
+        user = await check_password(self.store, name, password)
+        if user is None:
+            self.throttle.failed(*keys)
+            await self._audit(request, "sign-in", "failed", user=name)
+            return self._login_page(request, next_path, name=name, status=401, error="Wrong user name or password.")
+        self.throttle.succeeded(keys[0])
+        token = await open_session(self.store, user, self.settings.session_hours)
+        await self._audit(request, "sign-in", "ok", user=user.name)
+        log.info("dashboard sign-in user=%s role=%s", user.name, user.role)
+        # Only back into the dashboard: an open redirect would make our sign-in page a phishing tool.
+        target = next_path if next_path.startswith(f"{PREFIX}/") and "//" not in next_path else f"{PREFIX}/"
+        response = see_other(target)
+        self._cookie(request, response, COOKIE, token, int(self.settings.session_hours * 3600))
+        response.del_cookie(LOGIN_COOKIE, path=PREFIX)
+        return response
+
+    async def logout(self, request: web.Request) -> web.StreamResponse:
+        await close_session(self.store, request.cookies[COOKIE])
+        await self._audit(request, "sign-out", "ok")
+        response = see_other(f"{PREFIX}/login")
+        response.del_cookie(COOKIE, path=PREFIX)
+        return response
+
+    # ---- pages ------------------------------------------------------------------------------------
+    async def home(self, request: web.Request) -> web.Response:
+        session = request[SESSION]
+        waiting = len(await self.store.help_requests("open")) if session.user.may("supervisor") else None
+        return html(pages.home_page(session, waiting))
+
+    async def help_requests(self, request: web.Request) -> web.Response:
+        status = request.query.get("status", "open")
+        if status not in dict(pages.HELP_TABS):
+            status = "open"
+        requests = await self.store.help_requests(status)
+        outbox = {r.followup_outbox_id: row for r in requests if r.followup_outbox_id is not None
+                  and (row := await self.store.outbox_get(r.followup_outbox_id)) is not None}
+        return html(pages.help_page(request[SESSION], status, requests, outbox))
+
+    async def answer(self, request: web.Request) -> web.StreamResponse:
+        request_id = int(request.match_info["id"])
+        text = str(request[FORM].get("answer", ""))
+        session = request[SESSION]
+        try:
+            entry, followup = await self.helpdesk.answer(request_id, text, session.user.name)
+        except NotFoundError:
+            return html(pages.message_page("Not found", f"There is no help request {request_id}.", session), 404)
+        except ValueError as exc:
+            return html(pages.message_page("Not answered", str(exc), session), 422)
+        await self._audit(request, "answer help request", f"learned {entry.id}; follow-up "
+                          f"{followup.channel or 'none'} {followup.outbox_id or followup.note or ''}".strip(),
+                          target=f"help request {request_id}")
+        return see_other(f"{PREFIX}/help?status=answered#req-{request_id}")
+
+    async def knowledge(self, request: web.Request) -> web.Response:
+        return html(pages.knowledge_page(request[SESSION], await self.store.knowledge()))
+
+    async def users(self, request: web.Request) -> web.Response:
+        return html(pages.users_page(request[SESSION], await self.store.staff_users(), await self.store.staff_audit()))

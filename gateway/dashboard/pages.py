@@ -1,0 +1,145 @@
+"""The dashboard's HTML: small server-rendered pages, every dynamic value escaped by `e`.
+
+No templates engine and no scripts: plain forms (each with its CSRF token) work with a keyboard, a
+screen reader and offline; one stylesheet (style.css) keeps them readable on a front-desk tablet.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+from html import escape
+from typing import Any
+
+from models.privacy import masked
+from models.records import HelpRequest, KnowledgeEntry, OutboxRecord, StaffSession, StaffUser
+
+PREFIX = "/dashboard"
+STYLE = """
+*{box-sizing:border-box}body{font:16px/1.45 system-ui,sans-serif;margin:0;color:#1b1f24;background:#f6f7f9}
+header{background:#1d3557;color:#fff;padding:.6rem 1rem;display:flex;flex-wrap:wrap;gap:.5rem 1rem;align-items:center}
+header a{color:#fff}header form{margin-left:auto}nav{display:flex;flex-wrap:wrap;gap:1rem}
+main{max-width:64rem;margin:0 auto;padding:1rem}h1{font-size:1.4rem}
+a:focus,button:focus,input:focus,textarea:focus{outline:3px solid #f4a261;outline-offset:2px}
+button{font:inherit;padding:.5rem 1rem;border-radius:.3rem;border:1px solid #1d3557;background:#1d3557;color:#fff;
+min-height:2.75rem;cursor:pointer}header button{background:#fff;color:#1d3557}
+input,textarea{font:inherit;padding:.5rem;width:100%;border:1px solid #8a94a3;border-radius:.3rem}
+label{display:block;font-weight:600;margin:.6rem 0 .2rem}.card{background:#fff;border:1px solid #d9dde3;
+border-radius:.4rem;padding:.8rem 1rem;margin:.8rem 0}.muted{color:#5a6472}.error{color:#a4161a;font-weight:600}
+table{border-collapse:collapse;width:100%;background:#fff}th,td{text-align:left;padding:.4rem;border-bottom:1px solid #d9dde3;
+vertical-align:top}.tabs{display:flex;gap:1rem;flex-wrap:wrap}.tabs [aria-current]{font-weight:700}
+.login{max-width:24rem}.who{color:#dfe6ee}
+"""
+
+
+def e(value: Any) -> str:
+    """Escaped text for HTML content and quoted attributes."""
+    return escape("" if value is None else str(value), quote=True)
+
+
+def when(at: float | None) -> str:
+    return dt.datetime.fromtimestamp(at).strftime("%Y-%m-%d %H:%M") if at else "-"
+
+
+def layout(title: str, body: str, session: StaffSession | None = None) -> str:
+    header = ""
+    if session is not None:
+        user = session.user
+        links = [("Home", "/")]
+        if user.may("supervisor"):
+            links += [("Help requests", "/help"), ("Knowledge", "/knowledge")]
+        if user.may("admin"):
+            links += [("Users and audit", "/users")]
+        nav = "".join(f'<a href="{PREFIX}{path}">{e(label)}</a>' for label, path in links)
+        header = (f'<header><nav aria-label="Dashboard">{nav}</nav>'
+                  f'<span class="who">{e(user.name)} ({e(user.role)})</span>'
+                  f'<form method="post" action="{PREFIX}/logout">{csrf_field(session.csrf)}'
+                  f'<button type="submit">Sign out</button></form></header>')
+    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
+            f'<meta name="viewport" content="width=device-width,initial-scale=1">'
+            f'<title>{e(title)} · Switchboard</title><link rel="stylesheet" href="{PREFIX}/style.css"></head>'
+            f'<body>{header}<main id="main"><h1>{e(title)}</h1>{body}</main></body></html>')
+
+
+def csrf_field(token: str) -> str:
+    return f'<input type="hidden" name="csrf" value="{e(token)}">'
+
+
+def login_page(csrf: str, next_path: str, *, name: str = "", error: str | None = None) -> str:
+    problem = f'<p class="error" role="alert">{e(error)}</p>' if error else ""
+    return layout("Sign in", f"""{problem}<form class="login" method="post" action="{PREFIX}/login">
+{csrf_field(csrf)}<input type="hidden" name="next" value="{e(next_path)}">
+<label for="name">User name</label><input id="name" name="name" autocomplete="username" required value="{e(name)}"
+ autofocus>
+<label for="password">Password</label><input id="password" name="password" type="password"
+ autocomplete="current-password" required>
+<p><button type="submit" id="sign-in">Sign in</button></p></form>""")
+
+
+def message_page(title: str, text: str, session: StaffSession | None = None) -> str:
+    back = f'<p><a href="{PREFIX}/">Back to the dashboard</a></p>' if session else \
+        f'<p><a href="{PREFIX}/login">Sign in</a></p>'
+    return layout(title, f'<p role="alert">{e(text)}</p>{back}', session)
+
+
+def home_page(session: StaffSession, open_requests: int | None) -> str:
+    items = ['<li>Live calls, call and text history, and taking over a text conversation are not built yet.</li>']
+    if open_requests is not None:
+        items.insert(0, f'<li><a href="{PREFIX}/help">{open_requests} help request(s) waiting for an answer</a>'
+                        f'</li>')
+    return layout("Dashboard", f'<ul>{"".join(items)}</ul>', session)
+
+
+HELP_TABS = (("open", "Pending"), ("answered", "Answered"), ("unresolved", "Unresolved"))
+
+
+def help_page(session: StaffSession, status: str, requests: list[HelpRequest],
+              outbox: dict[int, OutboxRecord]) -> str:
+    tabs = "".join(f'<a href="{PREFIX}/help?status={key}"{" aria-current=page" if key == status else ""}>'
+                   f'{label}</a>' for key, label in HELP_TABS)
+    cards = "".join(_help_card(session, r, outbox.get(r.followup_outbox_id or -1)) for r in reversed(requests))
+    empty = '<p class="muted">Nothing here.</p>' if not requests else ""
+    return layout("Help requests", f'<nav class="tabs" aria-label="Help request states">{tabs}</nav>{empty}{cards}',
+                  session)
+
+
+def _help_card(session: StaffSession, r: HelpRequest, row: OutboxRecord | None) -> str:
+    asked = (f'<p class="muted">Asked {e(when(r.created_at))} by {e(masked(r.contact_number))}'
+             f' ({e(r.call_id or "-")})</p>')
+    head = f'<article class="card" id="req-{r.id}" aria-labelledby="q-{r.id}"><h2 id="q-{r.id}">{e(r.question)}</h2>'
+    if r.status == "answered":
+        if row is not None:
+            sent = f"sent by {e(r.followup_channel)}, message #{row.id}: {e(row.state)}" + (
+                f" ({e(row.last_error)})" if row.last_error else "")
+        else:
+            sent = f"not sent: {e(r.followup_note or 'no follow-up recorded')}"
+        return (f'{head}{asked}<p><strong>Answer</strong> ({e(r.answered_by or "CLI")}, {e(when(r.answered_at))}): '
+                f'{e(r.answer)}</p><p class="followup">Follow-up to the customer: {sent}</p></article>')
+    return (f'{head}{asked}<form method="post" action="{PREFIX}/help/{r.id}/answer">{csrf_field(session.csrf)}'
+            f'<label for="answer-{r.id}">Answer (spoken to the next caller who asks, and sent to this one)</label>'
+            f'<textarea id="answer-{r.id}" name="answer" rows="3" required></textarea>'
+            f'<p><button type="submit">Answer and tell the customer</button></p></form></article>')
+
+
+def knowledge_page(session: StaffSession, entries: list[KnowledgeEntry]) -> str:
+    rows = "".join(f'<tr><td>{e(k.id)}</td><td>{e(k.source)}</td><td>{e(k.question)}'
+                   f'{"".join("<br><span class=muted>" + e(p) + "</span>" for p in k.phrasings)}</td>'
+                   f'<td>{e(k.answer)}</td></tr>' for k in entries)
+    return layout("Knowledge", '<p class="muted">Entries from etc/knowledge.yaml (source admin) and answers staff '
+                  'taught (source learned). Editing here is not built yet.</p>'
+                  f'<table><thead><tr><th scope="col">Id</th><th scope="col">Source</th><th scope="col">Question'
+                  f'</th><th scope="col">Answer</th></tr></thead><tbody>{rows}</tbody></table>', session)
+
+
+def users_page(session: StaffSession, users: Iterable[StaffUser], audit: list[dict[str, Any]]) -> str:
+    people = "".join(f"<tr><td>{e(u.name)}</td><td>{e(u.role)}</td><td>{e(when(u.created_at))}</td></tr>"
+                     for u in users)
+    actions = "".join(f'<tr><td>{e(when(a["at"]))}</td><td>{e(a["user_name"])}</td><td>{e(a["action"])}</td>'
+                      f'<td>{e(a["target"] or "")}</td><td>{e(a["outcome"])}</td><td>{e(a["remote"] or "")}</td></tr>'
+                      for a in audit)
+    return layout("Users and audit", '<p class="muted">Users are managed with <code>switchboard users add | list | '
+                  'remove</code>.</p><table><thead><tr><th scope="col">User</th><th scope="col">Role</th>'
+                  f'<th scope="col">Created</th></tr></thead><tbody>{people}</tbody></table><h2>Audit log</h2>'
+                  '<table><thead><tr><th scope="col">When</th><th scope="col">User</th><th scope="col">Action</th>'
+                  '<th scope="col">Target</th><th scope="col">Outcome</th><th scope="col">From</th></tr></thead>'
+                  f'<tbody>{actions}</tbody></table>', session)

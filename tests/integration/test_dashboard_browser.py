@@ -1,0 +1,288 @@
+"""The staff dashboard in real headless Chromium (Selenium + Debian's chromedriver), served by the daemon
+as `switchboard run` wires it: a supervisor answers the help request a real call left, the caller gets the
+answer by SMS at the pty fake modem, and the next caller hears it with no restart; an operator is refused;
+a forged form post is refused; failed sign-ins are throttled; sign-out ends the session.
+
+Selenium blocks, and the daemon runs in this test's event loop: every browser step runs in a thread.
+Each test saves screenshots of its pages to its pytest tmp folder (printed on failure by pytest's report).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import shutil
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiohttp
+import pytest
+from test_call_e2e import ask
+
+from channels.settings import ModemSettings
+from channels.sms_text import from_wire
+from gateway.config import AmiSettings, MessagingSettings
+from gateway.daemon.app import Daemon
+from gateway.dashboard.accounts import new_user
+from gateway.media.caller import CallerClient
+from models.records import HelpRequest
+from support.ami_server import AmiTestServer
+from tests.support.fake_modem import FakeModem
+
+pytestmark = [pytest.mark.models, pytest.mark.skipif(
+    shutil.which("chromedriver") is None and os.environ.get("CI") != "true",
+    reason="chromium-driver not installed (./switchboard test installs it)")]
+
+PASSWORD = "a long enough passphrase"
+CALLER = "0612345678"
+T = TypeVar("T")
+
+
+class Browser:
+    """Headless Chromium at tablet width; `do` runs a step on the driver in a thread."""
+
+    def __init__(self, profile: Path, shots: Path) -> None:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+
+        options = webdriver.ChromeOptions()
+        options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
+        for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                     "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                     "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--window-size=820,1180"):
+            options.add_argument(flag)
+        self.driver = webdriver.Chrome(options=options, service=Service(shutil.which("chromedriver")))
+        self.driver.set_page_load_timeout(60)
+        self.shots, self._n = shots, 0
+
+    async def do(self, step: Callable[[Any], T]) -> T:
+        return await asyncio.to_thread(step, self.driver)
+
+    async def shot(self, name: str) -> Path:
+        self._n += 1
+        path = self.shots / f"{self._n:02d}-{name}.png"
+        await self.do(lambda d: d.save_screenshot(str(path)))
+        return path
+
+    async def text(self) -> str:
+        return await self.do(lambda d: d.find_element("tag name", "body").text)
+
+    async def sign_in(self, url: str, name: str, password: str = PASSWORD) -> str:
+        """Open `url`, sign in on the page it sends us to; the page's text afterwards."""
+        def step(d: Any) -> None:
+            d.get(url)
+            d.find_element("id", "name").clear()
+            d.find_element("id", "name").send_keys(name)
+            d.find_element("id", "password").send_keys(password)
+            d.find_element("id", "sign-in").click()
+        await self.do(step)
+        return await self.text()
+
+    def close(self) -> None:
+        self.driver.quit()
+
+
+@pytest.fixture
+async def browser(tmp_path: Path) -> AsyncIterator[Browser]:
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+    b = await asyncio.to_thread(Browser, tmp_path / "chromium-profile", shots)
+    yield b
+    await asyncio.to_thread(b.close)
+    print(f"screenshots: {shots}")
+
+
+@dataclasses.dataclass
+class Site:
+    daemon: Daemon
+    url: str
+
+
+@pytest.fixture
+async def run_daemon(services) -> AsyncIterator[Callable[..., Any]]:  # type: ignore[no-untyped-def]
+    """Start the daemon from the session's config with changes; stopped at the end of the test."""
+    started: list[Daemon] = []
+
+    async def start(**changes: Any) -> Site:
+        config = dataclasses.replace(services.config, audiosocket=services.config.audiosocket.model_copy(
+            update={"port": 0}), **changes)
+        daemon = Daemon(dataclasses.replace(services, config=config))
+        await daemon.start()
+        started.append(daemon)
+        assert daemon.http is not None
+        return Site(daemon, f"http://127.0.0.1:{daemon.http.port}/dashboard")
+
+    yield start
+    for daemon in started:
+        await daemon.stop(grace_s=0.5)
+
+
+async def staff(store, name: str, role: str) -> None:  # type: ignore[no-untyped-def]
+    """A user of the session's shared store (several tests add theirs)."""
+    if await store.staff_user(name) is None:
+        await store.staff_add(new_user(name, role, PASSWORD))
+
+
+async def until(check: Callable[[], Any], what: str, timeout_s: float = 60.0) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = await check()
+        if found:
+            return found
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"not reached in {timeout_s:.0f} s: {what}")
+
+
+async def call_and_ask(site: Site, ami: AmiTestServer, services, speak, question: str, n: int,  # type: ignore[no-untyped-def]
+                       confirm: str) -> CallerClient:
+    """A caller (number CALLER, correlated over AMI like the shipped dialplan) asks `question`, and says
+    `confirm` if the assistant asks whether that is their question."""
+    client = CallerClient("127.0.0.1", site.daemon.gateway.port)
+    await ami.call_events(channel=f"PJSIP/caller-0000{n}", uniqueid=f"1795259000.{n}", caller=CALLER, exten="100",
+                          variables={"AS_UUID": client.call_id})
+    await client.connect()
+    await client.wait_reply(time.monotonic() - 1)  # the greeting
+    await ask(client, speak, question)
+    said = [t.text for t in await services.store.turns(client.call_id) if t.speaker == "assistant"]
+    if "are you asking" in said[-1]:  # the confirmation band
+        await ask(client, speak, confirm)
+    return client
+
+
+async def test_supervisor_answers_a_callers_question_which_reaches_them_by_sms_and_the_next_caller(
+        browser: Browser, run_daemon, services, speak, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    ami = await AmiTestServer().start()
+    modem = FakeModem(tmp_path / "ttyGSM0").start()
+    try:
+        site = await run_daemon(
+            ami=AmiSettings(enabled=True, port=ami.port, username="gateway", secret="secret"),
+            messaging=MessagingSettings(sms_modem=ModemSettings(port=str(modem.port), reconnect_s=0.2,
+                                                                network_timeout_s=2.0)))
+        await site.daemon.ami.wait_connected(5)
+        store = services.store
+        await staff(store, "sam", "supervisor")
+        question = "Do you sell gift cards for the holidays?"
+        client = await call_and_ask(site, ami, services, speak, question, 1, "No.")
+        await client.close()
+        request: HelpRequest = await until(lambda: _request_of(store, client.call_id), "a help request")
+        assert request.contact_number == CALLER
+
+        page = await browser.sign_in(f"{site.url}/", "sam")  # -> sign-in page -> back to the dashboard
+        await browser.shot("home")
+        assert "sam (supervisor)" in page and "help request(s) waiting" in page
+        answer = "Yes, gift cards are sold at the front desk, in any amount."
+
+        def answer_it(d: Any) -> None:
+            d.find_element("link text", "Help requests").click()
+            card = d.find_element("id", f"req-{request.id}")
+            card.find_element("tag name", "textarea").send_keys(answer)
+            card.find_element("tag name", "button").click()
+        await browser.do(answer_it)
+        await browser.shot("answered")
+        answered = await browser.do(lambda d: d.find_element("id", f"req-{request.id}").text)
+        assert answer in answered and "sent by sms, message #" in answered
+
+        # The follow-up reaches the caller's phone through the outbox and the modem.
+        texts = await until(lambda: _texts_to(modem, CALLER), "an SMS to the caller")
+        assert answer in texts and "gift cards" in texts
+        done = await store.help_request(request.id)
+        assert done is not None and done.followup_channel == "sms" and done.answered_by == "sam"
+        row = await until(lambda: _settled(store, done.followup_outbox_id), "the follow-up marked sent")
+        await browser.do(lambda d: d.refresh())
+        await browser.shot("follow-up-status")
+        assert f"message #{row.id}: {row.state}" in await browser.text()
+
+        # The next caller asking the same question hears the learned answer: no restart.
+        again = await call_and_ask(site, ami, services, speak, question, 2, "Yes.")
+        try:
+            said = [t.text for t in await store.turns(again.call_id) if t.speaker == "assistant"]
+            assert any(answer in t for t in said), said
+        finally:
+            await again.close()
+    finally:
+        modem.close()
+        await ami.stop()
+
+
+async def _request_of(store, call_id: str) -> HelpRequest | None:  # type: ignore[no-untyped-def]
+    return next((r for r in await store.help_requests() if r.call_id == call_id), None)
+
+
+async def _texts_to(modem: FakeModem, number: str) -> str:
+    parts = [p for p in modem.sent if p.number.endswith(number.lstrip("0"))]
+    return from_wire("".join(p.text for p in parts)) if parts else ""
+
+
+async def _settled(store, outbox_id: int):  # type: ignore[no-untyped-def]
+    row = await store.outbox_get(outbox_id)
+    return row if row is not None and row.state in ("sent", "delivered") else None
+
+
+async def test_an_operator_is_refused_and_a_forged_post_is_refused(
+        browser: Browser, run_daemon, services) -> None:  # type: ignore[no-untyped-def]
+    site = await run_daemon()
+    store = services.store
+    await staff(store, "oli", "operator")
+    await staff(store, "sue", "supervisor")
+    request_id = await store.create_help_request(HelpRequest(None, "call-x", "+15550107777", "Is there a ramp?",
+                                                             created_at=time.time()))
+    page = await browser.sign_in(f"{site.url}/", "oli")
+    assert "oli (operator)" in page and "Help requests" not in page  # no link to what they may not open
+    for path in ("/knowledge", "/help"):
+        await browser.do(lambda d: d.get(f"{site.url}{path}"))
+        await browser.shot(f"operator{path.replace('/', '-')}")
+        assert "Not allowed" in await browser.text() and "needs the supervisor role" in await browser.text()
+    # The same browser session from a script: statuses, and the answer action with a valid token.
+    cookies = {c["name"]: c["value"] for c in await browser.do(lambda d: d.get_cookies())}
+    async with aiohttp.ClientSession(cookies=cookies) as http:
+        async with http.get(f"{site.url}/knowledge") as knowledge:
+            assert knowledge.status == 403
+        async with http.get(f"{site.url}/") as home:
+            token = (await home.text()).split('name="csrf" value="')[1].split('"')[0]
+        async with http.post(f"{site.url}/help/{request_id}/answer", data={"csrf": token, "answer": "Yes."}) as post:
+            assert post.status == 403
+
+    # A supervisor's browser posts a form that lacks the CSRF token (as a forged page would).
+    await browser.do(lambda d: d.delete_all_cookies())
+    page = await browser.sign_in(f"{site.url}/help", "sue")
+    assert "Is there a ramp?" in page
+
+    def forge(d: Any) -> None:
+        d.execute_script(
+            "const f = document.createElement('form'); f.method = 'post'; f.action = arguments[0];"
+            "const a = document.createElement('input'); a.name = 'answer'; a.value = 'forged'; f.appendChild(a);"
+            "document.body.appendChild(f); f.submit();", f"{site.url}/help/{request_id}/answer")
+    await browser.do(forge)
+    await until(lambda: _page_says(browser, "Not allowed"), "the refusal page", 20)
+    await browser.shot("forged-post")
+    assert "CSRF" in await browser.text()
+    request = await store.help_request(request_id)
+    assert request is not None and request.status == "open" and request.answer is None
+
+
+async def _page_says(browser: Browser, text: str) -> bool:
+    return text in await browser.text()
+
+
+async def test_sign_out_and_login_throttling(browser: Browser, run_daemon, services) -> None:  # type: ignore[no-untyped-def]
+    site = await run_daemon(dashboard=services.config.dashboard.model_copy(update={"login_failures": 3}))
+    await staff(services.store, "tia", "supervisor")
+    page = await browser.sign_in(f"{site.url}/", "tia")
+    assert "tia (supervisor)" in page
+    await browser.do(lambda d: d.find_element("xpath", "//button[text()='Sign out']").click())
+    await browser.shot("signed-out")
+    assert await browser.do(lambda d: d.current_url).endswith("/dashboard/login")
+    await browser.do(lambda d: d.get(f"{site.url}/help"))  # the session is over: back to sign-in
+    assert "/dashboard/login" in await browser.do(lambda d: d.current_url)
+
+    for _ in range(3):
+        assert "Wrong user name or password" in await browser.sign_in(f"{site.url}/login", "tia", "not the password")
+    page = await browser.sign_in(f"{site.url}/login", "tia")  # the right password, too late
+    await browser.shot("throttled")
+    assert "Too many failed sign-ins" in page
+    assert "sb_session" not in {c["name"] for c in await browser.do(lambda d: d.get_cookies())}
+    outcomes = [a["outcome"] for a in await services.store.staff_audit(20) if a["user_name"] == "tia"]
+    assert outcomes[:4] == ["throttled", "failed", "failed", "failed"] and "ok" in outcomes

@@ -1,0 +1,246 @@
+"""The dashboard over real HTTP on loopback, on a real store and outbox: accounts, sessions, CSRF, roles,
+throttling, the help-request answer with its follow-up, and the timeout sweep. (The browser tests in
+tests/integration/test_dashboard_browser.py drive the same pages through the daemon in Chromium.)"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import make_mocked_request
+
+from channels.base import OutgoingMessage, SendResult
+from channels.outbox import Outbox
+from gateway.config import DashboardSettings, HelpRequestSettings
+from gateway.dashboard.accounts import new_user
+from gateway.dashboard.app import Dashboard
+from gateway.dashboard.helpdesk import HelpDesk
+from gateway.dashboard.pages import PREFIX
+from models.records import HelpRequest
+from models.store import Store
+
+PASSWORD = "correct horse battery"
+
+
+class Channel:
+    """A channel that accepts everything (the outbox's worker delivers to it)."""
+
+    def __init__(self, name: str) -> None:
+        self.name, self.sent = name, []
+
+    async def start(self, on_inbound, on_delivery) -> None:  # type: ignore[no-untyped-def]
+        pass
+
+    async def send(self, message: OutgoingMessage) -> SendResult:
+        self.sent.append(message)
+        return SendResult(provider_ref=f"ref-{message.id}")
+
+    async def stop(self) -> None:
+        pass
+
+
+@dataclass
+class Site:
+    store: Store
+    url: str
+    outbox: Outbox
+    desk: HelpDesk
+
+
+@pytest.fixture
+async def site(tmp_path: Path) -> AsyncIterator[Site]:
+    store = await Store.open(tmp_path / "sb.db")
+    for name, role in (("ada", "admin"), ("sam", "supervisor"), ("oli", "operator")):
+        await store.staff_add(new_user(name, role, PASSWORD))
+    outbox = Outbox(store, {"sms": Channel("sms"), "email": Channel("email")})
+    kinds = {"sms": "sms", "email": "email"}
+    desk = HelpDesk(store, "Bright Smile", HelpRequestSettings(timeout="1h"),
+                    route=lambda kind: (outbox, kinds[kind]) if kind in kinds else None,
+                    outbox_of=lambda name: outbox if name in outbox.channels else None)
+    dashboard = Dashboard(DashboardSettings(login_failures=3), store, desk)
+    root = web.Application()  # as the daemon mounts it on the HTTP API's application
+    root.add_subapp(PREFIX, dashboard.app)
+    runner = web.AppRunner(root)
+    await runner.setup()
+    tcp = web.TCPSite(runner, "127.0.0.1", 0)
+    await tcp.start()
+    await dashboard.start()
+    yield Site(store, f"http://127.0.0.1:{runner.addresses[0][1]}{PREFIX}", outbox, desk)
+    await dashboard.stop()
+    await runner.cleanup()
+    await store.close()
+
+
+def browser() -> aiohttp.ClientSession:
+    # unsafe: keep cookies of an IP-address host (127.0.0.1), as a browser does
+    return aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
+
+
+def csrf(page: str) -> str:
+    return re.search(r'name="csrf" value="([^"]+)"', page).group(1)  # type: ignore[union-attr]
+
+
+async def sign_in(http: aiohttp.ClientSession, url: str, name: str, password: str = PASSWORD) -> aiohttp.ClientResponse:
+    async with http.get(f"{url}/login") as form:
+        token = csrf(await form.text())
+    async with http.post(f"{url}/login", data={"csrf": token, "name": name, "password": password,
+                                               "next": f"{PREFIX}/help"}, allow_redirects=False) as response:
+        await response.read()
+        return response
+
+
+async def ask(store: Store, question: str, contact: str | None = "+15550102030", call_id: str = "call-1",
+              created_at: float | None = None) -> int:
+    return await store.create_help_request(HelpRequest(None, call_id, contact, question,
+                                                       created_at=created_at or time.time()))
+
+
+async def test_sign_in_sets_a_strict_httponly_cookie_and_sign_out_revokes_it(site: Site) -> None:
+    async with browser() as http:
+        async with http.get(f"{site.url}/", allow_redirects=False) as anonymous:
+            assert anonymous.status == 303 and anonymous.headers["Location"].startswith(f"{PREFIX}/login")
+        response = await sign_in(http, site.url, "sam")
+        assert response.status == 303 and response.headers["Location"] == f"{PREFIX}/help"
+        cookie = next(v for v in response.headers.getall("Set-Cookie") if v.startswith("sb_session="))
+        assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/dashboard" in cookie
+        assert "Secure" not in cookie  # plain HTTP and secure_cookie off
+        async with http.get(f"{site.url}/") as home:
+            page = await home.text()
+            assert home.status == 200 and "sam (supervisor)" in page
+            assert home.headers["Content-Security-Policy"].startswith("default-src 'none'")
+        token = http.cookie_jar.filter_cookies(site.url)["sb_session"].value
+        async with http.post(f"{site.url}/logout", data={"csrf": csrf(page)}, allow_redirects=False) as out:
+            assert out.status == 303
+    # The old cookie, replayed, signs nobody in: the session is gone from the store.
+    async with aiohttp.ClientSession(cookies={"sb_session": token}) as replay:
+        async with replay.get(f"{site.url}/", allow_redirects=False) as again:
+            assert again.status == 303
+    actions = [(a["user_name"], a["action"], a["outcome"]) for a in await site.store.staff_audit()]
+    assert ("sam", "sign-in", "ok") in actions and ("sam", "sign-out", "ok") in actions
+
+
+async def test_secure_cookie_when_configured(site: Site) -> None:
+    dashboard = Dashboard(DashboardSettings(secure_cookie=True), site.store, site.desk)
+    response = web.Response()
+    dashboard._cookie(make_mocked_request("GET", "/"), response, "sb_session", "x", 60)
+    assert "Secure" in response.cookies["sb_session"].output()
+
+
+async def test_failed_sign_ins_are_throttled_even_with_the_right_password(site: Site) -> None:
+    async with browser() as http:
+        for _ in range(3):
+            assert (await sign_in(http, site.url, "sam", "wrong password!")).status == 401
+        throttled = await sign_in(http, site.url, "sam")
+        assert throttled.status == 429 and int(throttled.headers["Retry-After"]) > 0
+        # Another user from the same address is throttled too (per address), and nobody signed in.
+        assert (await sign_in(http, site.url, "ada")).status == 429
+        assert "sb_session" not in http.cookie_jar.filter_cookies(site.url)
+    outcomes = [a["outcome"] for a in await site.store.staff_audit() if a["action"] == "sign-in"]
+    assert outcomes.count("failed") == 3 and outcomes.count("throttled") == 2
+
+
+async def test_unknown_user_and_a_login_form_without_its_cookie_token(site: Site) -> None:
+    async with browser() as http:
+        assert (await sign_in(http, site.url, "nobody")).status == 401
+    async with aiohttp.ClientSession() as forged:  # a post from another site: no sb_login cookie
+        async with forged.post(f"{site.url}/login", data={"csrf": "x", "name": "sam", "password": PASSWORD},
+                               allow_redirects=False) as response:
+            assert response.status == 403
+
+
+async def test_an_operator_may_not_see_help_requests_knowledge_or_answer(site: Site) -> None:
+    request_id = await ask(site.store, "do you sell gift cards?")
+    async with browser() as http:
+        await sign_in(http, site.url, "oli")
+        async with http.get(f"{site.url}/") as home:
+            token = csrf(await home.text())
+        for path in ("/help", "/knowledge", "/users"):
+            async with http.get(f"{site.url}{path}") as page:
+                assert page.status == 403, path
+        async with http.post(f"{site.url}/help/{request_id}/answer", data={"csrf": token, "answer": "Yes."}) as post:
+            assert post.status == 403
+    assert (await site.store.help_request(request_id)).status == "open"  # type: ignore[union-attr]
+    assert not [k for k in await site.store.knowledge() if k.source == "learned"]
+    assert ("oli", "refused") in [(a["user_name"], a["action"]) for a in await site.store.staff_audit()]
+
+
+async def test_a_post_without_the_csrf_token_is_refused(site: Site) -> None:
+    request_id = await ask(site.store, "do you sell gift cards?")
+    async with browser() as http:
+        await sign_in(http, site.url, "sam")
+        for data in ({"answer": "Yes."}, {"answer": "Yes.", "csrf": "guessed"}):
+            async with http.post(f"{site.url}/help/{request_id}/answer", data=data) as post:
+                assert post.status == 403
+    assert (await site.store.help_request(request_id)).status == "open"  # type: ignore[union-attr]
+
+
+async def test_answering_learns_and_texts_the_caller_and_the_page_shows_the_message(site: Site) -> None:
+    request_id = await ask(site.store, "do you sell <b>gift cards</b>?")
+    async with browser() as http:
+        await sign_in(http, site.url, "sam")
+        async with http.get(f"{site.url}/help") as page:
+            text = await page.text()
+            assert "&lt;b&gt;gift cards&lt;/b&gt;" in text and "<b>gift" not in text  # escaped
+            assert "***030" in text and "+15550102030" not in text  # masked
+        async with http.post(f"{site.url}/help/{request_id}/answer",
+                             data={"csrf": csrf(text), "answer": "Yes, at the front desk."}) as done:
+            answered = await done.text()
+            assert done.status == 200 and done.url.query["status"] == "answered"
+    request = await site.store.help_request(request_id)
+    assert request is not None and (request.status, request.answered_by, request.followup_channel) == (
+        "answered", "sam", "sms")
+    row = await site.store.outbox_get(request.followup_outbox_id)  # type: ignore[arg-type]
+    assert row is not None and row.recipient == "+15550102030" and "Yes, at the front desk." in row.body
+    assert f"message #{row.id}" in answered
+    learned = [k for k in await site.store.knowledge() if k.source == "learned"]
+    assert [(k.id, k.answer) for k in learned] == [(f"learned-{request_id}", "Yes, at the front desk.")]
+    assert ("sam", "answer help request") in [(a["user_name"], a["action"]) for a in await site.store.staff_audit()]
+
+
+async def test_the_follow_up_goes_back_the_way_the_customer_came(site: Site) -> None:
+    by_mail = await ask(site.store, "q1", contact="Ann@Example.org")
+    by_thread = await ask(site.store, "q2", contact="+15550104040", call_id="email-thread-3")
+    anonymous = await ask(site.store, "q3", contact=None, call_id="api-thread-4")
+    _, mail = await site.desk.answer(by_mail, "a1", "sam")
+    _, thread = await site.desk.answer(by_thread, "a2", "sam")
+    _, nothing = await site.desk.answer(anonymous, "a3", "sam")
+    assert mail.channel == "email" and thread.channel == "email" and nothing.outbox_id is None
+    assert nothing.note == "no number or address to reply to"
+    assert (await site.store.help_request(anonymous)).followup_note == nothing.note  # type: ignore[union-attr]
+    # Answering again with the same text queues nothing new; a corrected answer is sent.
+    _, same = await site.desk.answer(by_mail, "a1", "sam")
+    _, corrected = await site.desk.answer(by_mail, "a1, corrected", "sam")
+    assert same.outbox_id == mail.outbox_id != corrected.outbox_id
+
+
+async def test_open_requests_past_the_timeout_become_unresolved(site: Site) -> None:
+    old = await ask(site.store, "old one", created_at=time.time() - 2 * 3600)
+    new = await ask(site.store, "new one")
+    assert await site.desk.sweep() == 1
+    assert [r.id for r in await site.store.help_requests("unresolved")] == [old]
+    assert [r.id for r in await site.store.help_requests("open")] == [new]
+
+
+async def test_removing_a_user_ends_their_sessions(site: Site) -> None:
+    async with browser() as http:
+        await sign_in(http, site.url, "ada")
+        async with http.get(f"{site.url}/users") as users:
+            assert users.status == 200 and "oli" in await users.text()
+        assert await site.store.staff_remove("ada")
+        async with http.get(f"{site.url}/users", allow_redirects=False) as after:
+            assert after.status == 303
+
+
+def test_new_user_validation() -> None:
+    user = new_user("sam", "supervisor", PASSWORD)
+    assert user.password_hash.startswith("$argon2id$") and PASSWORD not in user.password_hash
+    assert user.may("operator") and user.may("supervisor") and not user.may("admin")
+    for name, role, password in (("a b", "admin", PASSWORD), ("sam", "root", PASSWORD), ("sam", "admin", "short")):
+        with pytest.raises(ValueError):
+            new_user(name, role, password)
