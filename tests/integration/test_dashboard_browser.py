@@ -41,6 +41,15 @@ CALLER = "0612345678"
 T = TypeVar("T")
 
 
+def submit(d: Any, button: Any) -> None:
+    """Click a form's button and wait for the page it leads to (a click does not wait for navigation)."""
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.wait import WebDriverWait
+
+    button.click()
+    WebDriverWait(d, 30).until(expected_conditions.staleness_of(button))
+
+
 class Browser:
     """Headless Chromium at tablet width; `do` runs a step on the driver in a thread."""
 
@@ -77,7 +86,7 @@ class Browser:
             d.find_element("id", "name").clear()
             d.find_element("id", "name").send_keys(name)
             d.find_element("id", "password").send_keys(password)
-            d.find_element("id", "sign-in").click()
+            submit(d, d.find_element("id", "sign-in"))
         await self.do(step)
         return await self.text()
 
@@ -176,10 +185,10 @@ async def test_supervisor_answers_a_callers_question_which_reaches_them_by_sms_a
         answer = "Yes, gift cards are sold at the front desk, in any amount."
 
         def answer_it(d: Any) -> None:
-            d.find_element("link text", "Help requests").click()
+            submit(d, d.find_element("link text", "Help requests"))
             card = d.find_element("id", f"req-{request.id}")
             card.find_element("tag name", "textarea").send_keys(answer)
-            card.find_element("tag name", "button").click()
+            submit(d, card.find_element("tag name", "button"))
         await browser.do(answer_it)
         await browser.shot("answered")
         answered = await browser.do(lambda d: d.find_element("id", f"req-{request.id}").text)
@@ -272,9 +281,9 @@ async def test_sign_out_and_login_throttling(browser: Browser, run_daemon, servi
     await staff(services.store, "tia", "supervisor")
     page = await browser.sign_in(f"{site.url}/", "tia")
     assert "tia (supervisor)" in page
-    await browser.do(lambda d: d.find_element("xpath", "//button[text()='Sign out']").click())
+    await browser.do(lambda d: submit(d, d.find_element("xpath", "//button[text()='Sign out']")))
     await browser.shot("signed-out")
-    assert await browser.do(lambda d: d.current_url).endswith("/dashboard/login")
+    assert (await browser.do(lambda d: d.current_url)).endswith("/dashboard/login")
     await browser.do(lambda d: d.get(f"{site.url}/help"))  # the session is over: back to sign-in
     assert "/dashboard/login" in await browser.do(lambda d: d.current_url)
 
