@@ -256,6 +256,10 @@ def _v5_staff(db: Database) -> None:
     db.execute("ALTER TABLE help_requests ADD COLUMN followup_channel TEXT")
     db.execute("ALTER TABLE help_requests ADD COLUMN followup_outbox_id INTEGER REFERENCES outbox(id)")
     db.execute("ALTER TABLE help_requests ADD COLUMN followup_note TEXT")
+    # Learned entries staff disabled: kept aside, out of `knowledge` and its FTS index, so retrieval
+    # needs no filter and a re-enabled entry is the same entry again.
+    db.execute("CREATE TABLE knowledge_disabled AS SELECT * FROM knowledge WHERE 0")
+    db.execute("CREATE UNIQUE INDEX idx_knowledge_disabled_id ON knowledge_disabled (id)")
 
 
 MIGRATIONS: list[Callable[[Database], None]] = [_v1_initial, _v2_outbox, _v3_durable_inbound, _v4_http_api,

@@ -742,7 +742,8 @@ class Store:
                 " WHERE id = ?", [answer, time.time(), by, request_id])
             entry = KnowledgeEntry(id=f"learned-{request_id}", question=row[0],
                                    answer=answer, source="learned")
-            # Answering again corrects the learned entry rather than adding a second one.
+            # Answering again corrects the learned entry rather than adding a second one (and enables it).
+            db.execute("DELETE FROM knowledge_disabled WHERE id = ?", [entry.id])
             self._write_knowledge(entry, overwrite=True)
         log.info("help request answered id=%d entry=%s", request_id, entry.id)
         return entry
@@ -777,6 +778,40 @@ class Store:
     async def knowledge(self) -> list[KnowledgeEntry]:
         rows = await self._run(self._select, "SELECT * FROM knowledge ORDER BY pk", [])
         return [_entry(r) for r in rows]
+
+    async def knowledge_disabled(self) -> list[KnowledgeEntry]:
+        rows = await self._run(self._select, "SELECT * FROM knowledge_disabled ORDER BY updated_at", [])
+        return [_entry(r) for r in rows]
+
+    async def edit_learned(self, entry: KnowledgeEntry) -> bool:
+        """Replace a learned entry's question, answer and phrasings; False if there is no such learned entry."""
+        def run() -> bool:
+            db = self._writer_db
+            with db.atomic():
+                if db.execute("SELECT 1 FROM knowledge WHERE id = ? AND source = 'learned'",
+                              [entry.id]).fetchone() is None:
+                    return False
+                self._write_knowledge(replace(entry, source="learned"), overwrite=True)
+            return True
+        return await self._run(run)
+
+    async def set_learned_enabled(self, entry_id: str, enabled: bool) -> bool:
+        """Move a learned entry out of retrieval or back; False if it is not there to move."""
+        source, target = ("knowledge_disabled", "knowledge") if enabled else ("knowledge", "knowledge_disabled")
+
+        def run() -> bool:
+            db = self._writer_db
+            with db.atomic():
+                rows = list(db.query(f"SELECT * FROM {source} WHERE id = ? AND source = 'learned'", [entry_id]))
+                if not rows:
+                    return False
+                db.execute(f"DELETE FROM {source} WHERE id = ?", [entry_id])  # knowledge's triggers update FTS
+                row = {**rows[0], "updated_at": time.time()}
+                if enabled:
+                    del row["pk"]  # a new rowid in knowledge and its FTS index
+                db[target].insert(row)
+            return True
+        return await self._run(run)
 
     async def search_knowledge_raw(self, fts_query: str,
                                    limit: int) -> list[tuple[KnowledgeEntry, float]]:

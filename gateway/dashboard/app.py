@@ -22,7 +22,7 @@ from gateway.dashboard import pages
 from gateway.dashboard.accounts import Throttle, check_password, close_session, open_session, session_for
 from gateway.dashboard.helpdesk import HelpDesk
 from gateway.dashboard.pages import PREFIX
-from models.records import StaffSession
+from models.records import KnowledgeEntry, StaffSession
 from models.store import NotFoundError, Store
 
 log = logging.getLogger(__name__)
@@ -68,6 +68,8 @@ class Dashboard:
             web.get("/help", self._staff("supervisor", self.help_requests)),
             web.post("/help/{id:[0-9]{1,18}}/answer", self._staff("supervisor", self.answer)),
             web.get("/knowledge", self._staff("supervisor", self.knowledge)),
+            web.post("/knowledge/{id}/edit", self._staff("supervisor", self.edit_entry)),
+            web.post("/knowledge/{id}/{action:disable|enable}", self._staff("supervisor", self.toggle_entry)),
             web.get("/users", self._staff("admin", self.users)),
         ])
 
@@ -211,7 +213,44 @@ class Dashboard:
         return see_other(f"{PREFIX}/help?status=answered#req-{request_id}")
 
     async def knowledge(self, request: web.Request) -> web.Response:
-        return html(pages.knowledge_page(request[SESSION], await self.store.knowledge()))
+        return html(pages.knowledge_page(request[SESSION], await self.store.knowledge(),
+                                         await self.store.knowledge_disabled()))
+
+    async def edit_entry(self, request: web.Request) -> web.StreamResponse:
+        entry_id, form = request.match_info["id"], request[FORM]
+        try:
+            entry = edited_entry(entry_id, str(form.get("question", "")), str(form.get("answer", "")),
+                                 str(form.get("phrasings", "")))
+        except ValueError as exc:
+            return html(pages.message_page("Not saved", str(exc), request[SESSION]), 422)
+        if not await self.store.edit_learned(entry):
+            return html(pages.message_page("Not found", f"No learned entry {entry_id}.", request[SESSION]), 404)
+        await self._audit(request, "edit knowledge", "ok", target=entry_id)
+        return see_other(f"{PREFIX}/knowledge#{quote(entry_id)}")
+
+    async def toggle_entry(self, request: web.Request) -> web.StreamResponse:
+        entry_id, action = request.match_info["id"], request.match_info["action"]
+        if not await self.store.set_learned_enabled(entry_id, action == "enable"):
+            return html(pages.message_page("Not found", f"No learned entry {entry_id} to {action}.",
+                                           request[SESSION]), 404)
+        await self._audit(request, f"{action} knowledge", "ok", target=entry_id)
+        return see_other(f"{PREFIX}/knowledge")
 
     async def users(self, request: web.Request) -> web.Response:
         return html(pages.users_page(request[SESSION], await self.store.staff_users(), await self.store.staff_audit()))
+
+
+_MAX_QUESTION, _MAX_ANSWER, _MAX_PHRASINGS = 300, 1000, 20
+
+
+def edited_entry(entry_id: str, question: str, answer: str, phrasings: str) -> KnowledgeEntry:
+    """A learned entry as staff edited it; raises ValueError naming what is wrong."""
+    question, answer = question.strip(), answer.strip()
+    lines = [line.strip() for line in phrasings.splitlines() if line.strip()]
+    if not question or len(question) > _MAX_QUESTION:
+        raise ValueError(f"The question must have 1 to {_MAX_QUESTION} characters.")
+    if not answer or len(answer) > _MAX_ANSWER:
+        raise ValueError(f"The answer must have 1 to {_MAX_ANSWER} characters.")
+    if len(lines) > _MAX_PHRASINGS or any(len(line) > _MAX_QUESTION for line in lines):
+        raise ValueError(f"At most {_MAX_PHRASINGS} phrasings of up to {_MAX_QUESTION} characters each.")
+    return KnowledgeEntry(id=entry_id, question=question, answer=answer, phrasings=lines, source="learned")

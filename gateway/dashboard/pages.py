@@ -121,14 +121,36 @@ def _help_card(session: StaffSession, r: HelpRequest, row: OutboxRecord | None) 
             f'<p><button type="submit">Answer and tell the customer</button></p></form></article>')
 
 
-def knowledge_page(session: StaffSession, entries: list[KnowledgeEntry]) -> str:
-    rows = "".join(f'<tr><td>{e(k.id)}</td><td>{e(k.source)}</td><td>{e(k.question)}'
+def knowledge_page(session: StaffSession, entries: list[KnowledgeEntry], disabled: list[KnowledgeEntry]) -> str:
+    admin = [k for k in entries if k.source != "learned"]
+    learned = [k for k in entries if k.source == "learned"]
+    rows = "".join(f'<tr><td>{e(k.id)}</td><td>{e(k.question)}'
                    f'{"".join("<br><span class=muted>" + e(p) + "</span>" for p in k.phrasings)}</td>'
-                   f'<td>{e(k.answer)}</td></tr>' for k in entries)
-    return layout("Knowledge", '<p class="muted">Entries from etc/knowledge.yaml (source admin) and answers staff '
-                  'taught (source learned). Editing here is not built yet.</p>'
-                  f'<table><thead><tr><th scope="col">Id</th><th scope="col">Source</th><th scope="col">Question'
-                  f'</th><th scope="col">Answer</th></tr></thead><tbody>{rows}</tbody></table>', session)
+                   f'<td>{e(k.answer)}</td></tr>' for k in admin)
+    taught = "".join(_learned_card(session, k, enabled=True) for k in learned) or '<p class="muted">None yet.</p>'
+    off = "".join(_learned_card(session, k, enabled=False) for k in disabled) or '<p class="muted">None.</p>'
+    return layout("Knowledge", '<p class="muted">Changes here are live for the next question, with no restart. '
+                  'Entries from etc/knowledge.yaml are the admin\'s: edit that file (the daemon loads it at '
+                  'start).</p>'
+                  f'<h2>Learned from help requests</h2>{taught}<h2>Disabled</h2>{off}'
+                  f'<h2>From etc/knowledge.yaml</h2><table><thead><tr><th scope="col">Id</th><th scope="col">'
+                  f'Question and phrasings</th><th scope="col">Answer</th></tr></thead><tbody>{rows}</tbody></table>',
+                  session)
+
+
+def _learned_card(session: StaffSession, k: KnowledgeEntry, *, enabled: bool) -> str:
+    base, token = f"{PREFIX}/knowledge/{e(k.id)}", csrf_field(session.csrf)
+    toggle = (f'<form method="post" action="{base}/{"disable" if enabled else "enable"}">{token}'
+              f'<button type="submit">{"Disable" if enabled else "Re-enable"}</button></form>')
+    if not enabled:
+        return (f'<article class="card" id="{e(k.id)}"><h3>{e(k.question)}</h3><p>{e(k.answer)}</p>{toggle}'
+                f'</article>')
+    return (f'<article class="card" id="{e(k.id)}"><form method="post" action="{base}/edit">{token}'
+            f'<label for="q-{e(k.id)}">Question</label><input id="q-{e(k.id)}" name="question" required '
+            f'value="{e(k.question)}"><label for="p-{e(k.id)}">Other phrasings (one a line)</label>'
+            f'<textarea id="p-{e(k.id)}" name="phrasings" rows="2">{e(chr(10).join(k.phrasings))}</textarea>'
+            f'<label for="a-{e(k.id)}">Answer</label><textarea id="a-{e(k.id)}" name="answer" rows="3" required>'
+            f'{e(k.answer)}</textarea><p><button type="submit">Save</button></p></form>{toggle}</article>')
 
 
 def users_page(session: StaffSession, users: Iterable[StaffUser], audit: list[dict[str, Any]]) -> str:

@@ -22,7 +22,7 @@ from gateway.dashboard.accounts import new_user
 from gateway.dashboard.app import Dashboard
 from gateway.dashboard.helpdesk import HelpDesk
 from gateway.dashboard.pages import PREFIX
-from models.records import HelpRequest
+from models.records import HelpRequest, KnowledgeEntry
 from models.store import Store
 
 PASSWORD = "correct horse battery"
@@ -244,3 +244,44 @@ def test_new_user_validation() -> None:
     for name, role, password in (("a b", "admin", PASSWORD), ("sam", "root", PASSWORD), ("sam", "admin", "short")):
         with pytest.raises(ValueError):
             new_user(name, role, password)
+
+
+async def test_learned_entries_are_edited_disabled_and_re_enabled_live(site: Site) -> None:
+    from llm.knowledge import Retriever
+
+    await site.store.replace_admin_knowledge([KnowledgeEntry("hours", "When are you open?", "9 to 5.")])
+    request_id = await ask(site.store, "do you sell gift cards?")
+    await site.desk.answer(request_id, "Yes, at the front desk.", "sam")
+    entry_id, retriever = f"learned-{request_id}", Retriever(site.store)  # as the running daemon reads entries
+
+    async def found(question: str) -> list[str]:
+        return [m.entry.id for m in await retriever.search(question)]
+
+    assert await found("gift cards") == [entry_id] and await found("vouchers") == []
+    async with browser() as http:
+        await sign_in(http, site.url, "sam")
+        async with http.get(f"{site.url}/knowledge") as page:
+            token = csrf(await page.text())
+        edit = {"csrf": token, "question": "do you sell gift cards?", "answer": "Yes, from 10 dollars.",
+                "phrasings": "can I buy a voucher\n\n"}
+        async with http.post(f"{site.url}/knowledge/{entry_id}/edit", data=edit) as saved:
+            assert saved.status == 200 and "Yes, from 10 dollars." in await saved.text()
+        assert await found("vouchers") == [entry_id]
+        async with http.post(f"{site.url}/knowledge/{entry_id}/edit", data={**edit, "answer": " "}) as empty:
+            assert empty.status == 422
+        async with http.post(f"{site.url}/knowledge/{entry_id}/disable", data={"csrf": token}) as off:
+            assert off.status == 200 and "Re-enable" in await off.text()
+        assert await found("gift cards") == [] and await found("vouchers") == []
+        async with http.post(f"{site.url}/knowledge/{entry_id}/enable", data={"csrf": token}) as on:
+            assert on.status == 200
+        assert await found("vouchers") == [entry_id]
+        [entry] = [k for k in await site.store.knowledge() if k.id == entry_id]
+        assert (entry.answer, entry.phrasings) == ("Yes, from 10 dollars.", ["can I buy a voucher"])
+        # Entries from etc/knowledge.yaml are not the dashboard's to change.
+        async with http.post(f"{site.url}/knowledge/hours/disable", data={"csrf": token}) as admin_entry:
+            assert admin_entry.status == 404
+        async with http.post(f"{site.url}/knowledge/hours/edit", data={**edit, "answer": "Never."}) as admin_edit:
+            assert admin_edit.status == 404
+        assert await found("open") == ["hours"]
+    actions = [a["action"] for a in await site.store.staff_audit()]
+    assert {"edit knowledge", "disable knowledge", "enable knowledge"} <= set(actions)
