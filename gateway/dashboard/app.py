@@ -54,9 +54,15 @@ def see_other(path: str) -> web.Response:
     return web.Response(status=303, headers={"Location": path})
 
 
+Calls = Callable[[], "list[tuple[str, str | None, str | None]]"]  # the calls in progress: (id, caller, dialled)
+CALLS_REFRESH_S = 5
+
+
 class Dashboard:
-    def __init__(self, settings: DashboardSettings, store: Store, helpdesk: HelpDesk) -> None:
+    def __init__(self, settings: DashboardSettings, store: Store, helpdesk: HelpDesk, *,
+                 live_calls: Calls = list) -> None:
         self.settings, self.store, self.helpdesk = settings, store, helpdesk
+        self._live_calls = live_calls
         self.throttle = Throttle(settings.login_failures, settings.login_window_s)
         self.app = web.Application(middlewares=[self._pages])
         self.app.add_routes([
@@ -65,6 +71,7 @@ class Dashboard:
             web.post("/login", self.login),
             web.post("/logout", self._staff("operator", self.logout)),
             web.get("/", self._staff("operator", self.home)),
+            web.get("/calls", self._staff("operator", self.calls)),
             web.get("/help", self._staff("supervisor", self.help_requests)),
             web.post("/help/{id:[0-9]{1,18}}/answer", self._staff("supervisor", self.answer)),
             web.get("/knowledge", self._staff("supervisor", self.knowledge)),
@@ -187,6 +194,14 @@ class Dashboard:
         session = request[SESSION]
         waiting = len(await self.store.help_requests("open")) if session.user.may("supervisor") else None
         return html(pages.home_page(session, waiting))
+
+    async def calls(self, request: web.Request) -> web.Response:
+        live = []
+        for call_id, caller, dialled in self._live_calls():
+            record = await self.store.call(call_id)
+            live.append(pages.LiveCall(call_id, caller, dialled, record["started_at"] if record else None,
+                                       await self.store.turns(call_id)))
+        return html(pages.calls_page(request[SESSION], live, CALLS_REFRESH_S))
 
     async def help_requests(self, request: web.Request) -> web.Response:
         status = request.query.get("status", "open")

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable
+from dataclasses import dataclass
 from html import escape
 from typing import Any
 
 from models.privacy import masked
-from models.records import HelpRequest, KnowledgeEntry, OutboxRecord, StaffSession, StaffUser
+from models.records import HelpRequest, KnowledgeEntry, OutboxRecord, StaffSession, StaffUser, Turn
 
 PREFIX = "/dashboard"
 STYLE = """
@@ -41,11 +42,11 @@ def when(at: float | None) -> str:
     return dt.datetime.fromtimestamp(at).strftime("%Y-%m-%d %H:%M") if at else "-"
 
 
-def layout(title: str, body: str, session: StaffSession | None = None) -> str:
+def layout(title: str, body: str, session: StaffSession | None = None, *, refresh_s: int | None = None) -> str:
     header = ""
     if session is not None:
         user = session.user
-        links = [("Home", "/")]
+        links = [("Home", "/"), ("Live calls", "/calls")]
         if user.may("supervisor"):
             links += [("Help requests", "/help"), ("Knowledge", "/knowledge")]
         if user.may("admin"):
@@ -55,8 +56,9 @@ def layout(title: str, body: str, session: StaffSession | None = None) -> str:
                   f'<span class="who">{e(user.name)} ({e(user.role)})</span>'
                   f'<form method="post" action="{PREFIX}/logout">{csrf_field(session.csrf)}'
                   f'<button type="submit">Sign out</button></form></header>')
-    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
-            f'<meta name="viewport" content="width=device-width,initial-scale=1">'
+    refresh = f'<meta http-equiv="refresh" content="{refresh_s}">' if refresh_s else ""
+    return ('<!doctype html><html lang="en"><head><meta charset="utf-8">'
+            f'<meta name="viewport" content="width=device-width,initial-scale=1">{refresh}'
             f'<title>{e(title)} · Switchboard</title><link rel="stylesheet" href="{PREFIX}/style.css"></head>'
             f'<body>{header}<main id="main"><h1>{e(title)}</h1>{body}</main></body></html>')
 
@@ -83,7 +85,8 @@ def message_page(title: str, text: str, session: StaffSession | None = None) -> 
 
 
 def home_page(session: StaffSession, open_requests: int | None) -> str:
-    items = ['<li>Live calls, call and text history, and taking over a text conversation are not built yet.</li>']
+    items = [f'<li><a href="{PREFIX}/calls">Live calls</a></li>',
+             '<li>Call and text history and taking over a text conversation are not built yet.</li>']
     if open_requests is not None:
         items.insert(0, f'<li><a href="{PREFIX}/help">{open_requests} help request(s) waiting for an answer</a>'
                         f'</li>')
@@ -151,6 +154,32 @@ def _learned_card(session: StaffSession, k: KnowledgeEntry, *, enabled: bool) ->
             f'<textarea id="p-{e(k.id)}" name="phrasings" rows="2">{e(chr(10).join(k.phrasings))}</textarea>'
             f'<label for="a-{e(k.id)}">Answer</label><textarea id="a-{e(k.id)}" name="answer" rows="3" required>'
             f'{e(k.answer)}</textarea><p><button type="submit">Save</button></p></form>{toggle}</article>')
+
+
+_TURNS_SHOWN = 6  # a live call's last turns
+
+
+@dataclass(frozen=True)
+class LiveCall:
+    call_id: str
+    caller: str | None
+    dialled: str | None
+    started_at: float | None
+    turns: list[Turn]
+
+
+def calls_page(session: StaffSession, calls: list[LiveCall], refresh_s: int) -> str:
+    def caller(number: str | None) -> str:  # operators see the last digits only
+        return (number or "withheld") if session.user.may("supervisor") else masked(number)
+
+    cards = "".join(
+        f'<article class="card" id="call-{e(c.call_id)}"><h2>{e(caller(c.caller))} → {e(c.dialled or "-")}</h2>'
+        f'<p class="muted">Since {e(when(c.started_at))} · {e(c.call_id)}</p><ol class="turns">'
+        + "".join(f'<li><strong>{e(t.speaker)}</strong>: {e(t.text)}</li>' for t in c.turns[-_TURNS_SHOWN:])
+        + "</ol></article>" for c in calls)
+    return layout("Live calls", f'<p class="muted">{len(calls)} call(s) now; this page reloads every {refresh_s} s.'
+                  f' (Transfers from here are not built yet.)</p>{cards}', session,
+                  refresh_s=refresh_s)
 
 
 def users_page(session: StaffSession, users: Iterable[StaffUser], audit: list[dict[str, Any]]) -> str:

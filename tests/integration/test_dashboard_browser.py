@@ -212,6 +212,11 @@ async def test_supervisor_answers_a_callers_question_which_reaches_them_by_sms_a
         # The next caller asking the same question hears the learned answer: no restart.
         again = await call_and_ask(site, ami, services, speak, question, 2, "Yes.")
         try:
+            # While it is connected, the call and its transcript are on the live calls page.
+            await browser.do(lambda d: submit(d, d.find_element("link text", "Live calls")))
+            await browser.shot("live-calls")
+            live = await browser.do(lambda d: d.find_element("id", f"call-{again.call_id}").text)
+            assert f"{CALLER} → 100" in live and answer in live
             said = [t.text for t in await store.turns(again.call_id) if t.speaker == "assistant"]
             assert any(answer in t for t in said), said
         finally:

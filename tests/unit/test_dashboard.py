@@ -22,7 +22,7 @@ from gateway.dashboard.accounts import new_user
 from gateway.dashboard.app import Dashboard
 from gateway.dashboard.helpdesk import HelpDesk
 from gateway.dashboard.pages import PREFIX
-from models.records import HelpRequest, KnowledgeEntry
+from models.records import CallRecord, HelpRequest, KnowledgeEntry, Turn
 from models.store import Store
 
 PASSWORD = "correct horse battery"
@@ -51,6 +51,7 @@ class Site:
     url: str
     outbox: Outbox
     desk: HelpDesk
+    live: list[tuple[str, str | None, str | None]]  # the calls in progress, as the daemon lists them
 
 
 @pytest.fixture
@@ -63,7 +64,8 @@ async def site(tmp_path: Path) -> AsyncIterator[Site]:
     desk = HelpDesk(store, "Bright Smile", HelpRequestSettings(timeout="1h"),
                     route=lambda kind: (outbox, kinds[kind]) if kind in kinds else None,
                     outbox_of=lambda name: outbox if name in outbox.channels else None)
-    dashboard = Dashboard(DashboardSettings(login_failures=3), store, desk)
+    live: list[tuple[str, str | None, str | None]] = []
+    dashboard = Dashboard(DashboardSettings(login_failures=3), store, desk, live_calls=lambda: list(live))
     root = web.Application()  # as the daemon mounts it on the HTTP API's application
     root.add_subapp(PREFIX, dashboard.app)
     runner = web.AppRunner(root)
@@ -71,7 +73,7 @@ async def site(tmp_path: Path) -> AsyncIterator[Site]:
     tcp = web.TCPSite(runner, "127.0.0.1", 0)
     await tcp.start()
     await dashboard.start()
-    yield Site(store, f"http://127.0.0.1:{runner.addresses[0][1]}{PREFIX}", outbox, desk)
+    yield Site(store, f"http://127.0.0.1:{runner.addresses[0][1]}{PREFIX}", outbox, desk, live)
     await dashboard.stop()
     await runner.cleanup()
     await store.close()
@@ -285,3 +287,17 @@ async def test_learned_entries_are_edited_disabled_and_re_enabled_live(site: Sit
         assert await found("open") == ["hours"]
     actions = [a["action"] for a in await site.store.staff_audit()]
     assert {"edit knowledge", "disable knowledge", "enable knowledge"} <= set(actions)
+
+
+async def test_live_calls_show_their_transcript_with_the_number_masked_for_operators(site: Site) -> None:
+    await site.store.start_call(CallRecord("c-42", "+15550102030", "100", "Bright Smile", "audiosocket", time.time()))
+    await site.store.add_turn(Turn("c-42", 1, "caller", "where are <you>?", time.time()))
+    site.live.append(("c-42", "+15550102030", "100"))
+    for name, number in (("oli", "***030"), ("sam", "+15550102030")):
+        async with browser() as http:
+            await sign_in(http, site.url, name)
+            async with http.get(f"{site.url}/calls") as page:
+                text = await page.text()
+        assert page.status == 200 and 'id="call-c-42"' in text and "where are &lt;you&gt;?" in text
+        assert f"{number} → 100" in text and (name == "sam" or "+15550102030" not in text)
+        assert '<meta http-equiv="refresh" content="5">' in text
