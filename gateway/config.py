@@ -323,6 +323,9 @@ class DashboardSettings(Section):
     # Mark the session cookie Secure on plain-HTTP requests too: set it behind a TLS-terminating proxy
     # (a request that arrives over TLS always gets Secure).
     secure_cookie: bool = False
+    # Behind a reverse proxy: the client's address is X-Forwarded-For's last entry (for the sign-in
+    # throttle and the audit log; else every browser is the proxy) and X-Forwarded-Proto: https means TLS.
+    behind_proxy: bool = False
     login_failures: int = Field(5, ge=1)  # failed sign-ins per user name, and per address, within the window
     login_window_s: float = Field(900.0, gt=0)
 

@@ -129,13 +129,23 @@ class Dashboard:
         name = user if user is not None else session.user.name if session is not None else "-"
         try:
             await self.store.staff_audit_write(name[:64], action, target or f"{request.method} {request.path}",
-                                               outcome, request.remote)
+                                               outcome, self._client(request))
         except Exception as exc:  # an audit problem must not fail the action; say it is missing
             log.error("staff audit not written action=%s error=%s", action, exc)
 
     def _cookie(self, request: web.Request, response: web.Response, name: str, value: str, max_age: int) -> None:
         response.set_cookie(name, value, max_age=max_age, path=PREFIX, httponly=True, samesite="Strict",
-                            secure=self.settings.secure_cookie or request.secure)
+                            secure=self.settings.secure_cookie or request.secure or (
+                                self.settings.behind_proxy and request.headers.get("X-Forwarded-Proto") == "https"))
+
+    def _client(self, request: web.Request) -> str | None:
+        """The browser's address: behind a reverse proxy every request comes from the proxy, which appends
+        the address it saw to X-Forwarded-For (earlier entries are the client's to forge)."""
+        if self.settings.behind_proxy:
+            forwarded = request.headers.get("X-Forwarded-For", "").split(",")[-1].strip()
+            if forwarded:
+                return forwarded
+        return request.remote
 
     # ---- sign-in ----------------------------------------------------------------------------------
     async def style(self, request: web.Request) -> web.Response:
@@ -159,7 +169,7 @@ class Dashboard:
             raise Forbidden("This sign-in form is not from this browser (missing or wrong CSRF token).")
         name, password = str(form.get("name", "")).strip(), str(form.get("password", ""))
         next_path = str(form.get("next", ""))
-        keys = (f"user:{name.casefold()}", f"address:{request.remote}")
+        keys = (f"user:{name.casefold()}", f"address:{self._client(request)}")
         wait = self.throttle.retry_after(*keys)
         if wait:
             await self._audit(request, "sign-in", "throttled", user=name)

@@ -127,11 +127,20 @@ async def test_sign_in_sets_a_strict_httponly_cookie_and_sign_out_revokes_it(sit
     assert ("sam", "sign-in", "ok") in actions and ("sam", "sign-out", "ok") in actions
 
 
-async def test_secure_cookie_when_configured(site: Site) -> None:
-    dashboard = Dashboard(DashboardSettings(secure_cookie=True), site.store, site.desk)
-    response = web.Response()
-    dashboard._cookie(make_mocked_request("GET", "/"), response, "sb_session", "x", 60)
-    assert "Secure" in response.cookies["sb_session"].output()
+async def test_secure_cookie_and_client_address_behind_a_proxy(site: Site) -> None:
+    def cookie(settings: DashboardSettings, headers: dict[str, str]) -> str:
+        response = web.Response()
+        Dashboard(settings, site.store, site.desk)._cookie(make_mocked_request("GET", "/", headers=headers),
+                                                           response, "sb_session", "x", 60)
+        return response.cookies["sb_session"].output()
+
+    https = {"X-Forwarded-Proto": "https"}
+    assert "Secure" in cookie(DashboardSettings(secure_cookie=True), {})
+    assert "Secure" in cookie(DashboardSettings(behind_proxy=True), https)
+    assert "Secure" not in cookie(DashboardSettings(), https)  # a header anyone can send, unless told to trust it
+    forwarded = make_mocked_request("GET", "/", headers={"X-Forwarded-For": "6.6.6.6, 192.0.2.7"})
+    assert Dashboard(DashboardSettings(behind_proxy=True), site.store, site.desk)._client(forwarded) == "192.0.2.7"
+    assert Dashboard(DashboardSettings(), site.store, site.desk)._client(forwarded) != "192.0.2.7"
 
 
 async def test_failed_sign_ins_are_throttled_even_with_the_right_password(site: Site) -> None:
