@@ -4,6 +4,7 @@ tests/integration/test_dashboard_browser.py drive the same pages through the dae
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections.abc import AsyncIterator
@@ -310,3 +311,21 @@ async def test_live_calls_show_their_transcript_with_the_number_masked_for_opera
         assert page.status == 200 and 'id="call-c-42"' in text and "where are &lt;you&gt;?" in text
         assert f"{number} → 100" in text and (name == "sam" or "+15550102030" not in text)
         assert '<meta http-equiv="refresh" content="5">' in text
+
+
+async def test_the_desk_sweeps_by_itself_until_stopped(site: Site) -> None:
+    desk = HelpDesk(site.store, "Bright Smile", HelpRequestSettings(timeout="1s", sweep_interval_s=0.05),
+                    route=lambda kind: None, outbox_of=lambda name: None)
+    old = await ask(site.store, "old one", created_at=time.time() - 10)
+    await desk.start()
+    try:
+        for _ in range(200):  # bounded: 10 s
+            if (await site.store.help_request(old)).status == "unresolved":  # type: ignore[union-attr]
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await desk.stop()
+    assert (await site.store.help_request(old)).status == "unresolved"  # type: ignore[union-attr]
+    late = await ask(site.store, "after the stop", created_at=time.time() - 10)
+    await asyncio.sleep(0.2)
+    assert (await site.store.help_request(late)).status == "open"  # type: ignore[union-attr]
