@@ -796,7 +796,8 @@ class Store:
         return await self._run(run)
 
     async def set_learned_enabled(self, entry_id: str, enabled: bool) -> bool:
-        """Move a learned entry out of retrieval or back; False if it is not there to move."""
+        """Move a learned entry out of retrieval or back; False if it is not there to move; ValueError if
+        its id has been taken by an entry of knowledge.yaml while it was disabled."""
         source, target = ("knowledge_disabled", "knowledge") if enabled else ("knowledge", "knowledge_disabled")
 
         def run() -> bool:
@@ -809,7 +810,10 @@ class Store:
                 row = {**rows[0], "updated_at": time.time()}
                 if enabled:
                     del row["pk"]  # a new rowid in knowledge and its FTS index
-                db[target].insert(row)
+                try:
+                    db[target].insert(row)
+                except sqlite3.IntegrityError:  # knowledge.yaml took the id meanwhile (rolled back)
+                    raise ValueError(f"the id {entry_id!r} is now used by another entry") from None
             return True
         return await self._run(run)
 

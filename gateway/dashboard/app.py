@@ -261,7 +261,11 @@ class Dashboard:
 
     async def toggle_entry(self, request: web.Request) -> web.StreamResponse:
         entry_id, action = request.match_info["id"], request.match_info["action"]
-        if not await self.store.set_learned_enabled(entry_id, action == "enable"):
+        try:
+            moved = await self.store.set_learned_enabled(entry_id, action == "enable")
+        except ValueError as exc:
+            return html(pages.message_page("Not re-enabled", str(exc), request[SESSION]), 409)
+        if not moved:
             return html(pages.message_page("Not found", f"No learned entry {entry_id} to {action}.",
                                            request[SESSION]), 404)
         await self._audit(request, f"{action} knowledge", "ok", target=entry_id)

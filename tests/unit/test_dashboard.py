@@ -295,6 +295,13 @@ async def test_learned_entries_are_edited_disabled_and_re_enabled_live(site: Sit
         async with http.post(f"{site.url}/knowledge/hours/edit", data={**edit, "answer": "Never."}) as admin_edit:
             assert admin_edit.status == 404
         assert await found("open") == ["hours"]
+        # Disabled, then its id taken by knowledge.yaml (loaded at a restart): it cannot come back.
+        async with http.post(f"{site.url}/knowledge/{entry_id}/disable", data={"csrf": token}) as off:
+            assert off.status == 200
+        await site.store.replace_admin_knowledge([KnowledgeEntry(entry_id, "Taken?", "Taken.")])
+        async with http.post(f"{site.url}/knowledge/{entry_id}/enable", data={"csrf": token}) as clash:
+            assert clash.status == 409 and "used by another entry" in await clash.text()
+        assert [k.id for k in await site.store.knowledge_disabled()] == [entry_id]  # still kept aside
     actions = [a["action"] for a in await site.store.staff_audit()]
     assert {"edit knowledge", "disable knowledge", "enable knowledge"} <= set(actions)
 
