@@ -71,9 +71,11 @@ def spread(items: list[dict], limit: int) -> list[dict]:
 
 def cooperative_answer(source: str, expected: list[str]) -> str | None:
     """What a cooperative caller says to the assistant's question, or None if it asked none.
-    "Are you asking: ...?": whether it is their question. "Did you mean Dr. A (or B)?": the name they
-    meant, or no."""
+    "Are you asking: ...?" and "Is this a medical emergency?": whether it is their question. "Did you
+    mean Dr. A (or B)?": the name they meant, or no."""
     kind, _, detail = source.partition(":")
+    if source == "confirm:emergency":
+        return "yes" if "emergency" in expected else "no"
     if kind == "confirm":
         return "yes" if f"answer:{detail}" in expected else "no"
     if kind == "clarify":

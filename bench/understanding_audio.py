@@ -58,7 +58,7 @@ class Judge:
         self.config = cfg = load_config(ROOT / "etc" / "switchboard.yaml")
         wording = cfg.site.wording
         self.sources = {cfg.site.greeting: "greeting", wording.no_speech_prompt: "rule:no_speech",
-                        wording.go_ahead: "rule:go_ahead"}
+                        wording.go_ahead: "rule:go_ahead", wording.confirm_emergency: "confirm:emergency"}
         self.staff = {m.name for m in cfg.site.directory.everyone()}
         self.clarify = re.compile(re.escape(wording.clarify_name).replace(re.escape("{names}"), "(.+)"))
         for entry in cfg.knowledge:

@@ -115,6 +115,8 @@ class Dialog:
         self._last_said: str | None = None  # what "sorry, say that again" repeats
         # The entry we asked "are you asking: ...?" about, and the caller's question that led to it.
         self._confirming: tuple[KnowledgeEntry, str] | None = None
+        # The caller's words that sounded like an emergency, while we ask whether it is one.
+        self._checking_emergency: str | None = None
         self.history: list[dict[str, str]] = []  # chat messages for the LLM, byte-stable across turns
 
     # ---- entry points ----------------------------------------------------------------------------
@@ -143,9 +145,12 @@ class Dialog:
             return Reply(self.wording.no_speech_prompt, source="rule:no_speech")
         return Reply(self.wording.goodbye, Action.END_CALL, source="rule:no_speech")
 
-    async def respond(self, text: str, cancel: threading.Event | None = None) -> Reply:
+    async def respond(self, text: str, cancel: threading.Event | None = None, also_heard: str = "") -> Reply:
+        """The reply to the caller's `text`. `also_heard`: another hearing of the same words (speech
+        recognition listening for an emergency, Transcriber's second prompt); if only that one says
+        an emergency, or the words only sound like one, the caller is asked whether it is one."""
         start = time.perf_counter()
-        reply = await self._decide(text, cancel)
+        reply = await self._decide(text, cancel, also_heard)
         reply.timings_ms.setdefault("dialog", (time.perf_counter() - start) * 1000)
         self._asked_anything_else = bool(self.wording.anything_else) and reply.text.endswith(self.wording.anything_else)
         self._last_said = reply.text
@@ -156,17 +161,26 @@ class Dialog:
         return reply
 
     # ---- the decision ----------------------------------------------------------------------------
-    async def _decide(self, text: str, cancel: threading.Event | None) -> Reply:
+    async def _decide(self, text: str, cancel: threading.Event | None, also_heard: str) -> Reply:
         site = self.site
         if self._last_said is not None and rules.wants_repeat(text):
             # Before a pending message: "sorry, what?" is not the message. The action stays an answer.
             return Reply(self._last_said, source="rule:repeat")
         # Whatever we were waiting for, an emergency comes first. In a thread: the misheard-emergency
         # search costs milliseconds on a long email.
-        if await asyncio.to_thread(rules.is_emergency, text, site):
+        checking, self._checking_emergency = self._checking_emergency, None
+        emergency = await asyncio.to_thread(rules.is_emergency, text, site)
+        if emergency or (checking is not None and rules.is_affirmative(text)):
             await self.call_ended()  # to staff now: a message half-confirmed is kept as it is
             self.awaiting_message = self._confirming = self._clarifying = self._topic = None
             return self._transfer(site.directory.front_desk, "rule:emergency", self.wording.emergency)
+        if checking is not None and rules.is_negative(text):
+            text = checking  # not an emergency: the question they asked, as it was heard
+        elif self.wording.confirm_emergency and any(rules.may_be_emergency(t, site) for t in (text, also_heard)):
+            # Sounding like an emergency, or heard as one only when listening for one: asking costs a
+            # turn, silence a life.
+            self._checking_emergency = text
+            return Reply(self.wording.confirm_emergency, source="confirm:emergency")
         if self.awaiting_message is not None:
             return await self._spoken_message(self.awaiting_message, text)
         if self._callback is not None:

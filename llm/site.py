@@ -146,6 +146,9 @@ class Wording(Strict):
         "If this is a life-threatening emergency, please hang up and dial 9 1 1. "
         "I'm putting you through to our staff right now."
     )
+    # Asked when the caller's words sound like an emergency phrase without being one for sure (a
+    # robotic or noisy voice misheard); empty: never asked (written messages are not misheard).
+    confirm_emergency: str = "Is this a medical emergency?"
     busy: str = "Sorry, all our lines are busy right now. I'm putting you through to our staff."
     # Outbound calls (switchboard call): a one-time code is read digit by digit, twice.
     code_message: str = "Your code is {digits}. Again, your code is {digits}."
@@ -166,6 +169,7 @@ class TextWording(Wording):
     take_message_prompt: str = "Of course. Reply with your message, and I'll pass it on to {name}."
     message_taken: str = "Thank you, I've passed your message on to {name}, who will get back to you."
     emergency: str = "If this is a life-threatening emergency, call 911 now. I've alerted our staff."
+    confirm_emergency: str = ""
     greeting_reply: str = "Hello! How can we help you?"  # to a message that only says hello
 
 
