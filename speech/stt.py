@@ -87,6 +87,9 @@ _ALIGN_FRAMES_PER_S = 50  # encoder frames
 # A prompt word the decoder wrote with a first-token probability below this is dropped: in
 # bench/hearing.py leaks fell from 7 to 2 in 420 utterances, names said and heard from 120 to 117/189.
 _WEAK_NAME_PROB = 0.15
+# A transcript whose average token log-probability is below this is decoded a second time when a
+# second prompt is given (Transcriber.transcribe). Set on bench/understanding_tuning.yaml's voices.
+_SECOND_DECODE_BELOW = -0.3
 
 
 @dataclass
@@ -97,6 +100,8 @@ class Transcript:
     avg_logprob: float | None = None
     no_speech_prob: float | None = None
     path: str = ""  # window (fitted), retry (window stopped early), full (standard 30 s), empty
+    # The same audio decoded again with the second prompt (see Transcriber.transcribe), or "".
+    second_text: str = ""
 
 
 @dataclass
@@ -116,8 +121,10 @@ class SttJob:
     """One queued utterance. Cancelling the future `result()` gives (or calling `cancel()`) before a
     worker takes the job means it is skipped, never transcribed."""
 
-    def __init__(self, queue: "SttQueue", pcm: bytes, prompt: str | None, speculative: bool) -> None:
+    def __init__(self, queue: "SttQueue", pcm: bytes, prompt: str | None, speculative: bool,
+                 second_prompt: str | None = None) -> None:
         self.pcm, self.prompt, self.speculative = pcm, prompt, speculative
+        self.second_prompt = second_prompt
         self.future: Future[Transcript] = Future()
         self._queue = queue
 
@@ -152,8 +159,8 @@ class SttQueue:
         for thread in self._threads:
             thread.start()
 
-    def submit(self, pcm: bytes, prompt: str | None, *, speculative: bool) -> SttJob:
-        job = SttJob(self, pcm, prompt, speculative)
+    def submit(self, pcm: bytes, prompt: str | None, *, speculative: bool, second_prompt: str | None = None) -> SttJob:
+        job = SttJob(self, pcm, prompt, speculative, second_prompt)
         with self._cond:
             if self._closed:
                 raise RuntimeError("stt queue closed")
@@ -312,32 +319,42 @@ class Transcriber:
         self._prompts: dict[str, list[int]] = {}  # prompt text -> tokens; one per site
         self._prompt_words: dict[str, set[str]] = {}  # prompt text -> its words that may leak
         self._suppress = list(get_suppressed_tokens(self._tokenizer, [-1]))
-        self._queue = SttQueue(lambda job: self.transcribe(job.pcm, prompt=job.prompt), workers=workers,
-                               max_queue=max_queue)
+        self._queue = SttQueue(lambda job: self.transcribe(job.pcm, prompt=job.prompt,
+                                                           second_prompt=job.second_prompt),
+                               workers=workers, max_queue=max_queue)
         log.info("stt loaded model=%s ms=%d", model_dir, (time.monotonic() - started) * 1000)
 
     def transcribe(
-        self, pcm8k: bytes, *, prompt: str | None = None, full_window: bool = False
+        self, pcm8k: bytes, *, prompt: str | None = None, full_window: bool = False,
+        second_prompt: str | None = None,
     ) -> Transcript:
         """Transcribe one utterance; full_window=True forces faster-whisper's standard
-        30 s path (to compare against and for benchmarks)."""
+        30 s path (to compare against and for benchmarks).
+
+        With `second_prompt`, an utterance heard with little confidence (a robotic or noisy voice) is
+        decoded once more from the same encoder output, primed with that text instead: words the
+        caller may have said (an emergency) that the first decode turned into others ("I have kept
+        pain"). Only the decoder runs again. The caller decides what the second text is worth."""
         prompt = prompt.strip() if prompt else ""
         started = time.perf_counter()
         audio_ms = len(pcm8k) * 1000 // (2 * SAMPLE_RATE)
         x = pcm_to_float(resample(pcm8k, SAMPLE_RATE, WHISPER_RATE))
-        text, avg_logprob, no_speech_prob, path = "", None, None, "empty"
+        text, avg_logprob, no_speech_prob, path, second = "", None, None, "empty", ""
         if x.size:
-            text, avg_logprob, no_speech_prob, path = self._decode(x, prompt, full_window)
+            text, avg_logprob, no_speech_prob, path, second = self._decode(x, prompt, full_window,
+                                                                           second_prompt or "")
             if _is_phantom(text, x, avg_logprob, no_speech_prob, prompt):
                 log.info("stt dropped phantom chars=%d no_speech=%.2f", len(text), no_speech_prob or 0)
-                text = ""
+                text = second = ""
         elapsed = (time.perf_counter() - started) * 1000
-        log.info("stt done audio_ms=%d ms=%.0f path=%s chars=%d", audio_ms, elapsed, path, len(text))
-        return Transcript(text, audio_ms, elapsed, avg_logprob, no_speech_prob, path)
+        log.info("stt done audio_ms=%d ms=%.0f path=%s chars=%d second=%s", audio_ms, elapsed, path, len(text),
+                 bool(second))
+        return Transcript(text, audio_ms, elapsed, avg_logprob, no_speech_prob, path, second)
 
-    def submit(self, pcm8k: bytes, *, prompt: str | None = None, speculative: bool = False) -> SttJob:
+    def submit(self, pcm8k: bytes, *, prompt: str | None = None, speculative: bool = False,
+               second_prompt: str | None = None) -> SttJob:
         """Queue an utterance for the workers; raises SttBusy when the queue is at its bound."""
-        return self._queue.submit(pcm8k, prompt, speculative=speculative)
+        return self._queue.submit(pcm8k, prompt, speculative=speculative, second_prompt=second_prompt)
 
     async def transcribe_async(self, pcm8k: bytes, *, prompt: str | None = None) -> Transcript:
         return await self.submit(pcm8k, prompt=prompt).result()
@@ -362,8 +379,8 @@ class Transcriber:
         return tokens
 
     def _decode(
-        self, x: np.ndarray, prompt: str, full_window: bool
-    ) -> tuple[str, float | None, float | None, str]:
+        self, x: np.ndarray, prompt: str, full_window: bool, second_prompt: str
+    ) -> tuple[str, float | None, float | None, str, str]:
         features = self._model.feature_extractor(x)
         content = features.shape[-1] - 1  # the extractor appends one frame of padding
         if content <= _SHORT_PATH_MAX_FRAMES and not full_window:
@@ -376,8 +393,13 @@ class Transcriber:
                     if retry is not None and len(retry.tokens) > len(result.tokens):
                         result, path = retry, "retry"
                 text = self._drop_weak_names(result, content, prompt, prompt_tokens) or result.text
-                return text, result.avg_logprob, result.no_speech_prob, path
-        return (*self._decode_full(x, prompt), "full")
+                second = ""
+                if second_prompt and result.avg_logprob < _SECOND_DECODE_BELOW:
+                    again = self._decode_window(features[:, :content], content, self._prompt_tokens(second_prompt),
+                                                encoded=result.encoded)
+                    second = again.text if again is not None else ""
+                return text, result.avg_logprob, result.no_speech_prob, path, second
+        return (*self._decode_full(x, prompt), "full", "")  # 28 s and more: no second decode
 
     def _truncated(self, result: _Decoded, content: int, x: np.ndarray) -> bool:
         """True if the voice goes on well after where the transcript ends (the decoder stopped early)."""
@@ -426,18 +448,20 @@ class Transcriber:
         return re.sub(r",\s*([.?!]|$)", r"\1", text).strip()
 
     def _decode_window(
-        self, features: np.ndarray, content: int, prompt: list[int], window: int | None = None
+        self, features: np.ndarray, content: int, prompt: list[int], window: int | None = None,
+        encoded: ctranslate2.StorageView | None = None,
     ) -> _Decoded | None:
-        """Greedy decode in a window fitted to the audio (or of `window` frames); None if the output
-        looks looped."""
-        window = window or min(_FULL_WINDOW, max(_MIN_WINDOW, -(-(content + _WINDOW_MARGIN) // 100) * 100))
-        padded = np.zeros((features.shape[0], window), dtype=np.float32)
-        padded[:, :content] = features
+        """Greedy decode in a window fitted to the audio (or of `window` frames), from `encoded` if it
+        was encoded already; None if the output looks looped."""
         budget = min(
             _MAX_LENGTH - len(prompt),
             _TOKENS_BASE + _TOKENS_PER_S * content // _FRAMES_PER_S,
         )
-        encoded = self._model.model.encode(ctranslate2.StorageView.from_array(padded[None]), to_cpu=False)
+        if encoded is None:
+            window = window or min(_FULL_WINDOW, max(_MIN_WINDOW, -(-(content + _WINDOW_MARGIN) // 100) * 100))
+            padded = np.zeros((features.shape[0], window), dtype=np.float32)
+            padded[:, :content] = features
+            encoded = self._model.model.encode(ctranslate2.StorageView.from_array(padded[None]), to_cpu=False)
         result = self._model.model.generate(
             encoded, [prompt], beam_size=1, max_length=len(prompt) + budget,
             return_scores=True, return_no_speech_prob=True,

@@ -24,6 +24,7 @@ from gateway.media.audiosocket import AudioIn, AudioSocketCall, Dtmf, Hangup
 from gateway.media.pacer import MediaClock, OutputStream
 from gateway.services import Overloaded, Services
 from gateway.tasks import TaskSet
+from llm import rules
 from llm.dialog import Action, Dialog, Reply
 from llm.site import StaffMember
 from models.privacy import masked, said
@@ -298,8 +299,9 @@ class CallSession:
         utterance may raise SttBusy; a speculation the full queue refuses is a cancelled future (the
         turn, if this was its end, is then transcribed afresh)."""
         try:
-            job = self.services.transcriber.submit(pcm, prompt=self.services.config.site.speech_prompt,
-                                                   speculative=speculative)
+            site = self.services.config.site
+            job = self.services.transcriber.submit(pcm, prompt=site.speech_prompt, speculative=speculative,
+                                                   second_prompt=rules.safety_prompt(site))
         except SttBusy:
             if not speculative:
                 raise
@@ -366,7 +368,7 @@ class CallSession:
                 cancel = self._cancel_llm
                 try:
                     async with asyncio.timeout(cap.dialog_timeout_s):
-                        reply = await self.dialog.respond(text, cancel=cancel)
+                        reply = await self.dialog.respond(text, cancel=cancel, also_heard=transcript.second_text)
                 except TimeoutError:
                     cancel.set()  # the LLM thread stops at its next token
                     raise
