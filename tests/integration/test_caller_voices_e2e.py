@@ -67,3 +67,25 @@ async def test_a_question_for_billing_and_insurance_is_put_through_to_that_perso
                                                        "extension": "204"}
     finally:
         await client.close()
+
+
+async def test_an_emergency_in_words_of_its_own_misheard_still_gets_911_then_a_transfer(  # type: ignore[no-untyped-def]
+        ulaw_gateway, services, robotic) -> None:
+    """Worded as no list words it (written before reading them). tiny.en first hears this voice say "My mad,
+    Ellen, Mckitchen, Laura and T. Wong's wake up."; listening again for an emergency (the safety prompt)
+    it hears "... she won't wake up", so the caller is asked, and a yes gets the 911 wording first."""
+    client, _ = await connect(ulaw_gateway, codec=VOICE.codec)
+    try:
+        await ask(client, robotic, "My dad fell on the kitchen floor and he won't wake up.")
+        wording = services.config.site.wording
+
+        async def said() -> list[str]:
+            return [t.text for t in await services.store.turns(client.call_id) if t.speaker == "assistant"]
+
+        if (await said())[-1] == wording.confirm_emergency:  # heard as one for sure: no question
+            await ask(client, robotic, "Yes.")
+        assert (await said())[-1] == wording.emergency
+        assert await transferred(services, client) == {"source": "rule:emergency", "target": "the front desk",
+                                                       "extension": "200"}
+    finally:
+        await client.close()

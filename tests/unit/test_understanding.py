@@ -11,7 +11,7 @@ import pytest
 from test_dialog import MONDAY_10AM, SITE, dialog, store  # noqa: F401  # store: a real one holding the site's knowledge
 
 from llm import rules
-from llm.dialog import Action
+from llm.dialog import Action, Dialog
 from llm.knowledge import WORDS_SUFFICE, Retriever
 from llm.semantic import Embedder, SemanticIndex
 from models.records import HelpRequest, KnowledgeEntry
@@ -304,3 +304,68 @@ def test_words_of_their_own_are_not_a_misheard_emergency(text: str) -> None:
 ])
 async def test_everyday_words_for_the_same_thing(store: Store, text: str, entry: str) -> None:
     assert (await dialog(store).respond(text)).source == f"knowledge:{entry}"
+
+
+# ---- emergencies that survive bad hearing (issue 9): asked about, never passed over -----------------
+
+def test_sound_keys_ignore_what_tiny_en_gets_wrong_in_robotic_voices() -> None:
+    assert rules.phonetic_key("chest pain") == rules.phonetic_key("just pain")
+    assert rules.phonetic_key("in responsive") == rules.phonetic_key("unresponsive")
+    assert rules.phonetic_key("bleeding") != rules.phonetic_key("filling")
+
+
+@pytest.mark.parametrize("text", ["I have just pain.", "My wife is in responsive."])
+def test_words_that_sound_like_an_emergency_may_be_one(text: str) -> None:
+    assert rules.may_be_emergency(text, SITE) and not rules.is_emergency(text, SITE)
+
+
+@pytest.mark.parametrize("text", ["Do you take Cigna? Quoted earlier mail.", "How expensive is a filling?",
+                                  "Any parking spaces for disabled drivers?", "Can't bring my insurance card, "
+                                  "is that ok?", "Where do I go for my appointment?"])
+def test_everyday_questions_do_not_sound_like_an_emergency(text: str) -> None:
+    assert not rules.may_be_emergency(text, SITE)
+
+
+async def test_sounding_like_an_emergency_asks_and_yes_gets_911_and_the_front_desk(store: Store) -> None:
+    d = dialog(store)
+    asked = await d.respond("I have just pain.")
+    assert (asked.action, asked.source, asked.text) == (Action.ANSWER, "confirm:emergency",
+                                                       SITE.wording.confirm_emergency)
+    reply = await d.respond("Yes.")
+    assert (reply.action, reply.target, reply.source) == (Action.TRANSFER, SITE.directory.front_desk,
+                                                         "rule:emergency")
+    assert reply.text == SITE.wording.emergency
+
+
+async def test_an_emergency_heard_only_by_the_second_hearing_is_asked_about_and_no_answers_the_question(
+        store: Store) -> None:
+    d = dialog(store)
+    asked = await d.respond("I'm having kept pain, are you open today?", also_heard="I'm having chest pain, are you "
+                                                                                     "open today?")
+    assert asked.source == "confirm:emergency"
+    reply = await d.respond("No.")
+    assert reply.source == "rule:hours" and "open" in reply.text  # the question they asked, as first heard
+
+
+async def test_written_messages_are_not_asked_whether_they_are_an_emergency(store: Store) -> None:
+    written = Dialog(SITE, Retriever(store), store, call_id="w1", caller="pat@example.com", written=True,
+                     now=lambda: MONDAY_10AM)
+    reply = await written.respond("I have just pain.")
+    assert reply.source != "confirm:emergency"
+
+
+def test_capitals_and_punctuation_as_whisper_writes_them_do_not_change_the_meaning() -> None:
+    """The embedding model's tokens are case-sensitive; retrieval's thresholds were set on plain words."""
+    index = SemanticIndex(Embedder.packaged())
+    index.update([KnowledgeEntry("after-hours", "What do I do in a dental emergency after hours?", "Call us."),
+                  KnowledgeEntry("hours", "What are your opening hours?", "8 to 5.")])
+    assert index.similarities("What If I Need You When You're Shut?") == index.similarities(
+        "what if i need you when you're shut")
+
+
+async def test_a_question_as_whisper_writes_it_finds_the_entry_the_plain_words_find(store: Store) -> None:
+    retriever = Retriever(store)
+    whisper = await retriever.understand("What if I have a problem over the weekend when you're shut?")
+    plain = await retriever.understand("what if i have a problem over the weekend when you're shut")
+    assert whisper.match is not None and plain.match is not None
+    assert whisper.match.entry.id == plain.match.entry.id == "after-hours"
