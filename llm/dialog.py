@@ -227,12 +227,12 @@ class Dialog:
 
         t0 = time.perf_counter()
         matches = await self.retriever.search(text, limit=3)
-        verdict = await self.retriever.understand(text)
+        verdict = await self.retriever.understand(self._as_tuned(text))
         if follow_up and not verdict.sure:
             # "How much is that?": read with the question it follows.
             assert topic is not None
             text = " ".join(f"{topic[1]} {text}".split()[-_TOPIC_WORDS:])
-            combined = await self.retriever.understand(text)
+            combined = await self.retriever.understand(self._as_tuned(text))
             if combined.sure or verdict.match is None:
                 verdict = combined
         best = verdict.match if verdict.sure else None
@@ -259,6 +259,13 @@ class Dialog:
             reply = await self._escalate(text)
         reply.timings_ms["retrieval"] = retrieval_ms
         return reply
+
+    def _as_tuned(self, text: str) -> str:
+        """Spoken words in lower case without punctuation, as the retrieval thresholds were set on them:
+        the embedding model is case-sensitive, and Whisper's capitals are its own ("What if ... shut?"
+        came out nearer the hours than the after-hours entry). Written words keep theirs: there a
+        capital "How ...?" is nearer the entries' own questions, and written replies were set on it."""
+        return text if self.written else rules.normalize(text)
 
     def _answer(self, text: str, source: str, question: str) -> Reply:
         """An answer from the knowledge or the hours; `question` is kept for a follow-up to be read with."""

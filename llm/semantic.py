@@ -10,7 +10,6 @@ packaged files directly, without importing the package.
 from __future__ import annotations
 
 import importlib.util
-import re
 from pathlib import Path
 
 import numpy as np
@@ -19,16 +18,6 @@ from models.records import KnowledgeEntry
 
 _WEIGHTS = Path("weights") / "l2_supercat_256.safetensors"
 _TOKENIZER = Path("tokenizers") / "l2_supercat_tokenizer_config.json"
-
-
-_WORD = re.compile(r"[\w']+")
-
-
-def plain(text: str) -> str:
-    """A caller's words as the thresholds were set on them: lower case, no punctuation. The embedding
-    model's tokens are case-sensitive: Whisper's "What if ... shut?" came out nearer the hours than
-    "what if ... shut" (tests/unit/test_understanding.py)."""
-    return " ".join(_WORD.findall(text.lower().replace("\u2019", "'")))
 
 
 class EmbedderError(RuntimeError):
@@ -102,7 +91,7 @@ class SemanticIndex:
         """Each entry's best cosine similarity between `text` and its question, phrasings or answer."""
         if not self._owners:
             return {}
-        sims = self._matrix @ self.embedder.embed([plain(text)])[0]
+        sims = self._matrix @ self.embedder.embed([text])[0]
         best: dict[str, float] = {}
         for owner, sim in zip(self._owners, sims.tolist()):
             best[owner] = max(best.get(owner, -1.0), sim)

@@ -354,18 +354,8 @@ async def test_written_messages_are_not_asked_whether_they_are_an_emergency(stor
     assert reply.source != "confirm:emergency"
 
 
-def test_capitals_and_punctuation_as_whisper_writes_them_do_not_change_the_meaning() -> None:
-    """The embedding model's tokens are case-sensitive; retrieval's thresholds were set on plain words."""
-    index = SemanticIndex(Embedder.packaged())
-    index.update([KnowledgeEntry("after-hours", "What do I do in a dental emergency after hours?", "Call us."),
-                  KnowledgeEntry("hours", "What are your opening hours?", "8 to 5.")])
-    assert index.similarities("What If I Need You When You're Shut?") == index.similarities(
-        "what if i need you when you're shut")
-
-
-async def test_a_question_as_whisper_writes_it_finds_the_entry_the_plain_words_find(store: Store) -> None:
-    retriever = Retriever(store)
-    whisper = await retriever.understand("What if I have a problem over the weekend when you're shut?")
-    plain = await retriever.understand("what if i have a problem over the weekend when you're shut")
-    assert whisper.match is not None and plain.match is not None
-    assert whisper.match.entry.id == plain.match.entry.id == "after-hours"
+async def test_a_question_as_whisper_writes_it_gets_the_answer_its_plain_words_get(store: Store) -> None:
+    """The embedding model is case-sensitive; spoken thresholds were set on plain words."""
+    whisper = await dialog(store).respond("What if I have a problem over the weekend when you're shut?")
+    plain = await dialog(store).respond("what if i have a problem over the weekend when you're shut")
+    assert whisper.source == plain.source == "confirm:after-hours"
