@@ -71,9 +71,11 @@ async def test_a_question_for_billing_and_insurance_is_put_through_to_that_perso
 
 async def test_an_emergency_in_words_of_its_own_misheard_still_gets_911_then_a_transfer(  # type: ignore[no-untyped-def]
         ulaw_gateway, services, robotic) -> None:
-    """Worded as no list words it (written before reading them). tiny.en first hears this voice say "My mad,
-    Ellen, Mckitchen, Laura and T. Wong's wake up."; listening again for an emergency (the safety prompt)
-    it hears "... she won't wake up", so the caller is asked, and a yes gets the 911 wording first."""
+    """No word list had this wording before (rules.LIFE_THREATENING now has "won't wake up").
+    Transcribed alone, this voice's words come out of tiny.en as "My mad, Ellen, Mckitchen, Laura and
+    T. Wong's wake up.", and decoded again primed for emergencies (rules.safety_prompt) as "... she
+    won't wake up.": the caller is asked whether it is an emergency, and their yes gets the 911
+    wording first. On main: "I don't know the answer"."""
     client, _ = await connect(ulaw_gateway, codec=VOICE.codec)
     try:
         await ask(client, robotic, "My dad fell on the kitchen floor and he won't wake up.")
