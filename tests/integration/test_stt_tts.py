@@ -406,3 +406,27 @@ def test_a_prompt_name_the_caller_did_not_say_is_not_written(
 def test_names_really_said_keep_the_prompt_spelling(text: str, name: str, synth: Synthesizer,
                                                     transcriber: Transcriber) -> None:
     assert name in normalize_text(transcriber.transcribe(padded(synth.synthesize(text)), prompt=SITE_PROMPT).text)
+
+
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
+def test_a_doubtful_utterance_is_heard_again_with_the_second_prompt(transcriber: Transcriber) -> None:
+    """A robotic voice over a noisy u-law line: tiny.en hears "I have chest pain" with little confidence
+    and as no emergency; primed with the site's safety prompt, the same encoder output is decoded as
+    one. (Primed words leak into that hearing too, which is why it only leads to a question.)"""
+    from gateway.config import load_config
+    from llm import rules
+    from tests.support.voices import line_noise
+
+    site = load_config(Path(__file__).resolve().parents[2] / "etc" / "switchboard.yaml").site
+    said = "I have chest pain"
+    pcm = audio.ulaw_decode(audio.ulaw_encode(line_noise(espeak(said, "en-us", 150), 25, seed=len(said))))
+    t = transcriber.transcribe(pcm, prompt=site.speech_prompt, second_prompt=rules.safety_prompt(site))
+    assert t.avg_logprob is not None and t.avg_logprob < -0.3
+    assert not rules.is_emergency(t.text, site) and rules.is_emergency(t.second_text, site), t
+    assert transcriber.transcribe(pcm, prompt=site.speech_prompt).second_text == ""  # no second prompt
+
+
+def test_a_confident_utterance_is_decoded_once(transcriber: Transcriber, synth: Synthesizer) -> None:
+    t = transcriber.transcribe(synth.synthesize("Do you take Delta Dental insurance?"),
+                               prompt="Bright Smile Dental.", second_prompt="Emergency! Chest pain.")
+    assert "delta dental" in normalize_text(t.text) and t.second_text == ""
