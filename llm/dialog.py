@@ -119,6 +119,11 @@ class Dialog:
         self._checking_emergency: str | None = None
         self.history: list[dict[str, str]] = []  # chat messages for the LLM, byte-stable across turns
 
+    @property
+    def expects_number(self) -> bool:
+        """We asked the caller for a callback number: their turn may pause between groups of digits."""
+        return self._callback is not None and self._callback.asked == "number"
+
     # ---- entry points ----------------------------------------------------------------------------
     def greeting(self) -> Reply:
         self._last_said = self.site.greeting

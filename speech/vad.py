@@ -17,16 +17,24 @@ everything up to the end of the last voiced stretch plus at most
 `tentative_silence_ms` of the silence after it. Hence when a TentativeEnd(seq) is
 not followed by SpeechResumed(seq), the Utterance(seq).pcm is byte-identical to the
 TentativeEnd(seq).pcm, and a transcript started on the TentativeEnd can be reused.
+
+When the turn ends (`end_of_turn`): "fixed", after `end_silence_ms` of silence. "adaptive", on what
+the caller said so far: the transcript started on the TentativeEnd is handed to `decide()`, and the
+turn ends after `complete_silence_ms` of silence if it reads finished (speech/turn.py),
+`incomplete_silence_ms` if not, `digits_silence_ms` while a number is being given. Until then (and
+if no transcript comes) the endpointer waits as for an unfinished turn.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+from typing import Literal
 
 import webrtcvad
 
 from .audio import FRAME_BYTES, FRAME_MS, SAMPLE_RATE
+from .turn import Completion, completion
 from .voice import VoiceDetector
 
 # A pause is only broken by this many consecutive voiced frames: lone voiced frames
@@ -50,13 +58,24 @@ class EndpointerConfig:
     confirm_ms: int = 300
     min_voice_ms: int = 100  # speech (by the second opinion) an utterance needs; less is noise
     voice_threshold: float = 0.5  # Silero speech probability of a 32 ms window
+    end_of_turn: Literal["fixed", "adaptive"] = "fixed"  # "fixed": end_silence_ms; "adaptive": the silence the words call for
+    complete_silence_ms: int = 200  # adaptive: the words so far read as a finished turn
+    incomplete_silence_ms: int = 1500  # adaptive: they do not (or no verdict yet)
+    digits_silence_ms: int = 2000  # adaptive: a number or code is being given
 
     def __post_init__(self) -> None:
         if self.mode not in (0, 1, 2, 3):
             raise ValueError("mode must be 0, 1, 2 or 3")
+        if self.end_of_turn not in ("fixed", "adaptive"):
+            raise ValueError("end_of_turn must be fixed or adaptive")
+        if not self.tentative_silence_ms <= self.complete_silence_ms <= self.incomplete_silence_ms:
+            raise ValueError("need tentative_silence_ms <= complete_silence_ms <= incomplete_silence_ms")
+        if self.digits_silence_ms < self.complete_silence_ms:
+            raise ValueError("digits_silence_ms must not be below complete_silence_ms")
         if not 0 < self.voice_threshold < 1:
             raise ValueError("voice_threshold must be between 0 and 1")
-        for name in ("start_ms", "tentative_silence_ms", "end_silence_ms", "max_utterance_ms", "confirm_ms"):
+        for name in ("start_ms", "tentative_silence_ms", "end_silence_ms", "max_utterance_ms", "confirm_ms",
+                     "complete_silence_ms", "incomplete_silence_ms", "digits_silence_ms"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
         for name in ("preroll_ms", "min_speech_ms", "min_voice_ms"):
@@ -94,6 +113,7 @@ class Utterance:
     speech_ms: int  # first voiced frame to end of the last voiced stretch
     seq: int
     reason: str  # "silence" | "max_length"
+    silence_ms: int = 0  # of trailing silence waited before the turn was ended
 
 
 @dataclass(frozen=True)
@@ -127,6 +147,10 @@ class Endpointer:
         self._preroll = c.preroll_ms // FRAME_MS
         self._tentative = _frames(c.tentative_silence_ms)
         self._end = max(_frames(c.end_silence_ms), self._tentative)
+        self._adaptive = c.end_of_turn == "adaptive"
+        self._waits = {Completion.COMPLETE: _frames(c.complete_silence_ms),
+                       Completion.INCOMPLETE: _frames(c.incomplete_silence_ms),
+                       Completion.DIGITS: _frames(c.digits_silence_ms)}
         self._max = _frames(c.max_utterance_ms)
         self._min_speech = _frames(c.min_speech_ms)
         self._seq = 0
@@ -146,6 +170,7 @@ class Endpointer:
         self._voice_end = 0  # index in _buffer just after the last voiced stretch
         self._run = 0  # consecutive voiced frames at the buffer's end
         self._tentative_sent = False
+        self._verdict: Completion | None = None  # adaptive: how the words at this pause read
         self._voiced = 0  # webrtcvad voiced frames since the onset
         self._confirmed = False
 
@@ -206,18 +231,37 @@ class Endpointer:
             self._voice_end = len(self._buffer)
             if self._tentative_sent:
                 self._tentative_sent = False
+                self._verdict = None
                 events.append(SpeechResumed(self._seq))
-        # Voiced frames that may yet end the pause are not counted as silence meanwhile.
-        silence = len(self._buffer) - self._voice_end - self._run
+        silence = self._silence()
         long_enough = self._voice_end - self._onset >= self._min_speech and self._has_voice()
         if silence >= self._tentative and not self._tentative_sent and long_enough:
             self._tentative_sent = True
             events.append(TentativeEnd(self._kept_pcm(), self._seq))
-        if silence >= self._end:
+        if silence >= self._end_frames():
             events.append(self._finish("silence"))
         elif len(self._buffer) >= self._max:
             events.append(self._finish("max_length"))
         return events
+
+    def _silence(self) -> int:
+        """Frames of the current pause; voiced frames that may yet end it are not counted meanwhile."""
+        assert self._buffer is not None
+        return len(self._buffer) - self._voice_end - self._run
+
+    def _end_frames(self) -> int:
+        if not self._adaptive:
+            return self._end
+        return self._waits[self._verdict or Completion.INCOMPLETE]
+
+    def decide(self, seq: int, text: str | None, *, expecting_number: bool = False) -> list[Event]:
+        """Adaptive: the words of utterance `seq` up to its current pause (the transcript of its
+        TentativeEnd; None: none came, the turn is waited on as unfinished). Ends the turn now if its
+        pause is already long enough for them. Ignored if the caller spoke on (SpeechResumed) meanwhile."""
+        if not self._adaptive or self._buffer is None or seq != self._seq or not self._tentative_sent:
+            return []
+        self._verdict = Completion.INCOMPLETE if text is None else completion(text, expecting_number=expecting_number)
+        return [self._finish("silence")] if self._silence() >= self._end_frames() else []
 
     def _kept_pcm(self) -> bytes:
         assert self._buffer is not None
@@ -229,10 +273,11 @@ class Endpointer:
     def _finish(self, reason: str) -> Utterance | SpeechDropped:
         speech_frames = self._voice_end - self._onset
         pcm = self._kept_pcm()
+        silence_ms = self._silence() * FRAME_MS
         self._buffer = None
         self._history.clear()
         if speech_frames < self._min_speech:
             return SpeechDropped(self._seq, speech_frames * FRAME_MS)
         if not self._has_voice():
             return SpeechDropped(self._seq, speech_frames * FRAME_MS, "no voice")
-        return Utterance(pcm, speech_frames * FRAME_MS, self._seq, reason)
+        return Utterance(pcm, speech_frames * FRAME_MS, self._seq, reason, silence_ms)

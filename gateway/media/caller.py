@@ -108,6 +108,10 @@ class CallerClient:
         """Send no frames for a while, as Asterisk does during DTX, hold or silence suppression."""
         self._silent_until = time.monotonic() + seconds
 
+    def send_again(self) -> None:
+        """End a send_nothing() early: the gateway's frame-counted clock stood still meanwhile."""
+        self._silent_until = 0.0
+
     def dtmf(self, digit: str) -> None:
         self._outgoing.put_nowait((_HEADER.pack(KIND_DTMF, 1) + digit.encode(), None))
 

@@ -7,7 +7,8 @@ cancelled, which drops its queued audio and stops its LLM/TTS work. If that inte
 turns out to hold no words, the reply resumes from the clause that was cut. An utterance that
 ends while our reply still plays (too short to confirm, or calls.barge_in off) is held and
 answered once the reply is over. STT starts speculatively at a short pause and is reused when the
-pause turns out to be the end of the turn.
+pause turns out to be the end of the turn; with `vad.end_of_turn: adaptive` its words also decide
+how long that pause must last to end the turn (speech/vad.py).
 """
 
 from __future__ import annotations
@@ -234,6 +235,8 @@ class CallSession:
                 self._interrupt(event.seq)
         elif isinstance(event, TentativeEnd):
             self._speculation = _Speculation(event.seq, self._tasks.spawn(self._transcribe(event.pcm)))
+            if self.services.config.vad.end_of_turn == "adaptive":
+                self._speculation.task.add_done_callback(self._speculated)
         elif isinstance(event, SpeechResumed):
             self._drop_speculation()
         elif isinstance(event, SpeechDropped):
@@ -255,8 +258,17 @@ class CallSession:
                 log.info("utterance held call=%s audio_ms=%d", self.call.call_id, event.speech_ms)
                 self._held.append(event)
                 return
-            turn = _Turn(ended_at=time.monotonic(), timings={"endpoint": float(self.services.config.vad.end_silence_ms)})
+            turn = _Turn(ended_at=time.monotonic(), timings={"endpoint": float(event.silence_ms)})
             self._start_reply(self._answer(self._with_held(event), speculation, turn))
+
+    def _speculated(self, task: asyncio.Task[Transcript]) -> None:
+        """Adaptive end of turn: the words up to the pause say how long to wait for more."""
+        speculation = self._speculation
+        if speculation is None or speculation.task is not task:  # dropped: the caller spoke on
+            return
+        text = None if task.cancelled() or task.exception() is not None else task.result().text
+        for event in self.endpointer.decide(speculation.seq, text, expecting_number=self.dialog.expects_number):
+            self._on_vad(event)
 
     def _interrupt(self, seq: int) -> None:
         """Barge-in confirmed: stop the reply now, keeping what the caller has not heard of it."""

@@ -181,3 +181,90 @@ def test_rejects_wrong_frame_size() -> None:
     for size in (0, 160, 319, 640):
         with pytest.raises(ValueError, match=f"{size} bytes"):
             ep.feed(bytes(size))
+
+
+def adaptive_run(pcm: bytes, words: str | None, decide_after_frames: int = 3,
+                 config: EndpointerConfig | None = None, **kw: bool) -> list[tuple[int, object]]:
+    """Feed pcm frame by frame in adaptive mode; `words` reach decide() this many frames after each
+    TentativeEnd (as a speculative transcript would)."""
+    ep = Endpointer(config or EndpointerConfig(end_of_turn="adaptive"))
+    out: list[tuple[int, object]] = []
+    due: tuple[int, int] | None = None
+    for i, frame in enumerate(audio.split_frames(pcm)):
+        if due is not None and due[0] == i:
+            out += [(i, e) for e in ep.decide(due[1], words, **kw)]
+            due = None
+        for e in ep.feed(frame):
+            out.append((i, e))
+            if isinstance(e, TentativeEnd):
+                due = (i + decide_after_frames, e.seq)
+            elif isinstance(e, SpeechResumed):
+                due = None
+    return out
+
+
+def ended_after_voice(voice_pcm: bytes, events: list[tuple[int, object]]) -> int:
+    """Frames from the end of the voice to the Utterance."""
+    _, last = voiced_span(voice_pcm)
+    return next(i for i, e in events if isinstance(e, Utterance)) - last
+
+
+def test_adaptive_ends_a_complete_turn_as_soon_as_its_words_are_read(voice: dict[str, bytes]) -> None:
+    pcm = voice[SENTENCE] + silence(3000)
+    fixed = ended_after_voice(pcm, run(pcm))
+    quick = ended_after_voice(pcm, adaptive_run(pcm, SENTENCE, decide_after_frames=3))
+    assert quick < fixed
+    utterance = next(e for _, e in adaptive_run(pcm, SENTENCE) if isinstance(e, Utterance))
+    tentative = next(e for _, e in adaptive_run(pcm, SENTENCE) if isinstance(e, TentativeEnd))
+    assert utterance.pcm == tentative.pcm  # the speculative transcript stays reusable
+    assert utterance.silence_ms == 200 + 2 * 20  # decided before the third frame after the TentativeEnd
+
+
+@pytest.mark.parametrize("words, wait_ms", [
+    ("Please book me a cleaning appointment for", 1500),  # unfinished: incomplete_silence_ms
+    ("My number is five five five", 2000),  # a number being given: digits_silence_ms
+    (None, 1500),  # no transcript came (STT refused it): waited on as unfinished
+])
+def test_adaptive_waits_longer_on_an_unfinished_turn(voice: dict[str, bytes], words: str | None, wait_ms: int) -> None:
+    pcm = voice[SENTENCE] + silence(3000)
+    utterance = next(e for _, e in adaptive_run(pcm, words) if isinstance(e, Utterance))
+    assert utterance.silence_ms == wait_ms
+
+
+def test_adaptive_waits_on_digits_when_a_number_was_asked_for(voice: dict[str, bytes]) -> None:
+    pcm = voice[SENTENCE] + silence(3000)
+    asked = next(e for _, e in adaptive_run(pcm, "5 5", expecting_number=True) if isinstance(e, Utterance))
+    assert asked.silence_ms == 2000
+    not_asked = next(e for _, e in adaptive_run(pcm, "5 5") if isinstance(e, Utterance))
+    assert not_asked.silence_ms < 2000
+
+
+def test_adaptive_pause_mid_sentence_is_one_utterance_and_fixed_cuts_it(voice: dict[str, bytes]) -> None:
+    pcm = voice[SENTENCE] + silence(900) + voice[SECOND] + silence(3000)
+    fixed = [e for _, e in run(pcm) if isinstance(e, Utterance)]
+    adaptive = [e for _, e in adaptive_run(pcm, "Please book me a cleaning appointment for next Tuesday and")
+                if isinstance(e, Utterance)]
+    assert len(fixed) == 2 and len(adaptive) == 1
+
+
+def test_decide_is_ignored_once_the_caller_spoke_on_and_in_fixed_mode(voice: dict[str, bytes]) -> None:
+    for config in (EndpointerConfig(end_of_turn="adaptive"), EndpointerConfig()):
+        ep = Endpointer(config)
+        frames = audio.split_frames(voice[SENTENCE] + silence(300))
+        events = [e for f in frames for e in ep.feed(f)]
+        seq = next(e.seq for e in events if isinstance(e, TentativeEnd))
+        assert ep.decide(seq + 1, "Thanks.") == []  # not this utterance
+        ended = ep.decide(seq, "Thanks.")
+        assert [type(e) for e in ended] == ([Utterance] if config.end_of_turn == "adaptive" else [])
+        assert ep.decide(seq, "Thanks.") == []  # already ended
+
+
+@pytest.mark.parametrize("bad", [
+    {"end_of_turn": "smart"},
+    {"complete_silence_ms": 100},  # below tentative_silence_ms: the transcript would come too late
+    {"incomplete_silence_ms": 150},
+    {"digits_silence_ms": 0},
+])
+def test_adaptive_settings_are_checked(bad: dict) -> None:
+    with pytest.raises(ValueError):
+        EndpointerConfig(**bad)
