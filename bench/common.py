@@ -50,12 +50,13 @@ def peak_rss_mb(pid: int) -> float:
 
 @contextlib.asynccontextmanager
 async def gateway_process(calls: dict | None = None, ready_line: str = "phrases prepared", *,
-                          sections: dict | None = None, http_port: int = 0,
+                          sections: dict | None = None, http_port: int = 0, vad: dict | None = None,
                           ) -> AsyncIterator[tuple[int, subprocess.Popen, Path]]:
     """`switchboard run` on the example site and a free loopback port; yields once `ready_line` is logged.
 
-    `calls` overrides keys of the config's `calls:` section (e.g. admission limits for load tests);
-    `sections` replaces whole top-level sections (e.g. `messaging`, `http`). The HTTP API listens on
+    `calls` and `vad` override keys of the config's `calls:` and `vad:` sections (e.g. admission limits
+    for load tests, the end-of-turn mode); `sections` replaces whole top-level sections (e.g.
+    `messaging`, `http`). The HTTP API listens on
     `http_port` (0: any free port, so benchmarks never collide with a service on 8080).
     """
     port = free_port()
@@ -64,6 +65,7 @@ async def gateway_process(calls: dict | None = None, ready_line: str = "phrases 
         shutil.copytree(ROOT / "etc", etc)
         config = yaml.safe_load((etc / "switchboard.yaml").read_text())
         config["calls"] = {**config.get("calls", {}), **(calls or {})}
+        config["vad"] = {**config.get("vad", {}), **(vad or {})}
         config.update(sections or {})
         (etc / "switchboard.yaml").write_text(yaml.safe_dump(config))
         data = Path(tmp) / "data"

@@ -2,9 +2,10 @@
 
 Plays synthesised caller questions into the AudioSocket port in real time and prints p50/p90 of
 voice-to-voice latency (end of caller speech -> first non-silent reply frame) with its split, the
-barge-in reaction time (caller speech onset -> our audio stops) and the gateway's peak RSS.
+barge-in reaction time (caller speech onset -> our audio stops) and the gateway's peak RSS, for each
+end-of-turn mode asked for (`vad.end_of_turn`; one gateway each, run one after the other).
 
-    .venv/bin/python bench/latency.py [--calls 4]
+    .venv/bin/python bench/latency.py [--calls 4] [--end-of-turn fixed,adaptive]
 """
 
 from __future__ import annotations
@@ -102,27 +103,31 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--calls", type=int, default=4)
     parser.add_argument("--barge-in-trials", type=int, default=5)
+    parser.add_argument("--end-of-turn", default="fixed,adaptive", help="vad.end_of_turn modes to measure")
     args = parser.parse_args()
     synth = Synthesizer(bundled_piper_voice())
     speech = {q: synth.synthesize(q) for q in [*QUESTIONS, BARGE_IN]}
-    async with gateway_process() as (port, proc, data):
-        latencies = await measure_latency(port, speech, QUESTIONS, args.calls)
-        reactions = await measure_barge_in(port, speech[BARGE_IN], args.barge_in_trials)
-        rss = peak_rss_mb(proc.pid)
-        split = split_timings(data / "switchboard.db", sorted({c for _, _, c in latencies}))
-    v2v = [ms for _, ms, _ in latencies]
-    rows = [("voice-to-voice (client)", f"{percentile(v2v, 50):.0f}", f"{percentile(v2v, 90):.0f}", str(len(v2v)))]
-    for key in ("caller:endpoint", "caller:stt_wait", "caller:stt", "assistant:retrieval", "assistant:dialog",
-                "assistant:tts_first", "assistant:voice_to_voice"):
-        values = split.get(key, [])
-        rows.append((key.split(":")[1] if key != "assistant:voice_to_voice" else "voice-to-voice (server)",
-                     f"{percentile(values, 50):.0f}", f"{percentile(values, 90):.0f}", str(len(values))))
-    rows.append(("barge-in reaction", f"{percentile(reactions, 50):.0f}", f"{percentile(reactions, 90):.0f}",
-                 str(len(reactions))))
-    print(table(rows, ("measure (ms)", "p50", "p90", "n")))
-    print(f"\npeak RSS of the gateway process: {rss:.0f} MB")
-    for question, ms, _ in latencies:
-        print(f"  {ms:6.0f} ms  {question}")
+    rows = []
+    for mode in args.end_of_turn.split(","):
+        async with gateway_process(vad={"end_of_turn": mode}) as (port, proc, data):
+            latencies = await measure_latency(port, speech, QUESTIONS, args.calls)
+            reactions = await measure_barge_in(port, speech[BARGE_IN], args.barge_in_trials)
+            rss = peak_rss_mb(proc.pid)
+            split = split_timings(data / "switchboard.db", sorted({c for _, _, c in latencies}))
+        v2v = [ms for _, ms, _ in latencies]
+        rows.append((mode, "voice-to-voice (client)", f"{percentile(v2v, 50):.0f}", f"{percentile(v2v, 90):.0f}",
+                     str(len(v2v))))
+        for key in ("caller:endpoint", "caller:stt_wait", "caller:stt", "assistant:retrieval", "assistant:dialog",
+                    "assistant:tts_first", "assistant:voice_to_voice"):
+            values = split.get(key, [])
+            rows.append((mode, key.split(":")[1] if key != "assistant:voice_to_voice" else "voice-to-voice (server)",
+                         f"{percentile(values, 50):.0f}", f"{percentile(values, 90):.0f}", str(len(values))))
+        rows.append((mode, "barge-in reaction", f"{percentile(reactions, 50):.0f}", f"{percentile(reactions, 90):.0f}",
+                     str(len(reactions))))
+        print(f"{mode}: peak RSS of the gateway process: {rss:.0f} MB")
+        for question, ms, _ in latencies:
+            print(f"  {ms:6.0f} ms  {question}")
+    print(table(rows, ("end of turn", "measure (ms)", "p50", "p90", "n")))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,12 @@ frames later as the transcription took here (so a slow, loaded machine waits lon
   wait     last word -> turn ended (includes webrtcvad's own hang-over)
   to text  last word -> turn ended AND its transcript ready (what the dialog waits for)
 
+Then, for every pause the adaptive endpointer saw, how the text verdict read it (a pause mid-sentence
+read as finished would cut the caller off; the end of a turn read as unfinished waits too long), and
+with --smart-turn the same for the Smart Turn v3.2 model (bench/smart_turn.py), with its cost.
+
     .venv/bin/python bench/turns.py [--quick] [--voices piper,espeak] [--channels 8k,ulaw] [--stt-ms N]
+                                    [--smart-turn smart-turn-v3.2-cpu.onnx]
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import math
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +65,7 @@ class Clip:
 class Outcome:
     end_ms: int | None  # when the endpointer ended the turn (None: never)
     text_ms: int | None  # when that turn's transcript was ready
+    pauses: list[tuple[int, bytes, str]] = field(default_factory=list)  # (ms, audio, words) per TentativeEnd
 
 
 def silence(ms: int) -> bytes:
@@ -107,6 +113,7 @@ def simulate(pcm: bytes, config: EndpointerConfig, stt: Stt, decisions_us: list[
     adaptive = config.end_of_turn == "adaptive"
     pending: tuple[int, int, str] | None = None  # (frame at which the transcript is ready, seq, text)
     speculation: tuple[bytes, int] | None = None  # (audio, ms at which its transcript is ready)
+    pauses: list[tuple[int, bytes, str]] = []
     for i, frame in enumerate(audio.split_frames(pcm)):
         timed: list[tuple[int, object]] = []
         if pending is not None and pending[0] <= i:
@@ -118,6 +125,7 @@ def simulate(pcm: bytes, config: EndpointerConfig, stt: Stt, decisions_us: list[
         for now, event in timed:
             if isinstance(event, TentativeEnd):
                 text, ms = stt(event.pcm)
+                pauses.append((now, event.pcm, text))
                 speculation = (event.pcm, now + math.ceil(ms))
                 if adaptive:
                     pending = (i + 1 + math.ceil(ms / FRAME_MS), event.seq, text)
@@ -125,9 +133,9 @@ def simulate(pcm: bytes, config: EndpointerConfig, stt: Stt, decisions_us: list[
                 pending = speculation = None
             elif isinstance(event, Utterance):
                 if speculation is not None and speculation[0] == event.pcm:
-                    return Outcome(now, max(now, speculation[1]))
-                return Outcome(now, now + math.ceil(stt(event.pcm)[1]))
-    return Outcome(None, None)
+                    return Outcome(now, max(now, speculation[1]), pauses)
+                return Outcome(now, now + math.ceil(stt(event.pcm)[1]), pauses)
+    return Outcome(None, None, pauses)
 
 
 def clips(items: list[dict], voices: list[str], channels: list[str]) -> dict[tuple[str, str], list[Clip]]:
@@ -159,6 +167,30 @@ def row(label: tuple[str, ...], results: list[tuple[Clip, Outcome]]) -> tuple[st
             f"{np.mean(waits):.0f}", f"{percentile(waits, 90):.0f}", f"{np.mean(to_text):.0f}", f"{percentile(to_text, 90):.0f}")
 
 
+def verdicts(results: list[tuple[Clip, Outcome]], model_path: Path | None) -> None:
+    """How each verdict read the pauses of the adaptive runs: mid-sentence ones and turn ends."""
+    pauses = [(now < clip.speech_end_ms, pcm, text) for clip, o in results for now, pcm, text in o.pauses]
+    finished = {"text": [completion(text).value == "complete" for _, _, text in pauses]}
+    costs: list[float] = []
+    if model_path is not None:
+        from smart_turn import SmartTurn
+
+        model = SmartTurn(model_path)
+        judged = [model.complete(pcm) for _, pcm, _ in pauses]
+        costs = [ms for _, ms in judged]
+        finished["smart turn v3.2"] = [p > 0.5 for p, _ in judged]
+        finished["both read finished"] = [a and b for a, b in zip(finished["text"], finished["smart turn v3.2"])]
+    rows = []
+    for name, said in finished.items():
+        mids = [f for (mid, _, _), f in zip(pauses, said) if mid]
+        ends = [f for (mid, _, _), f in zip(pauses, said) if not mid]
+        rows.append((name, f"{sum(mids)}/{len(mids)}", f"{len(ends) - sum(ends)}/{len(ends)}"))
+    print(table(rows, ("verdict", "mid-sentence pauses read finished", "turn ends read unfinished")))
+    if costs:
+        print(f"smart turn cost per decision (1 thread, features included): p50 {percentile(costs, 50):.0f} ms, "
+              f"p90 {percentile(costs, 90):.0f} ms, n={len(costs)}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="every other turn of the corpus")
@@ -166,6 +198,7 @@ def main() -> None:
     parser.add_argument("--channels", default="8k,ulaw")
     parser.add_argument("--stt-ms", type=float, help="take this STT latency instead of the measured one")
     parser.add_argument("--verbose", action="store_true", help="each clip's outcome")
+    parser.add_argument("--smart-turn", type=Path, help="smart-turn-v3.2-cpu.onnx: also judge pauses with it")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         config = load_config(ROOT / "etc" / "switchboard.yaml", data_dir=Path(tmp))
@@ -191,6 +224,8 @@ def main() -> None:
           f"{percentile(decisions_us, 90):.0f}")
     for text, _ in stt.cache.values() if args.verbose else []:
         print(f"{completion(text).value:10} {text}")
+    print()
+    verdicts(totals["adaptive"], args.smart_turn)
 
 
 if __name__ == "__main__":

@@ -68,10 +68,12 @@ class EndpointerConfig:
             raise ValueError("mode must be 0, 1, 2 or 3")
         if self.end_of_turn not in ("fixed", "adaptive"):
             raise ValueError("end_of_turn must be fixed or adaptive")
-        if not self.tentative_silence_ms <= self.complete_silence_ms <= self.incomplete_silence_ms:
-            raise ValueError("need tentative_silence_ms <= complete_silence_ms <= incomplete_silence_ms")
-        if self.digits_silence_ms < self.complete_silence_ms:
-            raise ValueError("digits_silence_ms must not be below complete_silence_ms")
+        # Adaptive: the verdict comes from the transcript started at tentative_silence_ms, so no wait is shorter.
+        if self.end_of_turn == "adaptive" and not (
+                self.tentative_silence_ms <= self.complete_silence_ms <= min(self.incomplete_silence_ms,
+                                                                             self.digits_silence_ms)):
+            raise ValueError("end_of_turn adaptive needs tentative_silence_ms <= complete_silence_ms <= "
+                             "incomplete_silence_ms and digits_silence_ms")
         if not 0 < self.voice_threshold < 1:
             raise ValueError("voice_threshold must be between 0 and 1")
         for name in ("start_ms", "tentative_silence_ms", "end_silence_ms", "max_utterance_ms", "confirm_ms",

@@ -46,6 +46,9 @@ def test_example_site_loads(etc: Path) -> None:
         ('    saturday: "09:00-13:00"', '    saturday: "9 till 1"', "site.hours.saturday", "HH:MM-HH:MM"),
         ("timezone: America/New_York", "timezone: Mars/Olympus", "site.timezone", "unknown time zone"),
         ("  end_silence_ms: 500", "  end_silence_ms: 500\n  endsilence: 3", "vad.endsilence", "unknown key"),
+        ("  end_silence_ms: 500", "  end_silence_ms: 500\n  end_of_turn: smart", "vad.end_of_turn", "'fixed' or 'adaptive'"),
+        ("  end_silence_ms: 500", "  end_silence_ms: 500\n  end_of_turn: adaptive\n  complete_silence_ms: 100", "vad",
+         "tentative_silence_ms <= complete_silence_ms"),
         ("  name: Bright Smile Dental\n", "", "site.name", "Field required"),
     ],
 )

@@ -261,10 +261,13 @@ def test_decide_is_ignored_once_the_caller_spoke_on_and_in_fixed_mode(voice: dic
 
 @pytest.mark.parametrize("bad", [
     {"end_of_turn": "smart"},
-    {"complete_silence_ms": 100},  # below tentative_silence_ms: the transcript would come too late
-    {"incomplete_silence_ms": 150},
+    {"end_of_turn": "adaptive", "complete_silence_ms": 100},  # below tentative_silence_ms: no transcript yet
+    {"end_of_turn": "adaptive", "incomplete_silence_ms": 150},
+    {"end_of_turn": "adaptive", "digits_silence_ms": 180},
     {"digits_silence_ms": 0},
 ])
 def test_adaptive_settings_are_checked(bad: dict) -> None:
     with pytest.raises(ValueError):
         EndpointerConfig(**bad)
+    # Fixed mode does not use them: a test may end turns only after a long tentative pause.
+    EndpointerConfig(tentative_silence_ms=500, complete_silence_ms=200)
