@@ -203,6 +203,7 @@ class Endpointer:
         self._voice_end = len(self._buffer)
         self._run = 1
         self._tentative_sent = False
+        self._verdict = None  # each utterance is read on its own words
         self._confirmed = False
         self._voiced = sum(v for _, v in window[first_voiced:])
         self._history.clear()

@@ -247,6 +247,20 @@ def test_adaptive_pause_mid_sentence_is_one_utterance_and_fixed_cuts_it(voice: d
     assert len(fixed) == 2 and len(adaptive) == 1
 
 
+def test_adaptive_reads_each_utterance_on_its_own_words(voice: dict[str, bytes]) -> None:
+    """The verdict on one turn's words never ends the next turn before its own words are read
+    (bench/latency.py caught the second question of a call ending at 200 ms, its transcript not there)."""
+    ep = Endpointer(EndpointerConfig(end_of_turn="adaptive"))
+    pcm = voice[SENTENCE] + silence(3000) + voice[SECOND] + silence(3000)
+    utterances = []
+    for frame in audio.split_frames(pcm):
+        for e in ep.feed(frame):
+            if isinstance(e, TentativeEnd) and e.seq == 1:
+                utterances += ep.decide(e.seq, SENTENCE)  # read finished: ends now
+            utterances += [e] if isinstance(e, Utterance) else []
+    assert [u.silence_ms for u in utterances] == [200, 1500]  # the second was never read: waited on
+
+
 def test_decide_is_ignored_once_the_caller_spoke_on_and_in_fixed_mode(voice: dict[str, bytes]) -> None:
     for config in (EndpointerConfig(end_of_turn="adaptive"), EndpointerConfig()):
         ep = Endpointer(config)
