@@ -12,6 +12,7 @@ frames later as the transcription took here (so a slow, loaded machine waits lon
   late     the turn ended more than 1 s after the caller's last word
   wait     last word -> turn ended (includes webrtcvad's own hang-over)
   to text  last word -> turn ended AND its transcript ready (what the dialog waits for)
+  dropped  the endpointer never made the turn an utterance (Silero heard too little voice in it)
 
 Then, for every pause the adaptive endpointer saw, how the text verdict read it (a pause mid-sentence
 read as finished would cut the caller off; the end of a turn read as unfinished waits too long), and
@@ -160,10 +161,10 @@ def row(label: tuple[str, ...], results: list[tuple[Clip, Outcome]]) -> tuple[st
     waits = [o.end_ms - c.speech_end_ms for c, o in results if o.end_ms is not None and o.end_ms >= c.speech_end_ms]
     to_text = [o.text_ms - c.speech_end_ms for c, o in results
                if o.text_ms is not None and o.end_ms is not None and o.end_ms >= c.speech_end_ms]
-    late = sum(1 for w in waits if w > LATE_MS) + sum(1 for _, o in results if o.end_ms is None)
-    finished = len(results) - len(cut)
+    late = sum(1 for w in waits if w > LATE_MS)
+    dropped = sum(1 for _, o in results if o.end_ms is None)
     return (*label, f"{len(cut)}/{len(paused)} ({100 * len(cut) / max(1, len(paused)):.0f} %)",
-            f"{late}/{finished} ({100 * late / max(1, finished):.0f} %)",
+            f"{late}/{len(waits)} ({100 * late / max(1, len(waits)):.0f} %)", str(dropped),
             f"{np.mean(waits):.0f}", f"{percentile(waits, 90):.0f}", f"{np.mean(to_text):.0f}", f"{percentile(to_text, 90):.0f}")
 
 
@@ -217,7 +218,7 @@ def main() -> None:
             for clip, o in results if args.verbose else []:
                 print(f"{mode:8} {voice:6} {channel:4} end={o.end_ms} last_word={clip.speech_end_ms} {clip.name}")
     rows += [row((mode, "all", "all"), results) for mode, results in totals.items()]
-    print(table(rows, ("mode", "voice", "channel", "cut off", "late (>1 s)", "wait ms", "p90", "to text ms", "p90")))
+    print(table(rows, ("mode", "voice", "channel", "cut off", "late (>1 s)", "dropped", "wait ms", "p90", "to text ms", "p90")))
     stt_ms = [ms for _, ms in stt.cache.values()]
     print(f"\n{len(stt.cache)} speculative/final transcripts, STT ms mean {np.mean(stt_ms):.0f} "
           f"p90 {percentile(stt_ms, 90):.0f}; end-of-turn decision (text verdict) us p90 "
