@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 from sqlite_utils import Database
 
+from models.group_commit import GroupCommit
 from models.migrations import LATEST_VERSION, SchemaVersionError, migrate, schema_version
 from models.records import (
     ApiKey, CallEvent, CallRecord, HelpRequest, KnowledgeEntry, OtpCode, OutboxRecord, StaffSession, StaffUser,
@@ -74,6 +75,12 @@ class Store:
         self.client = client
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")
         self._db: Database | None = None
+        # Hot writes (the outbox, the API's codes and audit) are committed in groups: one fsync for many.
+        self._group = GroupCommit(self._executor, lambda: self._writer_db)
+        # Reads on their own connection and thread (WAL lets them run beside the writer), so a request's
+        # lookups do not queue behind the writer's fsyncs. They see what is committed, as before.
+        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-reader")
+        self._reader_db: Database | None = None
         self._closed = False
         # Told each call turn, call event and help request after its commit (the daemon's metrics and webhooks).
         self.on_record: Callable[[Turn | CallEvent | HelpRequest], None] | None = None
@@ -85,10 +92,13 @@ class Store:
         store = cls(Path(path), client=client)
         try:
             await store._run(store._connect)
+            await asyncio.get_running_loop().run_in_executor(store._reader, store._connect_reader)
         except BaseException:
+            await asyncio.get_running_loop().run_in_executor(store._reader, store._disconnect_reader)
             await store._run(store._disconnect, False)
             store._closed = True
             store._executor.shutdown(wait=False)
+            store._reader.shutdown(wait=False)
             raise
         return store
 
@@ -97,7 +107,10 @@ class Store:
             return
         self._closed = True
         # Calls submitted before this point are queued ahead of the disconnect and finish first.
-        await asyncio.get_running_loop().run_in_executor(self._executor, self._disconnect)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._reader, self._disconnect_reader)
+        self._reader.shutdown(wait=False)
+        await loop.run_in_executor(self._executor, self._disconnect)
         self._executor.shutdown(wait=False)
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
@@ -106,7 +119,35 @@ class Store:
         return await asyncio.get_running_loop().run_in_executor(
             self._executor, functools.partial(fn, *args))
 
+    async def _write(self, fn: Callable[..., T], *args: Any) -> T:
+        """Like _run, for a write that may share its commit with others waiting (see GroupCommit); `fn`
+        must not commit itself. Returns once the commit holding it is on disk."""
+        if self._closed:
+            raise StoreClosedError(f"store {self.path} is closed")
+        return await self._group.submit(functools.partial(fn, *args))
+
+    async def _read(self, sql: str, params: list[Any]) -> list[dict[str, Any]]:
+        if self._closed:
+            raise StoreClosedError(f"store {self.path} is closed")
+        return await asyncio.get_running_loop().run_in_executor(self._reader, self._select_committed, sql, params)
+
+    def _select_committed(self, sql: str, params: list[Any]) -> list[dict[str, Any]]:
+        assert self._reader_db is not None, "store used before open()"
+        return list(self._reader_db.query(sql, params))
+
     # --- connection lifecycle (writer thread) ---
+
+    def _connect_reader(self) -> None:
+        """On the reader thread, after _connect made and migrated the file."""
+        db = Database(self.path)
+        db.execute("PRAGMA busy_timeout=5000")
+        db.execute("PRAGMA query_only=ON")
+        self._reader_db = db
+
+    def _disconnect_reader(self) -> None:
+        if self._reader_db is not None:
+            self._reader_db.close()
+            self._reader_db = None
 
     def _connect(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -184,8 +225,8 @@ class Store:
         address); None if it has none and `create` is false."""
         if create:
             return await self._run(self._thread_for_key, key, None)
-        rows = await self._run(self._select, "SELECT threads.id AS id FROM threads JOIN contacts"
-                               " ON contacts.id = threads.contact_id WHERE contacts.number = ?", [key])
+        rows = await self._read("SELECT threads.id AS id FROM threads JOIN contacts"
+                                " ON contacts.id = threads.contact_id WHERE contacts.number = ?", [key])
         return rows[0]["id"] if rows else None
 
     def _thread_for_key(self, key: str, name: str | None) -> int:
@@ -212,7 +253,7 @@ class Store:
         key = normalize_address(address)
         if key is None:
             return False
-        rows = await self._run(self._select, "SELECT opted_out_at FROM contacts WHERE number = ?", [key])
+        rows = await self._read("SELECT opted_out_at FROM contacts WHERE number = ?", [key])
         return bool(rows) and rows[0]["opted_out_at"] is not None
 
     async def add_thread_message(self, thread_id: int, channel: str, direction: str, body: str, status: str,
@@ -222,8 +263,7 @@ class Store:
         return await self._run(lambda: self._writer_db["messages"].insert(row).last_pk)
 
     async def thread_messages(self, thread_id: int) -> list[ThreadMessage]:
-        rows = await self._run(
-            self._select,
+        rows = await self._read(
             "SELECT id, thread_id, channel, direction, body, status, at, outbox_id FROM messages"
             " WHERE thread_id = ? ORDER BY at, id", [thread_id])
         return [ThreadMessage(**r) for r in rows]
@@ -232,8 +272,7 @@ class Store:
                           before: int | None = None) -> tuple[list[ThreadMessage], bool]:
         """The newest `limit` messages of a thread older than the message id `before` (all if None), oldest
         first, and whether there are older ones still. By id: a thread's ids grow as its messages are added."""
-        rows = await self._run(
-            self._select,
+        rows = await self._read(
             "SELECT id, thread_id, channel, direction, body, status, at, outbox_id FROM messages"
             " WHERE thread_id = ? AND id < ? ORDER BY id DESC LIMIT ?",
             [thread_id, before if before is not None else 2 ** 63 - 1, limit + 1])
@@ -257,8 +296,7 @@ class Store:
     async def pending_inbound(self, thread_id: int | None = None) -> list[ThreadMessage]:
         """Inbound texts not yet answered (or otherwise settled), oldest first; all threads by default."""
         where, params = ("AND thread_id = ?", [thread_id]) if thread_id is not None else ("", [])
-        rows = await self._run(
-            self._select,
+        rows = await self._read(
             "SELECT id, thread_id, channel, direction, body, status, at, outbox_id, sender, subject FROM messages"
             f" WHERE status = 'pending' AND direction = 'in' {where} ORDER BY id", params)
         return [ThreadMessage(**r) for r in rows]
@@ -283,8 +321,8 @@ class Store:
         await self._run(run)
 
     async def replies_since(self, thread_id: int, since: float) -> int:
-        rows = await self._run(self._select, "SELECT COUNT(*) AS n FROM messages WHERE thread_id = ?"
-                               " AND direction = 'out' AND at >= ?", [thread_id, since])
+        rows = await self._read("SELECT COUNT(*) AS n FROM messages WHERE thread_id = ?"
+                                " AND direction = 'out' AND at >= ?", [thread_id, since])
         return rows[0]["n"]
 
     async def sms_part(self, channel: str, sender: str, ref: int, total: int, part: int, sent_at: str,
@@ -303,9 +341,9 @@ class Store:
 
     async def sms_parts_open(self, channel: str) -> list[dict[str, Any]]:
         """Parts of long SMS not yet assembled, with (sender, ref, total) identifying their message."""
-        return await self._run(self._select, "SELECT sender, ref, total, part, sent_at, wire, received_at"
-                               " FROM sms_parts WHERE channel = ? AND assembled_at IS NULL ORDER BY received_at",
-                               [channel])
+        return await self._read("SELECT sender, ref, total, part, sent_at, wire, received_at"
+                                " FROM sms_parts WHERE channel = ? AND assembled_at IS NULL ORDER BY received_at",
+                                [channel])
 
     async def sms_parts_assembled(self, channel: str, sender: str, ref: int, total: int) -> None:
         await self._run(lambda: self._writer_db.execute(
@@ -358,7 +396,7 @@ class Store:
                 log.error("store watcher failed record=%s error=%s", type(record).__name__, exc)
 
     async def call(self, call_id: str) -> dict[str, Any] | None:
-        rows = await self._run(self._select, "SELECT * FROM calls WHERE call_id = ?", [call_id])
+        rows = await self._read("SELECT * FROM calls WHERE call_id = ?", [call_id])
         return rows[0] if rows else None
 
     async def add_turn(self, turn: Turn) -> None:
@@ -368,8 +406,8 @@ class Store:
         self._recorded(turn)
 
     async def turns(self, call_id: str) -> list[Turn]:
-        rows = await self._run(self._select, "SELECT * FROM turns WHERE call_id = ? ORDER BY seq",
-                               [call_id])
+        rows = await self._read("SELECT * FROM turns WHERE call_id = ? ORDER BY seq",
+                                [call_id])
         return [Turn(**{**r, "timings_ms": json.loads(r["timings_ms"]),
                         "interrupted": bool(r["interrupted"])}) for r in rows]
 
@@ -379,14 +417,10 @@ class Store:
         self._recorded(event)
 
     async def events(self, call_id: str) -> list[CallEvent]:
-        rows = await self._run(
-            self._select,
+        rows = await self._read(
             "SELECT call_id, kind, at, data FROM call_events WHERE call_id = ? ORDER BY at, id",
             [call_id])
         return [CallEvent(**{**r, "data": json.loads(r["data"])}) for r in rows]
-
-    def _select(self, sql: str, params: list[Any]) -> list[dict[str, Any]]:
-        return list(self._writer_db.query(sql, params))
 
     # --- messages taken for staff ---
 
@@ -411,7 +445,7 @@ class Store:
                              html: str | None, idempotency_key: str, opt_notice: bool = False, *,
                              send_at: float | None = None, owner: str | None = None) -> tuple[int, bool]:
         """(row id, created): an existing key returns its row untouched. `send_at`: not before then."""
-        return await self._run(self._outbox_enqueue, channel, recipient, body, subject, html, idempotency_key,
+        return await self._write(self._outbox_enqueue, channel, recipient, body, subject, html, idempotency_key,
                                opt_notice, send_at, owner)
 
     def _outbox_enqueue(self, channel: str, recipient: str, body: str, subject: str | None,
@@ -429,7 +463,7 @@ class Store:
 
     async def outbox_claim(self, channel: str) -> OutboxRecord | None:
         """Move the next due queued row of `channel` to sending (attempts + 1) and return it."""
-        return await self._run(self._outbox_claim, channel)
+        return await self._write(self._outbox_claim, channel)
 
     def _outbox_claim(self, channel: str) -> OutboxRecord | None:
         now = time.time()
@@ -446,16 +480,16 @@ class Store:
         return OutboxRecord(**dict(zip(names, row))) if row else None
 
     async def outbox_sent(self, outbox_id: int, provider_ref: str | None, delivered: bool) -> None:
-        await self._run(self._outbox_update, outbox_id, "sending",
-                        {"state": "delivered" if delivered else "sent", "provider_ref": provider_ref,
-                         "sent_at": time.time(), "last_error": None})
+        await self._write(self._outbox_update, outbox_id, "sending",
+                          {"state": "delivered" if delivered else "sent", "provider_ref": provider_ref,
+                           "sent_at": time.time(), "last_error": None})
 
     async def outbox_retry(self, outbox_id: int, error: str, next_attempt_at: float) -> None:
-        await self._run(self._outbox_update, outbox_id, "sending",
-                        {"state": "queued", "last_error": error, "next_attempt_at": next_attempt_at})
+        await self._write(self._outbox_update, outbox_id, "sending",
+                          {"state": "queued", "last_error": error, "next_attempt_at": next_attempt_at})
 
     async def outbox_failed(self, outbox_id: int, error: str) -> None:
-        await self._run(self._outbox_update, outbox_id, "sending", {"state": "failed", "last_error": error})
+        await self._write(self._outbox_update, outbox_id, "sending", {"state": "failed", "last_error": error})
 
     def _outbox_update(self, outbox_id: int, from_state: str, values: dict[str, Any]) -> None:
         values = {**values, "updated_at": time.time()}
@@ -479,7 +513,7 @@ class Store:
                     ["delivered" if ok else "failed", None if ok else "delivery report: not delivered",
                      time.time(), channel, provider_ref]).fetchone()
             return row[0] if row else None
-        return await self._run(run)
+        return await self._write(run)
 
     async def outbox_recover(self, channels: list[str]) -> int:
         """After a crash: rows of these channels left in sending were maybe sent, maybe not; queue them
@@ -493,35 +527,35 @@ class Store:
         return await self._run(run)
 
     async def outbox_next_due(self, channel: str) -> float | None:
-        rows = await self._run(self._select, "SELECT MIN(next_attempt_at) AS due FROM outbox"
-                               " WHERE channel = ? AND state = 'queued'", [channel])
+        rows = await self._read("SELECT MIN(next_attempt_at) AS due FROM outbox"
+                                " WHERE channel = ? AND state = 'queued'", [channel])
         return rows[0]["due"]
 
     async def outbox_get(self, outbox_id: int) -> OutboxRecord | None:
-        rows = await self._run(self._select, "SELECT * FROM outbox WHERE id = ?", [outbox_id])
+        rows = await self._read("SELECT * FROM outbox WHERE id = ?", [outbox_id])
         return OutboxRecord(**rows[0]) if rows else None
 
     async def outbox_rows(self, state: str | None = None) -> list[OutboxRecord]:
         where, params = ("WHERE state = ?", [state]) if state else ("", [])
-        rows = await self._run(self._select, f"SELECT * FROM outbox {where} ORDER BY id", params)
+        rows = await self._read(f"SELECT * FROM outbox {where} ORDER BY id", params)
         return [OutboxRecord(**r) for r in rows]
 
     async def outbox_events(self, outbox_id: int) -> list[dict[str, Any]]:
         """The row's state changes, oldest first (recorded by triggers since schema version 4)."""
-        return await self._run(self._select, "SELECT state, attempts, error, at FROM outbox_events"
-                               " WHERE outbox_id = ? ORDER BY id", [outbox_id])
+        return await self._read("SELECT state, attempts, error, at FROM outbox_events"
+                                " WHERE outbox_id = ? ORDER BY id", [outbox_id])
 
     async def outbox_depth(self) -> list[dict[str, Any]]:
         """Rows per channel and state."""
-        return await self._run(self._select, "SELECT channel, state, COUNT(*) AS n FROM outbox"
-                               " GROUP BY channel, state", [])
+        return await self._read("SELECT channel, state, COUNT(*) AS n FROM outbox"
+                                " GROUP BY channel, state", [])
 
     async def outbox_count_to(self, recipient: str, since: float) -> tuple[int, float]:
         """(count, oldest created_at) of rows queued through the HTTP API for `recipient` since then;
         one-time codes are counted by their own table."""
-        rows = await self._run(self._select, "SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM outbox"
-                               " WHERE recipient = ? AND created_at >= ? AND owner IS NOT NULL"
-                               " AND idempotency_key NOT LIKE 'otp:%'", [recipient, since])
+        rows = await self._read("SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM outbox"
+                                " WHERE recipient = ? AND created_at >= ? AND owner IS NOT NULL"
+                                " AND idempotency_key NOT LIKE 'otp:%'", [recipient, since])
         return rows[0]["n"], rows[0]["oldest"] or since
 
     # --- HTTP API keys, audit, one-time codes ---
@@ -540,10 +574,10 @@ class Store:
         await self._run(run)
 
     async def api_keys(self) -> list[ApiKey]:
-        return [_api_key(r) for r in await self._run(self._select, "SELECT * FROM api_keys ORDER BY name", [])]
+        return [_api_key(r) for r in await self._read("SELECT * FROM api_keys ORDER BY name", [])]
 
     async def api_key_by_hash(self, key_hash: str) -> ApiKey | None:
-        rows = await self._run(self._select, "SELECT * FROM api_keys WHERE key_hash = ?", [key_hash])
+        rows = await self._read("SELECT * FROM api_keys WHERE key_hash = ?", [key_hash])
         return _api_key(rows[0]) if rows else None
 
     async def api_key_revoke(self, name: str) -> bool:
@@ -565,11 +599,11 @@ class Store:
                     last[name] = max(at, last.get(name, 0.0))
                 db.conn.executemany("UPDATE api_keys SET last_used_at = MAX(COALESCE(last_used_at, 0), ?)"
                                     " WHERE name = ?", [(at, name) for name, at in last.items()])
-        await self._run(run)
+        await self._write(run)
 
     async def api_audit(self, limit: int = 100) -> list[dict[str, Any]]:
-        return await self._run(self._select, "SELECT key_name, method, route, status, at FROM api_audit"
-                               " ORDER BY id DESC LIMIT ?", [limit])
+        return await self._read("SELECT key_name, method, route, status, at FROM api_audit"
+                                " ORDER BY id DESC LIMIT ?", [limit])
 
     async def otp_create(self, code: OtpCode) -> None:
         def run() -> None:
@@ -578,7 +612,7 @@ class Store:
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 [code.id, code.key_name, code.channel, code.destination, code.purpose, code.code_hmac,
                  code.created_at, code.expires_at])
-        await self._run(run)
+        await self._write(run)
 
     async def sweep_api_rows(self, audit_before: float, otp_before: float, batch: int = 5000) -> tuple[int, int]:
         """Delete audit rows written before `audit_before` and one-time codes that expired before
@@ -598,13 +632,13 @@ class Store:
                 await self._run(delete, "otp_codes", "expires_at", otp_before))
 
     async def otp_sent_via(self, otp_id: str, outbox_id: int) -> None:
-        await self._run(lambda: self._writer_db.execute("UPDATE otp_codes SET outbox_id = ? WHERE id = ?",
-                                                        [outbox_id, otp_id]))
+        await self._write(lambda: self._writer_db.execute("UPDATE otp_codes SET outbox_id = ? WHERE id = ?",
+                                                          [outbox_id, otp_id]))
 
     async def otp_created_since(self, destination: str, since: float) -> list[float]:
         """When codes went to `destination` since then, newest first."""
-        rows = await self._run(self._select, "SELECT created_at FROM otp_codes WHERE destination = ?"
-                               " AND created_at >= ? ORDER BY created_at DESC", [destination, since])
+        rows = await self._read("SELECT created_at FROM otp_codes WHERE destination = ?"
+                                " AND created_at >= ? ORDER BY created_at DESC", [destination, since])
         return [r["created_at"] for r in rows]
 
     async def otp_attempt(self, otp_id: str, matches: Callable[[str], bool], max_attempts: int,
@@ -630,7 +664,7 @@ class Store:
                 db.execute("UPDATE otp_codes SET attempts = ?, verified_at = ? WHERE id = ?",
                            [attempts, now if valid else None, otp_id])
             return ("valid" if valid else "invalid"), (0 if valid else max_attempts - attempts)
-        return await self._run(run)
+        return await self._write(run)
 
     # --- dashboard staff, sessions, audit ---
 
@@ -646,10 +680,10 @@ class Store:
         await self._run(run)
 
     async def staff_users(self) -> list[StaffUser]:
-        return [StaffUser(**r) for r in await self._run(self._select, "SELECT * FROM staff_users ORDER BY name", [])]
+        return [StaffUser(**r) for r in await self._read("SELECT * FROM staff_users ORDER BY name", [])]
 
     async def staff_user(self, name: str) -> StaffUser | None:
-        rows = await self._run(self._select, "SELECT * FROM staff_users WHERE name = ?", [name])
+        rows = await self._read("SELECT * FROM staff_users WHERE name = ?", [name])
         return StaffUser(**rows[0]) if rows else None
 
     async def staff_remove(self, name: str) -> bool:
@@ -664,10 +698,9 @@ class Store:
 
     async def staff_session(self, token_hash: str, now: float) -> StaffSession | None:
         """The unexpired session with this token hash, and its user."""
-        rows = await self._run(self._select,
-                               "SELECT u.*, s.csrf, s.expires_at FROM staff_sessions s JOIN staff_users u"
-                               " ON u.name = s.user_name WHERE s.token_hash = ? AND s.expires_at > ?",
-                               [token_hash, now])
+        rows = await self._read("SELECT u.*, s.csrf, s.expires_at FROM staff_sessions s JOIN staff_users u"
+                                " ON u.name = s.user_name WHERE s.token_hash = ? AND s.expires_at > ?",
+                                [token_hash, now])
         if not rows:
             return None
         row = rows[0]
@@ -690,8 +723,8 @@ class Store:
             [user_name, action, target, outcome, remote, time.time()]))
 
     async def staff_audit(self, limit: int = 100) -> list[dict[str, Any]]:
-        return await self._run(self._select, "SELECT user_name, action, target, outcome, remote, at FROM staff_audit"
-                               " ORDER BY id DESC LIMIT ?", [limit])
+        return await self._read("SELECT user_name, action, target, outcome, remote, at FROM staff_audit"
+                                " ORDER BY id DESC LIMIT ?", [limit])
 
     # --- help requests ---
 
@@ -704,11 +737,11 @@ class Store:
 
     async def help_requests(self, status: str | None = None) -> list[HelpRequest]:
         where, params = ("WHERE status = ?", [status]) if status else ("", [])
-        rows = await self._run(self._select, f"SELECT * FROM help_requests {where} ORDER BY created_at, id", params)
+        rows = await self._read(f"SELECT * FROM help_requests {where} ORDER BY created_at, id", params)
         return [HelpRequest(**r) for r in rows]
 
     async def help_request(self, request_id: int) -> HelpRequest | None:
-        rows = await self._run(self._select, "SELECT * FROM help_requests WHERE id = ?", [request_id])
+        rows = await self._read("SELECT * FROM help_requests WHERE id = ?", [request_id])
         return HelpRequest(**rows[0]) if rows else None
 
     async def help_request_followup(self, request_id: int, channel: str | None, outbox_id: int | None,
@@ -776,11 +809,11 @@ class Store:
         self._writer_db["knowledge"].insert(row)
 
     async def knowledge(self) -> list[KnowledgeEntry]:
-        rows = await self._run(self._select, "SELECT * FROM knowledge ORDER BY pk", [])
+        rows = await self._read("SELECT * FROM knowledge ORDER BY pk", [])
         return [_entry(r) for r in rows]
 
     async def knowledge_disabled(self) -> list[KnowledgeEntry]:
-        rows = await self._run(self._select, "SELECT * FROM knowledge_disabled ORDER BY updated_at", [])
+        rows = await self._read("SELECT * FROM knowledge_disabled ORDER BY updated_at", [])
         return [_entry(r) for r in rows]
 
     async def edit_learned(self, entry: KnowledgeEntry) -> bool:
