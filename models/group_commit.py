@@ -1,4 +1,5 @@
-"""Group commit: the writes waiting for the store's thread share one transaction, so one fsync.
+"""Group commit: the writes waiting for the store's thread share one transaction, so one fsync; and
+reads waiting for theirs run in one hop.
 
 With synchronous=FULL every commit costs an fsync (milliseconds on a busy disk), and one commit per
 write caps a busy API at a few hundred writes a second. Here a write waits in a list; the writer thread
@@ -25,19 +26,21 @@ class _Undone(Exception):
     """A write's error ended the whole transaction (e.g. disk full): the others must run again."""
 
 
-class GroupCommit:
-    def __init__(self, executor: Executor, connection: Callable[[], Database]) -> None:
-        self._executor, self._connection = executor, connection
-        self._lock = threading.Lock()  # the list is filled on the loop and emptied on the writer thread
-        self._pending: list[tuple[Write, asyncio.Future[Any]]] = []
-        self.commits = 0  # transactions committed (tests read it to see writes share one)
+class Batched:
+    """Calls waiting for one thread, run there in one go when it is free: one hop to the thread and one
+    wake-up of each caller's loop for many calls. Subclasses say how a batch runs (`_run_batch`)."""
 
-    def submit(self, write: Write) -> asyncio.Future[Any]:
-        """`write` runs on the writer thread inside a shared transaction; the future has its result
-        (or its exception) once that transaction is committed."""
+    def __init__(self, executor: Executor) -> None:
+        self._executor = executor
+        self._lock = threading.Lock()  # the list is filled on the loop and emptied on the executor's thread
+        self._pending: list[tuple[Write, asyncio.Future[Any]]] = []
+
+    def submit(self, call: Write) -> asyncio.Future[Any]:
+        """`call` runs on the executor's thread; the future has its result (or its exception) once its
+        batch is done."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         with self._lock:
-            self._pending.append((write, future))
+            self._pending.append((call, future))
             first = len(self._pending) == 1
         if first:  # else a drain is queued already and will take this one too
             self._executor.submit(self._drain)
@@ -47,7 +50,7 @@ class GroupCommit:
         with self._lock:
             batch, self._pending = self._pending, []
         try:
-            outcomes = self._commit([write for write, _ in batch])
+            outcomes = self._run_batch([call for call, _ in batch])
         except Exception as exc:  # e.g. the store closed under it: no caller may wait forever
             outcomes = [(None, exc)] * len(batch)
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Outcome]]] = {}
@@ -57,7 +60,26 @@ class GroupCommit:
             if not loop.is_closed():
                 loop.call_soon_threadsafe(_settle, settled)
 
-    def _commit(self, writes: list[Write]) -> list[Outcome]:
+    def _run_batch(self, calls: list[Write]) -> list[Outcome]:
+        """Each call on its own: one's error is its caller's only."""
+        outcomes: list[Outcome] = []
+        for call in calls:
+            try:
+                outcomes.append((call(), None))
+            except Exception as exc:
+                outcomes.append((None, exc))
+        return outcomes
+
+
+class GroupCommit(Batched):
+    """Writes run in one transaction, each in its own savepoint; results are given after its COMMIT."""
+
+    def __init__(self, executor: Executor, connection: Callable[[], Database]) -> None:
+        super().__init__(executor)
+        self._connection = connection
+        self.commits = 0  # transactions committed (tests read it to see writes share one)
+
+    def _run_batch(self, writes: list[Write]) -> list[Outcome]:
         db = self._connection()
         outcomes: list[Outcome] = [(None, None)] * len(writes)
         todo = list(range(len(writes)))

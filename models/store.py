@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 from sqlite_utils import Database
 
-from models.group_commit import GroupCommit
+from models.group_commit import Batched, GroupCommit
 from models.migrations import LATEST_VERSION, SchemaVersionError, migrate, schema_version
 from models.records import (
     ApiKey, CallEvent, CallRecord, HelpRequest, KnowledgeEntry, OtpCode, OutboxRecord, StaffSession, StaffUser,
@@ -81,6 +81,7 @@ class Store:
         # lookups do not queue behind the writer's fsyncs. They see what is committed, as before.
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-reader")
         self._reader_db: Database | None = None
+        self._reads = Batched(self._reader)
         self._closed = False
         # Told each call turn, call event and help request after its commit (the daemon's metrics and webhooks).
         self.on_record: Callable[[Turn | CallEvent | HelpRequest], None] | None = None
@@ -129,7 +130,7 @@ class Store:
     async def _read(self, sql: str, params: list[Any]) -> list[dict[str, Any]]:
         if self._closed:
             raise StoreClosedError(f"store {self.path} is closed")
-        return await asyncio.get_running_loop().run_in_executor(self._reader, self._select_committed, sql, params)
+        return await self._reads.submit(functools.partial(self._select_committed, sql, params))
 
     def _select_committed(self, sql: str, params: list[Any]) -> list[dict[str, Any]]:
         assert self._reader_db is not None, "store used before open()"

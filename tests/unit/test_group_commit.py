@@ -113,3 +113,22 @@ async def test_a_failed_commit_fails_every_caller_of_the_batch(store: Store) -> 
     # The writer goes on: the next write commits.
     row_id, _ = await _enqueue(store, 99)
     assert _committed_ids(store.path) == {row_id}
+
+
+async def test_reads_waiting_run_in_one_hop_and_fail_alone(store: Store) -> None:
+    """Reads go to their own connection's thread, batched the same way: a bad query fails only its caller."""
+    row_id, _ = await _enqueue(store, 1)
+    release = threading.Event()
+    blocker = asyncio.ensure_future(asyncio.get_running_loop().run_in_executor(store._reader, release.wait, 30))
+    tasks = [asyncio.ensure_future(store.outbox_get(row_id)) for _ in range(5)]
+    tasks.append(asyncio.ensure_future(store._read("SELECT * FROM no_such_table", [])))
+    for _ in range(1000):
+        if len(store._reads._pending) == len(tasks):
+            break
+        await asyncio.sleep(0)
+    assert len(store._reads._pending) == len(tasks)  # all wait for the one drain queued behind the blocker
+    release.set()
+    await blocker
+    outcomes = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 30)
+    assert [o.id for o in outcomes[:5]] == [row_id] * 5
+    assert isinstance(outcomes[5], sqlite3.OperationalError)
