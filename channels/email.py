@@ -17,6 +17,7 @@ import hashlib
 import html
 import logging
 import re
+import socket
 import ssl
 import time
 from email import policy
@@ -149,6 +150,7 @@ class EmailChannel:
                 self._tls_context.verify_mode = ssl.CERT_NONE
         self._password: str | None = None
         self._server: asyncio.AbstractServer | None = None
+        self._local_hostname: str | None = None  # our EHLO name, looked up once (else once per message)
 
     @property
     def listener_port(self) -> int | None:
@@ -157,6 +159,7 @@ class EmailChannel:
     async def start(self, on_inbound: InboundHandler, on_delivery: DeliveryHandler) -> None:
         # SMTP offers no delivery reports we could read here, so on_delivery goes unused.
         self._password = self.settings.smtp.password()
+        self._local_hostname = await asyncio.to_thread(socket.getfqdn)
         listener = self.settings.listener
         if listener.enabled:
             receiver = _Receiver(listener, {self.settings.smtp.from_address.lower()}, on_inbound)
@@ -193,6 +196,8 @@ class EmailChannel:
             "use_tls": smtp.security == "tls", "start_tls": smtp.security == "starttls",
             "tls_context": self._tls_context,
         }
+        if self._local_hostname:
+            options["local_hostname"] = self._local_hostname
         if smtp.username:
             options.update(username=smtp.username, password=self._password or smtp.password())
         try:
