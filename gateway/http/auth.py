@@ -1,8 +1,9 @@
 """Bearer keys, scopes, per-key rate limits and the audit trail of the HTTP API.
 
 Each request looks its key up in the store (by SHA-256): a key revoked by `switchboard keys revoke`,
-another process, is refused from the next request on, with no cache to invalidate. The lookup is
-one indexed read on the store's thread (measured in tests/integration/test_http_api.py's report).
+another process, is refused from the next request on, with no cache to invalidate (a cache would
+still have to ask the file whether another process changed it, on every request). The lookup is one
+indexed read on the store's reader connection, so it does not wait behind the writer's fsyncs.
 Audit rows are written in batches (one commit per second at most, and at stop), so an accepted
 request costs no extra fsync; a kill -9 loses at most the last second of audit rows.
 """
