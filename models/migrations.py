@@ -262,8 +262,18 @@ def _v5_staff(db: Database) -> None:
     db.execute("CREATE UNIQUE INDEX idx_knowledge_disabled_id ON knowledge_disabled (id)")
 
 
+def _v6_takeover(db: Database) -> None:
+    # A text thread an operator took over from the assistant: who holds it and since when (NULL: the
+    # assistant answers). Inbound texts on a held thread are settled as `held` (never answered by the
+    # assistant, also after a restart) until the operator replies or hands back (-> `staff`).
+    db.execute("ALTER TABLE threads ADD COLUMN held_by TEXT")
+    db.execute("ALTER TABLE threads ADD COLUMN held_since REAL")
+    # An outbound message an operator wrote (NULL: the assistant's or the system's).
+    db.execute("ALTER TABLE messages ADD COLUMN sent_by TEXT")
+
+
 MIGRATIONS: list[Callable[[Database], None]] = [_v1_initial, _v2_outbox, _v3_durable_inbound, _v4_http_api,
-                                                _v5_staff]
+                                                _v5_staff, _v6_takeover]
 LATEST_VERSION = len(MIGRATIONS)
 
 

@@ -326,6 +326,87 @@ class Store:
                                 " AND direction = 'out' AND at >= ?", [thread_id, since])
         return rows[0]["n"]
 
+    # --- takeover: an operator answers a text thread instead of the assistant ---
+
+    async def thread_hold(self, thread_id: int, user_name: str) -> str | None:
+        """Take the thread for `user_name` (again, if they hold it); the holder afterwards (another user if
+        they held it first), None if there is no such thread. Its pending texts become `held`."""
+        def run() -> str | None:
+            db = self._writer_db
+            with db.atomic():
+                taken = db.execute("UPDATE threads SET held_by = ?, held_since = ? WHERE id = ? AND held_by IS NULL",
+                                   [user_name, time.time(), thread_id]).rowcount == 1
+                if taken:  # texts still waiting for the assistant's debounce are the operator's now
+                    db.execute("UPDATE messages SET status = 'held' WHERE thread_id = ? AND status = 'pending'"
+                               " AND direction = 'in'", [thread_id])
+                row = db.execute("SELECT held_by FROM threads WHERE id = ?", [thread_id]).fetchone()
+                return row[0] if row else None
+        return await self._run(run)
+
+    async def thread_release(self, thread_id: int) -> bool:
+        """Hand the thread back to the assistant. Texts that came while it was held are settled `staff`:
+        the operator saw them, the assistant does not answer them late. False if it was not held."""
+        def run() -> bool:
+            db = self._writer_db
+            with db.atomic():
+                released = db.execute("UPDATE threads SET held_by = NULL, held_since = NULL"
+                                      " WHERE id = ? AND held_by IS NOT NULL", [thread_id]).rowcount == 1
+                db.execute("UPDATE messages SET status = 'staff' WHERE thread_id = ? AND status = 'held'",
+                           [thread_id])
+                return released
+        return await self._run(run)
+
+    async def last_inbound(self, thread_id: int) -> ThreadMessage | None:
+        """The thread's latest inbound text with a reply address: where an operator's reply goes."""
+        rows = await self._run(
+            self._select,
+            "SELECT id, thread_id, channel, direction, body, status, at, outbox_id, sender, subject FROM messages"
+            " WHERE thread_id = ? AND direction = 'in' AND sender IS NOT NULL ORDER BY id DESC LIMIT 1", [thread_id])
+        return ThreadMessage(**rows[0]) if rows else None
+
+    async def thread_holder(self, thread_id: int) -> tuple[str, float] | None:
+        rows = await self._run(self._select, "SELECT held_by, held_since FROM threads WHERE id = ?"
+                               " AND held_by IS NOT NULL", [thread_id])
+        return (rows[0]["held_by"], rows[0]["held_since"]) if rows else None
+
+    async def staff_reply(self, thread_id: int, channel: str, text: str, outbox_id: int, user_name: str) -> None:
+        """An operator's reply joins the thread (marked as theirs); the texts it answers are settled."""
+        def run() -> None:
+            db = self._writer_db
+            with db.atomic():
+                db.execute("UPDATE messages SET status = 'staff' WHERE thread_id = ? AND status = 'held'",
+                           [thread_id])
+                db["messages"].insert({"thread_id": thread_id, "channel": channel, "direction": "out",
+                                       "body": text, "status": "queued", "at": time.time(),
+                                       "outbox_id": outbox_id, "sent_by": user_name})
+        await self._run(run)
+
+    async def text_threads(self, channels: list[str], limit: int = 200) -> list[dict[str, Any]]:
+        """Threads with texts on `channels`, newest activity first: id, contact, last channel and time,
+        holder, and how many texts wait for the holder (`held`)."""
+        marks = ", ".join("?" * len(channels))
+        return await self._run(
+            self._select,
+            "SELECT t.id AS id, c.number AS contact, t.held_by AS held_by, t.held_since AS held_since,"
+            " MAX(m.at) AS last_at, COUNT(*) AS messages,"
+            " SUM(m.status = 'held') AS waiting,"
+            " (SELECT channel FROM messages WHERE thread_id = t.id AND channel IN"
+            f" ({marks}) ORDER BY id DESC LIMIT 1) AS channel"
+            " FROM threads t JOIN contacts c ON c.id = t.contact_id JOIN messages m ON m.thread_id = t.id"
+            f" WHERE m.channel IN ({marks}) GROUP BY t.id ORDER BY last_at DESC LIMIT ?",
+            [*channels, *channels, limit])
+
+    async def thread_view(self, thread_id: int, limit: int = 200) -> list[dict[str, Any]]:
+        """A thread's newest `limit` messages, oldest first, with who sent each reply and its outbox state."""
+        rows = await self._run(
+            self._select,
+            "SELECT m.id AS id, m.channel AS channel, m.direction AS direction, m.body AS body,"
+            " m.status AS status, m.at AS at, m.sender AS sender, m.sent_by AS sent_by, m.outbox_id AS outbox_id,"
+            " o.state AS outbox_state, o.last_error AS outbox_error"
+            " FROM messages m LEFT JOIN outbox o ON o.id = m.outbox_id WHERE m.thread_id = ?"
+            " ORDER BY m.id DESC LIMIT ?", [thread_id, limit])
+        return rows[::-1]
+
     async def sms_part(self, channel: str, sender: str, ref: int, total: int, part: int, sent_at: str,
                        wire: bytes) -> None:
         """Keep one part of a long SMS (a part read again is ignored)."""

@@ -203,7 +203,8 @@ class Daemon:
         self.helpdesk = HelpDesk(services.store, config.site.name, config.help_requests, route=self.route,
                                  outbox_of=self._outbox_of, prepare_speech=services.synthesizer.prepare)
         self.dashboard = Dashboard(config.dashboard, services.store, self.helpdesk, live_calls=lambda: [
-            (s.call.call_id, s.caller, s.dialled) for s in self.gateway.sessions]) \
+            (s.call.call_id, s.caller, s.dialled) for s in self.gateway.sessions],
+            conversations=self.messaging.conversations if self.messaging else None) \
             if self.http is not None and config.dashboard.enabled else None
         if self.http is not None and self.dashboard is not None:
             self.http.app.add_subapp(DASHBOARD_PREFIX, self.dashboard.app)

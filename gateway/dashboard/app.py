@@ -23,7 +23,10 @@ from gateway.dashboard import pages
 from gateway.dashboard.accounts import Throttle, check_password, close_session, open_session, session_for
 from gateway.dashboard.helpdesk import HelpDesk
 from gateway.dashboard.pages import PREFIX
-from models.records import KnowledgeEntry, StaffSession
+from gateway.dashboard.responses import FORM, SESSION, html, see_other
+from gateway.dashboard.takeover import Takeover
+from gateway.sessions.conversations import Conversations
+from models.records import KnowledgeEntry
 from models.store import NotFoundError, Store
 
 log = logging.getLogger(__name__)
@@ -31,8 +34,6 @@ log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 COOKIE = "sb_session"
 LOGIN_COOKIE = "sb_login"  # the sign-in form's CSRF token, double-submitted
-SESSION = web.RequestKey("staff_session", StaffSession)
-FORM = web.RequestKey("form", dict)
 _HEADERS = {
     # No scripts at all, styles from our own stylesheet, forms only to us, never framed.
     "Content-Security-Policy": "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
@@ -47,14 +48,6 @@ class Forbidden(Exception):
     """403, audited."""
 
 
-def html(body: str, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(text=body, status=status, content_type="text/html", headers=headers)
-
-
-def see_other(path: str) -> web.Response:
-    return web.Response(status=303, headers={"Location": path})
-
-
 Calls = Callable[[], "list[tuple[str, str | None, str | None]]"]  # the calls in progress: (id, caller, dialled)
 CALLS_REFRESH_S = 5
 VERIFY_AT_ONCE = 2
@@ -62,9 +55,10 @@ VERIFY_AT_ONCE = 2
 
 class Dashboard:
     def __init__(self, settings: DashboardSettings, store: Store, helpdesk: HelpDesk, *,
-                 live_calls: Calls = list) -> None:
+                 live_calls: Calls = list, conversations: Conversations | None = None) -> None:
         self.settings, self.store, self.helpdesk = settings, store, helpdesk
         self._live_calls = live_calls
+        self.texts = Takeover(store, conversations, self._audit)
         self.throttle = Throttle(settings.login_failures, settings.login_window_s)
         # An argon2 check takes ~130 ms of CPU and 64 MiB: a flood of sign-ins queues here rather than
         # taking every core and a gigabyte from the calls.
@@ -83,6 +77,10 @@ class Dashboard:
             web.post("/knowledge/{id}/edit", self._staff("supervisor", self.edit_entry)),
             web.post("/knowledge/{id}/{action:disable|enable}", self._staff("supervisor", self.toggle_entry)),
             web.get("/users", self._staff("admin", self.users)),
+            web.get("/conversations", self._staff("operator", self.texts.threads)),
+            web.get("/conversations/{id:[0-9]{1,18}}", self._staff("operator", self.texts.thread)),
+            web.post("/conversations/{id:[0-9]{1,18}}/{action:take|reply|release}",
+                     self._staff("operator", self.texts.act)),
         ])
 
     async def start(self) -> None:

@@ -46,7 +46,7 @@ def layout(title: str, body: str, session: StaffSession | None = None, *, refres
     header = ""
     if session is not None:
         user = session.user
-        links = [("Home", "/"), ("Live calls", "/calls")]
+        links = [("Home", "/"), ("Live calls", "/calls"), ("Conversations", "/conversations")]
         if user.may("supervisor"):
             links += [("Help requests", "/help"), ("Knowledge", "/knowledge")]
         if user.may("admin"):
@@ -86,7 +86,8 @@ def message_page(title: str, text: str, session: StaffSession | None = None) -> 
 
 def home_page(session: StaffSession, open_requests: int | None) -> str:
     items = [f'<li><a href="{PREFIX}/calls">Live calls</a></li>',
-             '<li>Call and text history and taking over a text conversation are not built yet.</li>']
+             f'<li><a href="{PREFIX}/conversations">Text conversations</a> (take one over from the assistant)</li>',
+             '<li>Call and text history are not built yet.</li>']
     if open_requests is not None:
         items.insert(0, f'<li><a href="{PREFIX}/help">{open_requests} help request(s) waiting for an answer</a>'
                         f'</li>')
@@ -194,3 +195,60 @@ def users_page(session: StaffSession, users: Iterable[StaffUser], audit: list[di
                   '<table><thead><tr><th scope="col">When</th><th scope="col">User</th><th scope="col">Action</th>'
                   '<th scope="col">Target</th><th scope="col">Outcome</th><th scope="col">From</th></tr></thead>'
                   f'<tbody>{actions}</tbody></table>', session)
+
+
+def _contact(session: StaffSession, contact: str | None) -> str:
+    """Operators see the last digits of a number only; an email address or SIP URI as it is."""
+    if contact and ("@" in contact or session.user.may("supervisor")):
+        return contact
+    return masked(contact)
+
+
+def _waiting(count: int | None) -> str:
+    return f'<strong class="error">{count} new</strong>' if count else ""
+
+
+def threads_page(session: StaffSession, threads: list[dict[str, Any]], refresh_s: int) -> str:
+    rows = "".join(
+        f'<tr id="thread-{t["id"]}"><td><a href="{PREFIX}/conversations/{t["id"]}">{e(_contact(session, t["contact"]))}'
+        f'</a></td><td>{e(t["channel"])}</td><td>{e(when(t["last_at"]))}</td>'
+        f'<td>{e(t["held_by"] or "assistant")}</td>'
+        f'<td>{_waiting(t["waiting"])}</td></tr>'
+        for t in threads)
+    waiting = sum(t["waiting"] or 0 for t in threads)
+    return layout("Conversations", f'<p class="muted">Texts by SMS, SIP MESSAGE and email, newest first; this page '
+                  f'reloads every {refresh_s} s. <strong>{waiting}</strong> new text(s) wait in taken-over '
+                  'conversations. (API chats are not listed.)</p><table><thead><tr><th scope="col">Contact</th>'
+                  '<th scope="col">Channel</th><th scope="col">Last text</th><th scope="col">Answered by</th>'
+                  f'<th scope="col">Waiting</th></tr></thead><tbody>{rows}</tbody></table>', session,
+                  refresh_s=refresh_s)
+
+
+def thread_page(session: StaffSession, thread_id: int, messages: list[dict[str, Any]],
+                holder: tuple[str, float] | None) -> str:
+    def line(m: dict[str, Any]) -> str:
+        if m["direction"] == "in":
+            who, state = "Customer", m["status"]
+        else:
+            who = m["sent_by"] or "Assistant"
+            state = (m["outbox_state"] or m["status"]) + (f' ({m["outbox_error"]})' if m["outbox_error"] else "")
+        return (f'<li class="card" id="msg-{m["id"]}"><strong>{e(who)}</strong> <span class="muted">'
+                f'{e(when(m["at"]))} · {e(m["channel"])} · {e(state)}</span><br>{e(m["body"])}</li>')
+
+    base, token = f"{PREFIX}/conversations/{thread_id}", csrf_field(session.csrf)
+    contact = _contact(session, next((m["sender"] for m in messages if m["sender"]), None))
+    if holder is None:
+        status = "The assistant answers this conversation."
+        actions = f'<form method="post" action="{base}/take">{token}<button type="submit" id="take">Take over</button></form>'
+    elif holder[0] != session.user.name:
+        status, actions = f"Taken over by {holder[0]} since {when(holder[1])}.", ""
+    else:
+        status = f"You took this conversation over at {when(holder[1])}: the assistant does not answer it."
+        actions = (f'<form method="post" action="{base}/reply">{token}<label for="reply">Your reply</label>'
+                   f'<textarea id="reply" name="text" rows="3" required maxlength="1000"></textarea>'
+                   f'<p><button type="submit" id="send">Send</button></p></form>'
+                   f'<form method="post" action="{base}/release">{token}<button type="submit" id="release">'
+                   'Hand back to the assistant</button></form>')
+    return layout(f"Conversation with {contact}", f'<p id="holder">{e(status)} Texts that arrive while it is '
+                  'taken over are not answered by the assistant, also not after hand-back.</p>'
+                  f'<ol class="messages" id="messages">{"".join(line(m) for m in messages)}</ol>{actions}', session)

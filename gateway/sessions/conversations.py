@@ -10,6 +10,7 @@ import datetime as dt
 import hashlib
 import logging
 import time
+import uuid
 from dataclasses import dataclass
 
 from channels.base import InboundMessage
@@ -108,6 +109,8 @@ class Conversations:
             await self.store.settle_inbound([row_id], "opted_out")
             log.info("inbound not answered thread=%d reason=opted out", thread_id)
             return
+        if await self._held(thread_id, [row_id]):
+            return
         loop = asyncio.get_running_loop()
         pending = self._pending.setdefault(thread_id, _Pending(first_at=loop.time()))
         if pending.timer is not None:
@@ -131,6 +134,8 @@ class Conversations:
             if not rows:
                 return
             ids = [m.id for m in rows]
+            if await self._held(thread_id, ids):  # taken over while these waited for the debounce
+                return
             last_row = rows[-1]
             assert last_row.sender is not None
             last = InboundMessage(channel=last_row.channel, sender=last_row.sender, body=last_row.body,
@@ -151,6 +156,32 @@ class Conversations:
                 await self._reply(ids, last, reply, key=f"reply-{last_row.id}")
             else:
                 await self.store.settle_inbound(ids, "answered")
+
+    async def _held(self, thread_id: int, row_ids: list[int]) -> bool:
+        """A thread an operator took over: its texts are settled `held` (shown to them, never answered by
+        the assistant, also not after a restart or at hand-back)."""
+        holder = await self.store.thread_holder(thread_id)
+        if holder is None:
+            return False
+        await self.store.settle_inbound(row_ids, "held")
+        log.info("inbound not answered thread=%d reason=taken over", thread_id)
+        return True
+
+    async def staff_reply(self, thread_id: int, text: str, user_name: str) -> int:
+        """Send an operator's `text` in the thread, on the channel and to the address of its latest inbound
+        text, through the outbox like the assistant's replies; the outbox row id. ValueError if the thread
+        has no text to reply to or its channel is not configured."""
+        last = await self.store.last_inbound(thread_id)
+        if last is None or last.sender is None:
+            raise ValueError("this thread has no text to reply to")
+        if last.channel not in self.outbox.channels:
+            raise ValueError(f"channel {last.channel} is not configured")
+        message = InboundMessage(channel=last.channel, sender=last.sender, body=last.body, at=last.at,
+                                 subject=last.subject)
+        body, outbox_id = await self._enqueue(message, text, key=f"staff-{uuid.uuid4().hex}")
+        await self.store.staff_reply(thread_id, message.channel, body, outbox_id, user_name)
+        log.info("text answered by staff thread=%d channel=%s user=%s", thread_id, message.channel, user_name)
+        return outbox_id
 
     def _dialog(self, thread_id: int, message: InboundMessage) -> Dialog:
         return self._dialogs.get(thread_id, lambda: Dialog(
@@ -192,6 +223,13 @@ class Conversations:
                      opt_notice: bool = False) -> None:
         """Queue the answer, then settle the texts it answers (a crash between the two queues nothing
         twice: the next start answers again under the same key)."""
+        text, outbox_id = await self._enqueue(message, text, key, opt_notice)
+        await self.store.settle_inbound(row_ids, "answered", reply=(message.channel, text, outbox_id))
+
+    async def _enqueue(self, message: InboundMessage, text: str, key: str,
+                       opt_notice: bool = False) -> tuple[str, int]:
+        """Queue `text` as a reply to `message` on its channel (an email as a "Re:" mail); the text as
+        queued and the outbox row id."""
         subject = html = None
         if message.channel == "email":
             original = message.subject or ""
@@ -200,7 +238,7 @@ class Conversations:
             text, html = mail.text, mail.html
         outbox_id = await self.outbox.enqueue(message.channel, message.sender, text, subject=subject, html=html,
                                               idempotency_key=key, opt_notice=opt_notice)
-        await self.store.settle_inbound(row_ids, "answered", reply=(message.channel, text, outbox_id))
+        return text, outbox_id
 
 
 def _when(site: Site, at: float) -> str:

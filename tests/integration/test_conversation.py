@@ -272,3 +272,66 @@ async def _settled(store: Store, row_id: int):  # type: ignore[no-untyped-def]
     while (row := await store.outbox_get(row_id)) is None or row.state in ("queued", "sending"):
         await asyncio.sleep(0.02)
     return row
+
+
+async def _statuses(store: Store, thread: int) -> list[tuple[str, str, str]]:
+    return [(m["direction"], m["body"], m["status"]) for m in await store.thread_view(thread)]
+
+
+async def test_a_taken_over_thread_gets_no_assistant_reply_even_after_restart_until_handed_back(
+        store: Store) -> None:
+    sms = RecordingChannel("sms")
+    outbox = Outbox(store, {"sms": sms})
+    talk = Conversations(SITE, Retriever(store), store, outbox, ConversationSettings(buffer_s=30))
+    await outbox.start(talk.on_inbound)
+    await talk.on_inbound(text("hello?"))  # pending (the debounce waits 30 s) when the operator takes over
+    await talk.close()
+    await outbox.stop()
+    thread = await store.thread_for("+15550102030")
+    assert await store.thread_hold(thread, "oli") == "oli"
+    assert await store.thread_hold(thread, "sam") == "oli"  # one holder at a time
+    talk = Conversations(SITE, Retriever(store), store, outbox, ConversationSettings(buffer_s=0.1))
+    await outbox.start(talk.on_inbound)
+    await talk.start()  # the text left pending is not answered: the thread is held
+    try:
+        await talk.on_inbound(text("do you take cigna?"))
+        # Settled `held` when on_inbound returns (before the channel acks): no timer, no reply queued.
+        assert await _statuses(store, thread) == [("in", "hello?", "held"), ("in", "do you take cigna?", "held")]
+        assert await store.pending_inbound() == [] and await store.outbox_rows() == []
+        assert [t["waiting"] for t in await store.text_threads(["sms"])] == [2]
+
+        outbox_id = await talk.staff_reply(thread, "Yes we do, see you Monday. Oli", "oli")
+        [mine] = await sms.wait_for(1)
+        assert mine.id == outbox_id and mine.to == "+1 (555) 010-2030" and mine.body.startswith("Yes we do")
+        view = await store.thread_view(thread)
+        assert (view[-1]["direction"], view[-1]["sent_by"], view[-1]["outbox_id"]) == ("out", "oli", outbox_id)
+        assert [t["waiting"] for t in await store.text_threads(["sms"])] == [0]  # the reply answered them
+
+        await talk.on_inbound(text("thanks!"))  # held again until hand-back, which does not answer it
+        assert await store.thread_release(thread) and not await store.thread_release(thread)
+        assert (await store.thread_view(thread))[-1]["status"] == "staff"
+        await talk.on_inbound(text("do you take cigna?"))
+        messages = await sms.wait_for(2)
+        assert messages[1].body.startswith(CIGNA.answer) and len(messages) == 2
+        assert [m.body for m in await store.pending_inbound()] == []
+    finally:
+        await talk.close()
+        await outbox.stop()
+
+
+async def test_an_operator_reply_to_an_email_thread_is_a_reply_mail(store: Store) -> None:
+    mail = RecordingChannel("email")
+    outbox = Outbox(store, {"email": mail})
+    talk = Conversations(SITE, Retriever(store), store, outbox, ConversationSettings(buffer_s=30))
+    await outbox.start(talk.on_inbound)
+    try:
+        await talk.on_inbound(InboundMessage(channel="email", sender="pat@example.org", body="Parking?",
+                                             at=time.time(), subject="Parking"))
+        thread = await store.thread_for_address("pat@example.org")
+        await store.thread_hold(thread, "oli")
+        await talk.staff_reply(thread, "Free parking behind the building.", "oli")
+        [sent] = await mail.wait_for(1)
+        assert sent.to == "pat@example.org" and sent.subject == "Re: Parking" and "behind the building" in sent.body
+    finally:
+        await talk.close()
+        await outbox.stop()
