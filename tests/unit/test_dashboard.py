@@ -18,15 +18,19 @@ from aiohttp.test_utils import make_mocked_request
 
 from channels.base import OutgoingMessage, SendResult
 from channels.outbox import Outbox
-from gateway.config import DashboardSettings, HelpRequestSettings
+from channels.base import InboundMessage
+from gateway.config import ConversationSettings, DashboardSettings, HelpRequestSettings, load_config
 from gateway.dashboard.accounts import new_user
 from gateway.dashboard.app import Dashboard
 from gateway.dashboard.helpdesk import HelpDesk
 from gateway.dashboard.pages import PREFIX
+from gateway.sessions.conversations import Conversations
+from llm.knowledge import Retriever
 from models.records import CallRecord, HelpRequest, KnowledgeEntry, Turn
 from models.store import Store
 
 PASSWORD = "correct horse battery"
+SITE = load_config(Path(__file__).resolve().parents[2] / "etc" / "switchboard.yaml").site
 
 
 class Channel:
@@ -53,6 +57,7 @@ class Site:
     outbox: Outbox
     desk: HelpDesk
     live: list[tuple[str, str | None, str | None]]  # the calls in progress, as the daemon lists them
+    talk: Conversations
 
 
 @pytest.fixture
@@ -66,7 +71,10 @@ async def site(tmp_path: Path) -> AsyncIterator[Site]:
                     route=lambda kind: (outbox, kinds[kind]) if kind in kinds else None,
                     outbox_of=lambda name: outbox if name in outbox.channels else None)
     live: list[tuple[str, str | None, str | None]] = []
-    dashboard = Dashboard(DashboardSettings(login_failures=3), store, desk, live_calls=lambda: list(live))
+    # Long debounce: no test here waits for the assistant; the takeover tests hold their thread.
+    talk = Conversations(SITE, Retriever(store), store, outbox, ConversationSettings(buffer_s=60))
+    dashboard = Dashboard(DashboardSettings(login_failures=3), store, desk, live_calls=lambda: list(live),
+                          conversations=talk)
     root = web.Application()  # as the daemon mounts it on the HTTP API's application
     root.add_subapp(PREFIX, dashboard.app)
     runner = web.AppRunner(root)
@@ -74,7 +82,8 @@ async def site(tmp_path: Path) -> AsyncIterator[Site]:
     tcp = web.TCPSite(runner, "127.0.0.1", 0)
     await tcp.start()
     await dashboard.start()
-    yield Site(store, f"http://127.0.0.1:{runner.addresses[0][1]}{PREFIX}", outbox, desk, live)
+    yield Site(store, f"http://127.0.0.1:{runner.addresses[0][1]}{PREFIX}", outbox, desk, live, talk)
+    await talk.close()
     await dashboard.stop()
     await runner.cleanup()
     await store.close()
@@ -336,3 +345,59 @@ async def test_the_desk_sweeps_by_itself_until_stopped(site: Site) -> None:
     late = await ask(site.store, "after the stop", created_at=time.time() - 10)
     await asyncio.sleep(0.2)
     assert (await site.store.help_request(late)).status == "open"  # type: ignore[union-attr]
+
+
+async def _page(http: aiohttp.ClientSession, url: str) -> tuple[int, str]:
+    async with http.get(url) as response:
+        return response.status, await response.text()
+
+
+async def _post(http: aiohttp.ClientSession, url: str, token: str, **form: str) -> int:
+    async with http.post(url, data={"csrf": token, **form}, allow_redirects=False) as response:
+        return response.status
+
+
+async def test_an_operator_takes_over_a_text_thread_replies_and_hands_it_back(site: Site) -> None:
+    await site.talk.on_inbound(InboundMessage(channel="sms", sender="+15550102030", body="Is <b>Dr Lee</b> in?",
+                                              at=time.time(), provider_ref="r1"))
+    thread = await site.store.thread_for("+15550102030")
+    base = f"{site.url}/conversations/{thread}"
+    async with browser() as oli, browser() as sam:
+        await sign_in(oli, site.url, "oli")
+        await sign_in(sam, site.url, "sam")
+        status, listing = await _page(oli, f"{site.url}/conversations")
+        assert status == 200 and f'href="{PREFIX}/conversations/{thread}"' in listing
+        assert "***030" in listing and "+15550102030" not in listing  # masked for operators
+        status, page = await _page(oli, base)
+        assert "&lt;b&gt;Dr Lee&lt;/b&gt;" in page and 'id="take"' in page and 'id="send"' not in page
+        token = csrf(page)
+        assert await _post(oli, f"{base}/reply", token, text="hi") == 409  # not held yet
+        assert await _post(oli, f"{base}/take", "forged") == 403
+        assert await _post(oli, f"{base}/take", token) == 303
+        assert (await site.store.thread_holder(thread) or ("",))[0] == "oli"
+        # The text waiting for the assistant is the operator's now: counted on the list, never answered.
+        assert [m.status for m in await site.store.thread_messages(thread)] == ["held"]
+        _, listing = await _page(sam, f"{site.url}/conversations")
+        assert "1 new" in listing and "<td>oli</td>" in listing
+        _, other = await _page(sam, base)
+        assert "Taken over by oli" in other and 'id="send"' not in other
+        assert await _post(sam, f"{base}/take", csrf(other)) == 409
+        assert await _post(sam, f"{base}/reply", csrf(other), text="me too") == 409
+
+        assert await _post(oli, f"{base}/reply", token, text="Yes, until 5 pm.") == 303
+        row = await site.store.outbox_get(await _outbox_of(site.store, thread))  # queued (no worker here)
+        assert row is not None and row.channel == "sms" and row.recipient == "+15550102030" and row.body == "Yes, until 5 pm."
+        _, page = await _page(oli, base)
+        assert "<strong>oli</strong>" in page and "Yes, until 5 pm." in page and "· queued" in page
+        assert await _post(oli, f"{base}/release", token) == 303
+        _, page = await _page(oli, base)
+        assert await site.store.thread_holder(thread) is None and 'id="take"' in page
+        assert (await _page(oli, f"{site.url}/conversations/999999"))[0] == 404
+    audit = [(a["user_name"], a["action"], a["outcome"]) for a in await site.store.staff_audit()]
+    assert {("oli", "take over", "ok"), ("oli", "reply", f"queued message #{row.id}"), ("oli", "hand back", "ok"),
+            ("sam", "take over", "refused: held by oli"), ("sam", "reply", "refused: not held by you")} <= set(audit)
+
+
+async def _outbox_of(store: Store, thread: int) -> int:
+    return next(m.outbox_id for m in await store.thread_messages(thread) if m.outbox_id is not None)
+
