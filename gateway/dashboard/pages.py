@@ -224,11 +224,14 @@ def threads_page(session: StaffSession, threads: list[dict[str, Any]], refresh_s
                   refresh_s=refresh_s)
 
 
+_INBOUND = {"pending": "waiting for the assistant", "held": "new, for the operator", "staff": "seen by staff"}
+
+
 def thread_page(session: StaffSession, thread_id: int, messages: list[dict[str, Any]],
                 holder: tuple[str, float] | None) -> str:
     def line(m: dict[str, Any]) -> str:
         if m["direction"] == "in":
-            who, state = "Customer", m["status"]
+            who, state = "Customer", _INBOUND.get(m["status"], m["status"])
         else:
             who = m["sent_by"] or "Assistant"
             state = (m["outbox_state"] or m["status"]) + (f' ({m["outbox_error"]})' if m["outbox_error"] else "")

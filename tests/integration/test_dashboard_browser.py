@@ -305,3 +305,91 @@ async def test_sign_out_and_login_throttling(browser: Browser, run_daemon, servi
     assert "sb_session" not in {c["name"] for c in await browser.do(lambda d: d.get_cookies())}
     outcomes = [a["outcome"] for a in await services.store.staff_audit(20) if a["user_name"] == "tia"]
     assert outcomes[:4] == ["throttled", "failed", "failed", "failed"] and "ok" in outcomes
+
+
+TEXTER = "+31611223344"
+
+
+async def _new_texts(modem: FakeModem, before: int) -> str:
+    """The text of the SMS parts sent to TEXTER after the first `before` of them."""
+    parts = [p for p in modem.sent if p.number.endswith(TEXTER.lstrip("+"))][before:]
+    return from_wire("".join(p.text for p in parts)) if parts else ""
+
+
+def _parts_to_texter(modem: FakeModem) -> int:
+    return sum(1 for p in modem.sent if p.number.endswith(TEXTER.lstrip("+")))
+
+
+async def _inbound(store, thread: int, body: str, status: str):  # type: ignore[no-untyped-def]
+    return next((m for m in await store.thread_view(thread) if m["direction"] == "in" and m["body"] == body
+                 and m["status"] == status), None)
+
+
+async def test_an_operator_takes_over_an_sms_thread_replies_and_hands_it_back(
+        browser: Browser, run_daemon, services, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    modem = FakeModem(tmp_path / "ttyGSM1").start()
+    try:
+        site = await run_daemon(messaging=MessagingSettings(sms_modem=ModemSettings(
+            port=str(modem.port), reconnect_s=0.2, network_timeout_s=2.0)))
+        store = services.store
+        await staff(store, "ora", "operator")
+        # The assistant answers the first text: the thread exists and the path works.
+        modem.receive_sms(TEXTER, "Do you take Cigna insurance?")
+        first = await until(lambda: _new_texts(modem, 0), "the assistant's first answer at the modem")
+        assert "Cigna" in first
+        thread = await store.thread_for(TEXTER)
+
+        page = await browser.sign_in(f"{site.url}/conversations", "ora")
+        await browser.shot("conversations")
+        assert "***344" in page and TEXTER not in page  # the operator sees the last digits only
+
+        def open_and_take(d: Any) -> None:
+            submit(d, d.find_element("css selector", f"#thread-{thread} a"))
+            submit(d, d.find_element("id", "take"))
+        await browser.do(open_and_take)
+        assert "You took this conversation over" in await browser.text()
+        sent = _parts_to_texter(modem)
+
+        # A text while held: stored (settled `held` before the modem's copy is deleted), shown, counted.
+        modem.receive_sms(TEXTER, "Can I bring my dog to the appointment?")
+        await until(lambda: _inbound(store, thread, "Can I bring my dog to the appointment?", "held"), "held text")
+        await browser.do(lambda d: d.get(f"{site.url}/conversations"))
+        assert "1 new" in await browser.do(lambda d: d.find_element("id", f"thread-{thread}").text)
+        # No reply is coming: held texts start no debounce. Wait longer than the debounce would, bounded.
+        wait_s = site.daemon.config.messaging.conversations.buffer_s + 3.0
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            assert _parts_to_texter(modem) == sent, await _new_texts(modem, sent)
+            await asyncio.sleep(0.2)
+        assert await store.pending_inbound(thread) == []
+
+        reply = "Yes, dogs are welcome in the waiting room. Ora"
+
+        def answer(d: Any) -> None:
+            d.get(f"{site.url}/conversations/{thread}")
+            assert "Can I bring my dog" in d.find_element("id", "messages").text
+            d.find_element("id", "reply").send_keys(reply)
+            submit(d, d.find_element("id", "send"))
+        await browser.do(answer)
+        delivered = await until(lambda: _new_texts(modem, sent), "the operator's reply at the modem")
+        assert delivered == reply
+        await browser.do(lambda d: d.refresh())
+        await browser.shot("taken-over-thread")
+        shown = await browser.do(lambda d: d.find_element("id", "messages").text)
+        assert "ora" in shown and reply in shown
+        view = await store.thread_view(thread)
+        assert [(m["sent_by"], m["body"]) for m in view if m["direction"] == "out"][-1] == ("ora", reply)
+
+        await browser.do(lambda d: submit(d, d.find_element("id", "release")))
+        assert "The assistant answers this conversation" in await browser.text()
+        sent = _parts_to_texter(modem)
+        modem.receive_sms(TEXTER, "Is there parking?")
+        again = await until(lambda: _new_texts(modem, sent), "the assistant's answer after hand-back")
+        assert "parking" in again.lower() and again != reply
+        await browser.do(lambda d: d.refresh())
+        await browser.shot("handed-back")
+        actions = [(a["user_name"], a["action"], a["outcome"].split(" #")[0]) for a in await store.staff_audit(50)]
+        assert {("ora", "take over", "ok"), ("ora", "reply", "queued message"),
+                ("ora", "hand back", "ok")} <= set(actions)
+    finally:
+        modem.close()
