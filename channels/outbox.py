@@ -114,6 +114,14 @@ class Outbox:
             self._wake[channel].set()
         return row_id
 
+    async def send_again(self, row_id: int) -> OutboxRecord:
+        """Send a failed row again (staff asked): queued now, its worker woken. NotFoundError if not failed."""
+        record = await self.store.outbox_requeue(row_id)
+        log.info("outbox retry by staff id=%d channel=%s", row_id, record.channel)
+        if record.channel in self._wake:
+            self._wake[record.channel].set()
+        return record
+
     async def start(self, on_inbound: InboundHandler) -> None:
         """Requeue rows a crash left in flight, then start each channel and its worker."""
         recovered = await self.store.outbox_recover(list(self.channels))

@@ -358,15 +358,14 @@ class Store:
 
     async def last_inbound(self, thread_id: int) -> ThreadMessage | None:
         """The thread's latest inbound text with a reply address: where an operator's reply goes."""
-        rows = await self._run(
-            self._select,
+        rows = await self._read(
             "SELECT id, thread_id, channel, direction, body, status, at, outbox_id, sender, subject FROM messages"
             " WHERE thread_id = ? AND direction = 'in' AND sender IS NOT NULL ORDER BY id DESC LIMIT 1", [thread_id])
         return ThreadMessage(**rows[0]) if rows else None
 
     async def thread_holder(self, thread_id: int) -> tuple[str, float] | None:
-        rows = await self._run(self._select, "SELECT held_by, held_since FROM threads WHERE id = ?"
-                               " AND held_by IS NOT NULL", [thread_id])
+        rows = await self._read("SELECT held_by, held_since FROM threads WHERE id = ?"
+                                " AND held_by IS NOT NULL", [thread_id])
         return (rows[0]["held_by"], rows[0]["held_since"]) if rows else None
 
     async def staff_reply(self, thread_id: int, channel: str, text: str, outbox_id: int, user_name: str) -> None:
@@ -385,8 +384,7 @@ class Store:
         """Threads with texts on `channels`, newest activity first: id, contact, last channel and time,
         holder, and how many texts wait for the holder (`held`)."""
         marks = ", ".join("?" * len(channels))
-        return await self._run(
-            self._select,
+        return await self._read(
             "SELECT t.id AS id, c.number AS contact, t.held_by AS held_by, t.held_since AS held_since,"
             " MAX(m.at) AS last_at, COUNT(*) AS messages,"
             " SUM(m.status = 'held') AS waiting,"
@@ -398,8 +396,7 @@ class Store:
 
     async def thread_view(self, thread_id: int, limit: int = 200) -> list[dict[str, Any]]:
         """A thread's newest `limit` messages, oldest first, with who sent each reply and its outbox state."""
-        rows = await self._run(
-            self._select,
+        rows = await self._read(
             "SELECT m.id AS id, m.channel AS channel, m.direction AS direction, m.body AS body,"
             " m.status AS status, m.at AS at, m.sender AS sender, m.sent_by AS sent_by, m.outbox_id AS outbox_id,"
             " o.state AS outbox_state, o.last_error AS outbox_error"
@@ -621,6 +618,27 @@ class Store:
         where, params = ("WHERE state = ?", [state]) if state else ("", [])
         rows = await self._read(f"SELECT * FROM outbox {where} ORDER BY id", params)
         return [OutboxRecord(**r) for r in rows]
+
+    async def outbox_latest(self, states: list[str], limit: int = 100) -> list[OutboxRecord]:
+        """The newest `limit` rows in `states`, newest first."""
+        marks = ", ".join("?" * len(states))
+        rows = await self._read(f"SELECT * FROM outbox WHERE state IN ({marks})"
+                                " ORDER BY updated_at DESC, id DESC LIMIT ?", [*states, limit])
+        return [OutboxRecord(**r) for r in rows]
+
+    async def outbox_requeue(self, outbox_id: int) -> OutboxRecord:
+        """A failed row, retried by staff: queued again now with a fresh count of attempts (the last
+        error stays until the next attempt). NotFoundError if it is not failed."""
+        await self._write(self._outbox_update, outbox_id, "failed", {"state": "queued", "attempts": 0,
+                                                                  "next_attempt_at": time.time()})
+        row = await self.outbox_get(outbox_id)
+        assert row is not None
+        return row
+
+    async def outbox_cancel(self, outbox_id: int, reason: str) -> None:
+        """A queued row (e.g. waiting to retry), cancelled by staff: failed with `reason`. NotFoundError if
+        it is not queued (a row being sent cannot be called back)."""
+        await self._write(self._outbox_update, outbox_id, "queued", {"state": "failed", "last_error": reason})
 
     async def outbox_events(self, outbox_id: int) -> list[dict[str, Any]]:
         """The row's state changes, oldest first (recorded by triggers since schema version 4)."""

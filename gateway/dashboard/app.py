@@ -22,6 +22,7 @@ from gateway.config import DashboardSettings
 from gateway.dashboard import pages
 from gateway.dashboard.accounts import Throttle, check_password, close_session, open_session, session_for
 from gateway.dashboard.helpdesk import HelpDesk
+from gateway.dashboard.outbox_page import OutboxPage
 from gateway.dashboard.pages import PREFIX
 from gateway.dashboard.responses import FORM, SESSION, html, see_other
 from gateway.dashboard.takeover import Takeover
@@ -59,6 +60,7 @@ class Dashboard:
         self.settings, self.store, self.helpdesk = settings, store, helpdesk
         self._live_calls = live_calls
         self.texts = Takeover(store, conversations, self._audit)
+        self.outbox = OutboxPage(store, conversations.outbox if conversations else None, self._audit)
         self.throttle = Throttle(settings.login_failures, settings.login_window_s)
         # An argon2 check takes ~130 ms of CPU and 64 MiB: a flood of sign-ins queues here rather than
         # taking every core and a gigabyte from the calls.
@@ -81,6 +83,8 @@ class Dashboard:
             web.get("/conversations/{id:[0-9]{1,18}}", self._staff("operator", self.texts.thread)),
             web.post("/conversations/{id:[0-9]{1,18}}/{action:take|reply|release}",
                      self._staff("operator", self.texts.act)),
+            web.get("/outbox", self._staff("supervisor", self.outbox.show)),
+            web.post("/outbox/{id:[0-9]{1,18}}/{action:retry|cancel}", self._staff("supervisor", self.outbox.act)),
         ])
 
     async def start(self) -> None:

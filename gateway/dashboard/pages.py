@@ -48,7 +48,7 @@ def layout(title: str, body: str, session: StaffSession | None = None, *, refres
         user = session.user
         links = [("Home", "/"), ("Live calls", "/calls"), ("Conversations", "/conversations")]
         if user.may("supervisor"):
-            links += [("Help requests", "/help"), ("Knowledge", "/knowledge")]
+            links += [("Help requests", "/help"), ("Knowledge", "/knowledge"), ("Outbox", "/outbox")]
         if user.may("admin"):
             links += [("Users and audit", "/users")]
         nav = "".join(f'<a href="{PREFIX}{path}">{e(label)}</a>' for label, path in links)
@@ -255,3 +255,22 @@ def thread_page(session: StaffSession, thread_id: int, messages: list[dict[str, 
     return layout(f"Conversation with {contact}", f'<p id="holder">{e(status)} Texts that arrive while it is '
                   'taken over are not answered by the assistant, also not after hand-back.</p>'
                   f'<ol class="messages" id="messages">{"".join(line(m) for m in messages)}</ol>{actions}', session)
+
+
+def outbox_page(session: StaffSession, groups: list[tuple[str, list[OutboxRecord]]], shown: int) -> str:
+    def row(r: OutboxRecord) -> str:
+        action = {"failed": "retry", "queued": "cancel"}.get(r.state)
+        button = (f'<form method="post" action="{PREFIX}/outbox/{r.id}/{action}">{csrf_field(session.csrf)}'
+                  f'<button type="submit">{"Send again" if action == "retry" else "Cancel"}</button></form>'
+                  if action else "")
+        return (f'<tr id="out-{r.id}"><td>#{r.id}</td><td>{e(r.channel)}</td><td>{e(r.recipient)}</td>'
+                f'<td>{e(r.body[:120])}</td><td>{e(r.state)} ({r.attempts} attempt(s), {e(when(r.updated_at))})'
+                f'{"<br><span class=error>" + e(r.last_error) + "</span>" if r.last_error else ""}</td>'
+                f'<td>{button}</td></tr>')
+
+    head = ('<table><thead><tr><th scope="col">#</th><th scope="col">Channel</th><th scope="col">To</th>'
+            '<th scope="col">Text</th><th scope="col">State</th><th scope="col">Action</th></tr></thead><tbody>')
+    body = "".join(f'<h2>{e(title)}</h2>' + (f'{head}{"".join(row(r) for r in rows)}</tbody></table>' if rows
+                                             else '<p class="muted">None.</p>') for title, rows in groups)
+    return layout("Outbox", f'<p class="muted">The newest {shown} of each; a failed message can be sent again, a '
+                  f'queued one cancelled.</p>{body}', session)

@@ -151,6 +151,8 @@ class Conversations:
             log.info("text answered thread=%d channel=%s parts=%d actions=%s sources=%s", thread_id, last.channel,
                      len(rows), ",".join(r.action.value for r in written.replies),
                      ",".join(r.source for r in written.replies))
+            if await self._held(thread_id, ids):  # taken over while the answer was being written
+                return
             reply = await self._act(thread_id, last, last_row.id, text, written)
             if reply:
                 await self._reply(ids, last, reply, key=f"reply-{last_row.id}")

@@ -401,3 +401,30 @@ async def test_an_operator_takes_over_a_text_thread_replies_and_hands_it_back(si
 async def _outbox_of(store: Store, thread: int) -> int:
     return next(m.outbox_id for m in await store.thread_messages(thread) if m.outbox_id is not None)
 
+
+
+async def test_the_outbox_page_shows_failures_and_retries_or_cancels(site: Site) -> None:
+    failing = await site.outbox.enqueue("sms", "+15550102030", "Your <i>appointment</i> is at 9", idempotency_key="a")
+    waiting = await site.outbox.enqueue("email", "pat@example.org", "Hello", idempotency_key="b")
+    claimed = await site.store.outbox_claim("sms")
+    assert claimed is not None and claimed.id == failing
+    await site.store.outbox_failed(failing, "PermanentError: +CMS ERROR: 38")
+    async with browser() as sam, browser() as oli:
+        await sign_in(oli, site.url, "oli")
+        assert (await _page(oli, f"{site.url}/outbox"))[0] == 403
+        await sign_in(sam, site.url, "sam")
+        status, page = await _page(sam, f"{site.url}/outbox")
+        assert status == 200 and "+CMS ERROR: 38" in page and "&lt;i&gt;appointment" in page
+        assert f'action="{PREFIX}/outbox/{failing}/retry"' in page and f'action="{PREFIX}/outbox/{waiting}/cancel"' in page
+        token = csrf(page)
+        assert await _post(sam, f"{site.url}/outbox/{waiting}/retry", token) == 409  # not failed
+        assert await _post(sam, f"{site.url}/outbox/{failing}/retry", token) == 303
+        row = await site.store.outbox_get(failing)
+        assert row is not None and (row.state, row.attempts) == ("queued", 0)
+        assert await _post(sam, f"{site.url}/outbox/{waiting}/cancel", "forged") == 403
+        assert await _post(sam, f"{site.url}/outbox/{waiting}/cancel", token) == 303
+        row = await site.store.outbox_get(waiting)
+        assert row is not None and (row.state, row.last_error) == ("failed", "cancelled by sam")
+    audit = [(a["user_name"], a["action"], a["outcome"]) for a in await site.store.staff_audit()]
+    assert {("sam", "retry", "ok"), ("sam", "cancel", "ok"), ("sam", "retry", "refused: not in a state for that")} \
+        <= set(audit)

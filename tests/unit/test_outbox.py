@@ -13,7 +13,7 @@ from channels.base import (
 )
 from channels.outbox import Outbox, RateLimit, RetryPolicy, TokenBucket, backoff_delay
 from models.records import OutboxRecord
-from models.store import Store
+from models.store import NotFoundError, Store
 
 FAST = RetryPolicy(base_s=0.01, cap_s=0.05, max_attempts=4)
 
@@ -114,6 +114,23 @@ async def test_permanent_error_and_exhausted_retries_fail(store: Store) -> None:
     assert (failed.attempts, failed.last_error) == (1, "PermanentError: bad number")
     assert gave_up.attempts == FAST.max_attempts
     assert gave_up.last_error == f"gave up after {FAST.max_attempts} attempts: TemporaryError: busy"
+
+
+async def test_a_failed_message_sent_again_by_staff_goes_out_at_once(store: Store) -> None:
+    channel = ScriptedChannel(outcomes=[PermanentError("no credit")])
+    outbox = await running(store, channel)
+    try:
+        row_id = await outbox.enqueue("test", "+15550102030", "hi")
+        await wait_state(store, row_id, "failed")
+        queued = await outbox.send_again(row_id)
+        assert (queued.state, queued.attempts) == ("queued", 0)
+        # Well within the worker's 30 s idle recheck: send_again woke it.
+        row = await wait_state(store, row_id, "sent", timeout=10.0)
+        with pytest.raises(NotFoundError):
+            await outbox.send_again(row_id)  # only a failed row
+    finally:
+        await outbox.stop()
+    assert row.attempts == 1 and len(channel.sent) == 2
 
 
 async def test_a_channel_that_cannot_start_keeps_its_messages(store: Store) -> None:
