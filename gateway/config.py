@@ -277,14 +277,6 @@ class PublicChatSettings(Section):
         return self
 
 
-class RetentionSettings(Section):
-    """`http.retention:`: how long the API's own records are kept; the daemon deletes older ones."""
-
-    audit_days: float = Field(90.0, gt=0)  # the audit of authenticated requests
-    otp_days: float = Field(7.0, ge=1)  # one-time codes, counted from their expiry (used ones too)
-    sweep_interval_s: float = Field(3600.0, ge=1)  # and once at start
-
-
 class HttpSettings(Section):
     """`http:`: the integrators' API inside the daemon (gateway.http); behind a TLS proxy if exposed."""
 
@@ -298,7 +290,18 @@ class HttpSettings(Section):
     otp: OtpSettings = OtpSettings()
     webhooks: tuple[WebhookSettings, ...] = ()  # signed event deliveries, through a durable outbox
     public_chat: PublicChatSettings = PublicChatSettings()
-    retention: RetentionSettings = RetentionSettings()
+
+
+class RetentionSettings(Section):
+    """`retention:`: how long personal contents and the API's own records are kept. The daemon blanks or
+    deletes what is older, at start and every sweep_interval_s; call rows, outcomes, timings and counts stay."""
+
+    transcripts_days: float = Field(30.0, gt=0)  # what was said in a call (turn texts), from the call's end
+    help_requests_days: float = Field(30.0, gt=0)  # question/answer of a closed help request, from its close
+    messages_days: float = Field(30.0, gt=0)  # text bodies in threads, and settled outbox bodies
+    audit_days: float = Field(90.0, gt=0)  # the API's audit of authenticated requests
+    otp_days: float = Field(7.0, ge=1)  # one-time codes, counted from their expiry (used ones too)
+    sweep_interval_s: float = Field(3600.0, ge=1)  # and once at start
 
 
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -349,6 +352,7 @@ class FileConfig(Section):
     http: HttpSettings = HttpSettings()
     help_requests: HelpRequestSettings = HelpRequestSettings()
     dashboard: DashboardSettings = DashboardSettings()
+    retention: RetentionSettings = RetentionSettings()
     log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
     # Debugging aid: what callers say, in the log. Off, the log has only lengths (and numbers are masked).
     log_transcripts: bool = False
@@ -374,6 +378,7 @@ class Config:
     http: HttpSettings = HttpSettings()
     help_requests: HelpRequestSettings = HelpRequestSettings()
     dashboard: DashboardSettings = DashboardSettings()
+    retention: RetentionSettings = RetentionSettings()
 
     @property
     def models_dir(self) -> Path:
@@ -456,4 +461,5 @@ def load_config(path: Path | str | None = None, *, data_dir: Path | None = None)
         http=top.http,
         help_requests=top.help_requests,
         dashboard=top.dashboard,
+        retention=top.retention,
     )

@@ -716,20 +716,45 @@ class Store:
 
     async def sweep_api_rows(self, audit_before: float, otp_before: float, batch: int = 5000) -> tuple[int, int]:
         """Delete audit rows written before `audit_before` and one-time codes that expired before
-        `otp_before`: (audit rows, codes) deleted. In batches, each its own commit, so a first sweep of a
-        large table does not hold the writer for long."""
-        def delete(table: str, column: str, before: float) -> int:
-            total = 0
-            while True:
-                with self._writer_db.atomic():
-                    count = self._writer_db.execute(
-                        f"DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} WHERE {column} < ? LIMIT ?)",
-                        [before, batch]).rowcount
-                total += count
-                if count < batch:
-                    return total
-        return (await self._run(delete, "api_audit", "at", audit_before),
-                await self._run(delete, "otp_codes", "expires_at", otp_before))
+        `otp_before`: (audit rows, codes) deleted."""
+        return (await self._run(self._in_batches, "DELETE FROM api_audit", "api_audit", "at < ?",
+                                [audit_before], batch),
+                await self._run(self._in_batches, "DELETE FROM otp_codes", "otp_codes", "expires_at < ?",
+                                [otp_before], batch))
+
+    async def sweep_contents(self, transcripts_before: float, help_before: float, messages_before: float,
+                             batch: int = 5000) -> dict[str, int]:
+        """Blank what people said or wrote once it is past its keep, leaving the rows (calls, turns with
+        their timings, threads, help requests, outbox states) for statistics: rows blanked per kind.
+        Turns go by their call's end, a closed help request by its answer (or creation, if it timed out),
+        a text by its time; a pending inbound text or an unsettled outbox row is never touched."""
+        sweeps = {
+            "turns": ("UPDATE turns SET text = ''", "turns",
+                      "text != '' AND call_id IN (SELECT call_id FROM calls"
+                      " WHERE COALESCE(ended_at, started_at) < ?)", [transcripts_before]),
+            "help_requests": ("UPDATE help_requests SET question = '', answer = NULL, followup_note = NULL",
+                              "help_requests", "question != '' AND status != 'open'"
+                              " AND COALESCE(answered_at, created_at) < ?", [help_before]),
+            "messages": ("UPDATE messages SET body = '', subject = NULL", "messages",
+                         "body != '' AND status != 'pending' AND at < ?", [messages_before]),
+            "outbox": ("UPDATE outbox SET body = '', html = NULL, subject = NULL", "outbox",
+                       "body != '' AND state IN ('sent', 'delivered', 'failed') AND updated_at < ?",
+                       [messages_before]),
+        }
+        return {kind: await self._run(self._in_batches, *sweep, batch) for kind, sweep in sweeps.items()}
+
+    def _in_batches(self, statement: str, table: str, where: str, params: list[Any], batch: int) -> int:
+        """`statement` (a DELETE or UPDATE of `table`) on the rows matching `where`, `batch` rows per commit
+        so that a first sweep of a large table does not hold the writer for long: rows changed."""
+        total = 0
+        while True:
+            with self._writer_db.atomic():
+                count = self._writer_db.execute(
+                    f"{statement} WHERE rowid IN (SELECT rowid FROM {table} WHERE {where} LIMIT ?)",
+                    [*params, batch]).rowcount
+            total += count
+            if count < batch:
+                return total
 
     async def otp_sent_via(self, otp_id: str, outbox_id: int) -> None:
         await self._write(lambda: self._writer_db.execute("UPDATE otp_codes SET outbox_id = ? WHERE id = ?",

@@ -31,7 +31,7 @@ from gateway.dashboard.helpdesk import HelpDesk
 from gateway.dashboard.pages import PREFIX as DASHBOARD_PREFIX
 from gateway.http.api import HttpApi
 from gateway.http.chats import Chats
-from gateway.http.retention import Sweeper
+from gateway.daemon.retention import Sweeper
 from gateway.http.webhooks import Webhooks
 from gateway.tasks import TaskSet
 from gateway.media.pacer import MediaClock
@@ -197,7 +197,7 @@ class Daemon:
                         on_message_taken=self.messaging.deliver_to_staff if self.messaging else None,
                         on_escalation=self.messaging.conversations.escalate if self.messaging else None),
         ) if config.http.enabled else None
-        self.sweeper = Sweeper(services.store, config.http.retention) if config.http.enabled else None
+        self.sweeper = Sweeper(services.store, config.retention)
         self._sweeping = TaskSet("retention")
         # Answers to help requests, their follow-up to the customer, and their timeout (with or without pages).
         self.helpdesk = HelpDesk(services.store, config.site.name, config.help_requests, route=self.route,
@@ -296,8 +296,7 @@ class Daemon:
             await self.voice.start(_no_inbound)
         if self.hook_outbox is not None:
             await self.hook_outbox.start(_no_inbound)
-        if self.sweeper is not None:
-            self._sweeping.spawn(self.sweeper.run())
+        self._sweeping.spawn(self.sweeper.run())
         await self.helpdesk.start()
 
     async def stop(self, grace_s: float = 8.0) -> None:

@@ -33,6 +33,7 @@ from gateway.daemon.app import Daemon
 from gateway.http.keys import new_key
 from gateway.http.chats import Chats
 from gateway.media.caller import CallerClient
+from models.records import CallRecord, Turn
 from models.store import Store
 from tests.support.ami_server import AmiTestServer
 from tests.support.fake_modem import FakeModem
@@ -204,13 +205,21 @@ async def test_ready_and_voice_through_ami(services, tmp_path: Path) -> None:  #
     port = free_port()
     own = await own_store(services, tmp_path, ami=AmiSettings(
         enabled=True, port=port, username="gateway", secret="secret", outbound_retries=0, outbound_ring_s=5))
-    # The retention sweeper runs at start: the audit row of 100 days ago goes, today's stays.
+    # The retention sweeper runs at start: the audit row of 100 days ago goes, today's stays; what was
+    # said in a call that ended 40 days ago is blanked (its turn stays, with its timings), today's stays.
     await own.store.api_audit_write([("old", "GET", "/health", 200, time.time() - 100 * 86400),
                                      ("new", "GET", "/health", 200, time.time())])
+    for call_id, days in (("call-old", 40), ("call-new", 0)):
+        start = time.time() - days * 86400
+        await own.store.start_call(CallRecord(call_id, "+15550102030", "202", "clinic", "audiosocket", start))
+        await own.store.add_turn(Turn(call_id, 0, "caller", "my name is Ann", start, {"stt": 100.0}))
+        await own.store.end_call(call_id, "hangup", start + 60)
     daemon = Daemon(own)
     await daemon.start()
     for _ in range(200):
-        if [r["key_name"] for r in await own.store.api_audit()] == ["new"]:
+        if [r["key_name"] for r in await own.store.api_audit()] == ["new"] and \
+                [(t.text, t.timings_ms) for t in await own.store.turns("call-old")] == [("", {"stt": 100.0})]:
+            assert [t.text for t in await own.store.turns("call-new")] == ["my name is Ann"]
             break
         await asyncio.sleep(0.05)
     else:
