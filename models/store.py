@@ -69,6 +69,41 @@ def normalize_address(address: str) -> str | None:
     return normalize_number(text)
 
 
+# A call's outcome, from what the store records (first that applies): overflow (turned away over
+# capacity), transferred (a transfer done, or handed back to the dialplan for a person), message (a
+# message taken), escalated (a help request or an escalation), answered (the caller spoke), abandoned
+# (hung up without a word); a call not ended yet is "in progress". Each IN list is built once per query.
+CALL_OUTCOMES = ("answered", "transferred", "message", "escalated", "abandoned", "overflow", "in progress")
+CALL_OUTCOME_SQL = """CASE
+    WHEN c.ended_at IS NULL THEN 'in progress'
+    WHEN c.call_id IN (SELECT call_id FROM call_events WHERE kind = 'over_capacity') THEN 'overflow'
+    WHEN c.end_reason IN ('transferred', 'handed to dialplan')
+        OR c.call_id IN (SELECT call_id FROM call_events WHERE kind = 'transfer_done') THEN 'transferred'
+    WHEN c.call_id IN (SELECT call_id FROM messages WHERE call_id IS NOT NULL) THEN 'message'
+    WHEN c.call_id IN (SELECT call_id FROM help_requests WHERE call_id IS NOT NULL)
+        OR c.call_id IN (SELECT call_id FROM call_events WHERE kind = 'escalate') THEN 'escalated'
+    WHEN c.call_id IN (SELECT call_id FROM turns WHERE speaker = 'caller') THEN 'answered'
+    ELSE 'abandoned' END"""
+
+
+def _history_filters(number_column: str, at_column: str, number: str, since: float | None,
+                     until: float | None) -> tuple[list[str], list[Any]]:
+    """WHERE terms for a history search: any part of a number's digits (or of an email address, when the
+    search has no digits), and a time range [since, until)."""
+    where: list[str] = []
+    params: list[Any] = []
+    digits = "".join(ch for ch in number if ch.isdigit())
+    needle = digits or re.sub(r"[%_\\]", lambda m: "\\" + m.group(), number.strip().lower())
+    if needle:
+        where.append(f"{number_column} LIKE ? ESCAPE '\\'")
+        params.append(f"%{needle}%")
+    for term, value in ((f"{at_column} >= ?", since), (f"{at_column} < ?", until)):
+        if value is not None:
+            where.append(term)
+            params.append(value)
+    return where, params
+
+
 class Store:
     def __init__(self, path: Path, *, client: bool = False) -> None:
         self.path = path
@@ -501,6 +536,42 @@ class Store:
             [call_id])
         return [CallEvent(**{**r, "data": json.loads(r["data"])}) for r in rows]
 
+    async def call_history(self, *, number: str = "", since: float | None = None, until: float | None = None,
+                           outcome: str | None = None, call_id: str | None = None, limit: int = 25,
+                           offset: int = 0) -> tuple[list[dict[str, Any]], int]:
+        """Finished and current calls, newest first, with their outcome (CALL_OUTCOME_SQL): one page of
+        (rows, total matching). `number` matches any part of the caller's digits."""
+        where, params = _history_filters("caller", "started_at", number, since, until)
+        for column, value in (("call_id", call_id), ("outcome", outcome)):
+            if value:
+                where.append(f"{column} = ?")
+                params.append(value)
+        return await self._history_page(f"SELECT c.*, {CALL_OUTCOME_SQL} AS outcome FROM calls c", where, params,
+                                        "started_at DESC, call_id", limit, offset)
+
+    async def thread_history(self, *, number: str = "", since: float | None = None, until: float | None = None,
+                             limit: int = 25, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
+        """Text threads by their last message, newest first (dates filter that last message): one page of
+        (rows with thread_id, number, last_at, messages; total matching)."""
+        where, params = _history_filters("number", "last_at", number, since, until)
+        return await self._history_page(
+            "SELECT t.id AS thread_id, c.number, MAX(m.at) AS last_at, COUNT(m.id) AS messages FROM threads t"
+            " JOIN contacts c ON c.id = t.contact_id JOIN messages m ON m.thread_id = t.id GROUP BY t.id",
+            where, params, "last_at DESC, thread_id", limit, offset)
+
+    async def _history_page(self, rows_sql: str, where: list[str], params: list[Any], order: str, limit: int,
+                            offset: int) -> tuple[list[dict[str, Any]], int]:
+        sql = f"SELECT * FROM ({rows_sql}) {'WHERE ' + ' AND '.join(where) if where else ''}"
+        total = (await self._read(f"SELECT COUNT(*) AS n FROM ({sql})", params))[0]["n"]
+        return await self._read(f"{sql} ORDER BY {order} LIMIT ? OFFSET ?", [*params, limit, offset]), total
+
+    async def call_notes(self, call_id: str) -> tuple[list[dict[str, Any]], list[HelpRequest]]:
+        """What a call left for staff: (messages taken, help requests)."""
+        messages = await self._read("SELECT id, body, for_staff, caller_name, status, at FROM messages"
+                                    " WHERE call_id = ? ORDER BY at, id", [call_id])
+        helps = await self._read("SELECT * FROM help_requests WHERE call_id = ? ORDER BY created_at, id", [call_id])
+        return messages, [HelpRequest(**r) for r in helps]
+
     # --- messages taken for staff ---
 
     async def take_message(self, message: TakenMessage) -> int:
@@ -727,7 +798,8 @@ class Store:
         """Blank what people said or wrote once it is past its keep, leaving the rows (calls, turns with
         their timings, threads, help requests, outbox states) for statistics: rows blanked per kind.
         Turns go by their call's end, a closed help request by its answer (or creation, if it timed out),
-        a text by its time; a pending inbound text or an unsettled outbox row is never touched."""
+        a text by its time; an inbound text still waiting (pending, or held for an operator) or an unsettled
+        outbox row is never touched."""
         sweeps = {
             "turns": ("UPDATE turns SET text = ''", "turns",
                       "text != '' AND call_id IN (SELECT call_id FROM calls"
@@ -736,7 +808,7 @@ class Store:
                               "help_requests", "question != '' AND status != 'open'"
                               " AND COALESCE(answered_at, created_at) < ?", [help_before]),
             "messages": ("UPDATE messages SET body = '', subject = NULL", "messages",
-                         "body != '' AND status != 'pending' AND at < ?", [messages_before]),
+                         "body != '' AND status NOT IN ('pending', 'held') AND at < ?", [messages_before]),
             "outbox": ("UPDATE outbox SET body = '', html = NULL, subject = NULL", "outbox",
                        "body != '' AND state IN ('sent', 'delivered', 'failed') AND updated_at < ?",
                        [messages_before]),

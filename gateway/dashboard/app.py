@@ -9,6 +9,7 @@ Staff actions (sign-ins, refusals, answers) go to the audit log.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import hmac
 import logging
 import math
@@ -28,7 +29,7 @@ from gateway.dashboard.responses import FORM, SESSION, html, see_other
 from gateway.dashboard.takeover import Takeover
 from gateway.sessions.conversations import Conversations
 from models.records import KnowledgeEntry
-from models.store import NotFoundError, Store
+from models.store import CALL_OUTCOMES, NotFoundError, Store
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,8 @@ class Dashboard:
             web.post("/logout", self._staff("operator", self.logout)),
             web.get("/", self._staff("operator", self.home)),
             web.get("/calls", self._staff("operator", self.calls)),
+            web.get("/history", self._staff("operator", self.history)),
+            web.get("/history/calls/{id}", self._staff("operator", self.history_call)),
             web.get("/help", self._staff("supervisor", self.help_requests)),
             web.post("/help/{id:[0-9]{1,18}}/answer", self._staff("supervisor", self.answer)),
             web.get("/knowledge", self._staff("supervisor", self.knowledge)),
@@ -221,6 +224,32 @@ class Dashboard:
                                        await self.store.turns(call_id)))
         return html(pages.calls_page(request[SESSION], live, CALLS_REFRESH_S))
 
+    async def history(self, request: web.Request) -> web.Response:
+        q = request.query
+        page = int(q["page"]) if q.get("page", "").isdigit() and 0 < int(q["page"]) < 100_000 else 1
+        query = pages.HistoryQuery("threads" if q.get("kind") == "threads" else "calls", q.get("number", "")[:40],
+                                   q.get("from", ""), q.get("to", ""),
+                                   q.get("outcome", "") if q.get("outcome") in CALL_OUTCOMES else "", page)
+        try:
+            since = _local_day(query.date_from)
+            until = _local_day(query.date_to, days_after=1)
+        except ValueError:
+            return html(pages.message_page("Bad date", "Dates are YYYY-MM-DD.", request[SESSION]), 400)
+        search = {"number": query.number, "since": since, "until": until, "limit": HISTORY_PAGE,
+                  "offset": (page - 1) * HISTORY_PAGE}
+        found, total = await (self.store.thread_history(**search) if query.kind == "threads" else
+                              self.store.call_history(**search, outcome=query.outcome or None))
+        return html(pages.history_page(request[SESSION], query, found, total, HISTORY_PAGE))
+
+    async def history_call(self, request: web.Request) -> web.Response:
+        call_id = request.match_info["id"]
+        found, _ = await self.store.call_history(call_id=call_id, limit=1)
+        if not found:
+            return html(pages.message_page("Not found", f"There is no call {call_id}.", request[SESSION]), 404)
+        messages, helps = await self.store.call_notes(call_id)
+        return html(pages.call_page(request[SESSION], found[0], await self.store.turns(call_id),
+                                    await self.store.events(call_id), messages, helps))
+
     async def help_requests(self, request: web.Request) -> web.Response:
         status = request.query.get("status", "open")
         if status not in dict(pages.HELP_TABS):
@@ -278,6 +307,14 @@ class Dashboard:
 
 
 _MAX_QUESTION, _MAX_ANSWER, _MAX_PHRASINGS = 300, 1000, 20
+HISTORY_PAGE = 25
+
+
+def _local_day(day: str, days_after: int = 0) -> float | None:
+    """The start of a YYYY-MM-DD day (plus some days) in local time; None for no date."""
+    if not day:
+        return None
+    return (dt.datetime.combine(dt.date.fromisoformat(day), dt.time()) + dt.timedelta(days=days_after)).timestamp()
 
 
 def edited_entry(entry_id: str, question: str, answer: str, phrasings: str) -> KnowledgeEntry:

@@ -11,9 +11,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from html import escape
 from typing import Any
+from urllib.parse import quote, urlencode
 
 from models.privacy import masked
-from models.records import HelpRequest, KnowledgeEntry, OutboxRecord, StaffSession, StaffUser, Turn
+from models.records import (CallEvent, HelpRequest, KnowledgeEntry, OutboxRecord, StaffSession, StaffUser,
+                            Turn)
+from models.store import CALL_OUTCOMES
 
 PREFIX = "/dashboard"
 STYLE = """
@@ -46,7 +49,7 @@ def layout(title: str, body: str, session: StaffSession | None = None, *, refres
     header = ""
     if session is not None:
         user = session.user
-        links = [("Home", "/"), ("Live calls", "/calls"), ("Conversations", "/conversations")]
+        links = [("Home", "/"), ("Live calls", "/calls"), ("Conversations", "/conversations"), ("History", "/history")]
         if user.may("supervisor"):
             links += [("Help requests", "/help"), ("Knowledge", "/knowledge"), ("Outbox", "/outbox")]
         if user.may("admin"):
@@ -87,7 +90,7 @@ def message_page(title: str, text: str, session: StaffSession | None = None) -> 
 def home_page(session: StaffSession, open_requests: int | None) -> str:
     items = [f'<li><a href="{PREFIX}/calls">Live calls</a></li>',
              f'<li><a href="{PREFIX}/conversations">Text conversations</a> (take one over from the assistant)</li>',
-             '<li>Call and text history are not built yet.</li>']
+             f'<li><a href="{PREFIX}/history">History of calls and text threads</a></li>']
     if open_requests is not None:
         items.insert(0, f'<li><a href="{PREFIX}/help">{open_requests} help request(s) waiting for an answer</a>'
                         f'</li>')
@@ -171,7 +174,7 @@ class LiveCall:
 
 def calls_page(session: StaffSession, calls: list[LiveCall], refresh_s: int) -> str:
     def caller(number: str | None) -> str:  # operators see the last digits only
-        return (number or "withheld") if session.user.may("supervisor") else masked(number)
+        return _contact(session, number) if number else "withheld"
 
     cards = "".join(
         f'<article class="card" id="call-{e(c.call_id)}"><h2>{e(caller(c.caller))} → {e(c.dialled or "-")}</h2>'
@@ -274,3 +277,101 @@ def outbox_page(session: StaffSession, groups: list[tuple[str, list[OutboxRecord
                                              else '<p class="muted">None.</p>') for title, rows in groups)
     return layout("Outbox", f'<p class="muted">The newest {shown} of each; a failed message can be sent again, a '
                   f'queued one cancelled.</p>{body}', session)
+@dataclass(frozen=True)
+class HistoryQuery:
+    """The history page's search, as typed (kept in the form and the paging links)."""
+    kind: str = "calls"  # or "threads"
+    number: str = ""
+    date_from: str = ""  # YYYY-MM-DD, local time
+    date_to: str = ""
+    outcome: str = ""  # calls only
+    page: int = 1
+
+    def link(self, page: int, kind: str | None = None) -> str:
+        return f"{PREFIX}/history?" + urlencode({"kind": kind or self.kind, "number": self.number,
+                                                 "from": self.date_from, "to": self.date_to,
+                                                 "outcome": self.outcome, "page": page})
+
+
+HISTORY_KINDS = (("calls", "Calls"), ("threads", "Text threads"))
+
+
+def _duration(call: dict[str, Any]) -> str:
+    if not call["ended_at"]:
+        return "-"
+    seconds = round(call["ended_at"] - call["started_at"])
+    return f"{seconds // 60}:{seconds % 60:02d}"
+
+
+def history_page(session: StaffSession, query: HistoryQuery, found: list[dict[str, Any]], total: int,
+                 page_size: int) -> str:
+    """Calls or text threads (query.kind) matching the search, one page of them."""
+    tabs = "".join(f'<a href="{e(query.link(1, kind))}"{" aria-current=page" if kind == query.kind else ""}>'
+                   f'{label}</a>' for kind, label in HISTORY_KINDS)
+    options = "".join(f'<option value="{e(o)}"{" selected" if o == query.outcome else ""}>{e(o)}</option>'
+                      for o in ("", *CALL_OUTCOMES))
+    outcome = (f'<label for="outcome">Outcome</label><select id="outcome" name="outcome">{options}</select>'
+               if query.kind == "calls" else "")
+    form = (f'<form method="get" action="{PREFIX}/history" class="card"><input type="hidden" name="kind" '
+            f'value="{e(query.kind)}"><label for="number">Number or address (any part)</label><input id="number" '
+            f'name="number" value="{e(query.number)}"><label for="from">From</label><input id="from" name="from" '
+            f'type="date" value="{e(query.date_from)}"><label for="to">To (inclusive)</label><input id="to" '
+            f'name="to" type="date" value="{e(query.date_to)}">{outcome}<p><button type="submit" id="search">'
+            f'Search</button></p></form>')
+    if query.kind == "calls":
+        head = ("Started", "Caller", "Dialled", "Duration", "Outcome")
+        rows = "".join(
+            f'<tr><td><a id="open-{e(c["call_id"])}" href="{PREFIX}/history/calls/{quote(c["call_id"], safe="")}">'
+            f'{e(when(c["started_at"]))}</a></td><td>{e(_contact(session, c["caller"]))}</td>'
+            f'<td>{e(c["dialled"] or "-")}</td><td>{e(_duration(c))}</td><td>{e(c["outcome"])}</td></tr>'
+            for c in found)
+    else:
+        head = ("Last message", "Number or address", "Messages")
+        rows = "".join(
+            f'<tr><td><a id="open-thread-{t["thread_id"]}" href="{PREFIX}/conversations/{t["thread_id"]}">'
+            f'{e(when(t["last_at"]))}</a></td><td>{e(_contact(session, t["number"]))}</td>'
+            f'<td>{t["messages"]}</td></tr>' for t in found)
+    pages = max(1, -(-total // page_size))
+    paging = " ".join(
+        link for link in (f'<a href="{e(query.link(query.page - 1))}">Newer</a>' if query.page > 1 else "",
+                          f'<a href="{e(query.link(query.page + 1))}">Older</a>' if query.page < pages else "") if link)
+    columns = "".join(f'<th scope="col">{e(h)}</th>' for h in head)
+    table = (f'<table><thead><tr>{columns}</tr></thead><tbody>{rows}</tbody></table>' if found
+             else '<p class="muted">Nothing matches.</p>')
+    return layout("History", f'<nav class="tabs" aria-label="History of">{tabs}</nav>{form}<p class="muted" '
+                  f'id="found">{total} found, page {query.page} of {pages}.</p>{table}<p>{paging}</p>', session)
+
+
+def _said(text: str) -> str:
+    return e(text) if text else '<span class="muted">(removed: past retention)</span>'
+
+
+def _timings(timings: dict[str, float]) -> str:
+    return " · ".join(f"{name} {round(ms)} ms" for name, ms in timings.items()) or "-"
+
+
+def call_page(session: StaffSession, call: dict[str, Any], turns: list[Turn], events: list[CallEvent],
+              messages: list[dict[str, Any]], helps: list[HelpRequest]) -> str:
+    facts = (f'<p>{e(_contact(session, call["caller"]))} → {e(call["dialled"] or "-")} · started '
+             f'{e(when(call["started_at"]))} · duration {e(_duration(call))} · outcome <strong id="outcome">'
+             f'{e(call["outcome"])}</strong> · ended by {e(call["end_reason"] or "-")} · {e(call["call_id"])}</p>')
+    turn_rows = "".join(f'<tr><td>{t.seq}</td><td>{e(t.speaker)}</td><td>{_said(t.text)}'
+                        f'{" <em>(interrupted)</em>" if t.interrupted else ""}</td><td>{e(t.action or "")}</td>'
+                        f'<td>{e(_timings(t.timings_ms))}</td></tr>' for t in turns)
+    details = (lambda text: text) if session.user.may("supervisor") else masked  # numbers in event data too
+    event_rows = "".join(f'<tr><td>{e(when_s(ev.at))}</td><td>{e(ev.kind)}</td><td>'
+                         f'{e(details(" ".join(f"{k}={v}" for k, v in ev.data.items())))}</td></tr>' for ev in events)
+    notes = "".join(f'<li>Message for {e(m["for_staff"] or "-")} from {e(m["caller_name"] or "-")} '
+                    f'({e(m["status"])}): {_said(m["body"])}</li>' for m in messages)
+    notes += "".join(f'<li>Help request ({e(h.status)}): {_said(h.question)}'
+                     f'{" — answer: " + e(h.answer) if h.answer else ""}</li>' for h in helps)
+    return layout("Call", f'<p><a href="{e(HistoryQuery().link(1))}">Back to the history</a></p>{facts}<h2>Transcript</h2>'
+                  '<table id="turns"><thead><tr><th scope="col">#</th><th scope="col">Who</th><th scope="col">Said'
+                  '</th><th scope="col">Action</th><th scope="col">Timings</th></tr></thead>'
+                  f'<tbody>{turn_rows}</tbody></table><h2>Events</h2><table><thead><tr><th scope="col">When</th>'
+                  f'<th scope="col">What</th><th scope="col">Details</th></tr></thead><tbody>{event_rows}</tbody>'
+                  f'</table><h2>Messages and help requests</h2><ul>{notes or "<li>None.</li>"}</ul>', session)
+
+
+def when_s(at: float) -> str:
+    return dt.datetime.fromtimestamp(at).strftime("%Y-%m-%d %H:%M:%S")

@@ -393,3 +393,39 @@ async def test_an_operator_takes_over_an_sms_thread_replies_and_hands_it_back(
                 ("ora", "hand back", "ok")} <= set(actions)
     finally:
         modem.close()
+async def test_an_operator_finds_a_call_by_part_of_its_number_and_reads_its_transcript(
+        browser: Browser, run_daemon, services, speak) -> None:  # type: ignore[no-untyped-def]
+    ami = await AmiTestServer().start()
+    try:
+        site = await run_daemon(ami=AmiSettings(enabled=True, port=ami.port, username="gateway", secret="secret"))
+        await site.daemon.ami.wait_connected(5)
+        store = services.store
+        await staff(store, "opal", "operator")
+        client = await call_and_ask(site, ami, services, speak, "What are your opening hours?", 3, "Yes.")
+        await client.close()
+        await until(lambda: _ended(store, client.call_id), "the call recorded as ended")
+        turns = await store.turns(client.call_id)
+
+        await browser.sign_in(f"{site.url}/history", "opal")
+
+        def search(d: Any) -> str:
+            d.find_element("id", "number").send_keys(CALLER[3:8])  # a part of the number
+            submit(d, d.find_element("id", "search"))
+            return str(d.find_element("id", "found").text)
+        found = await browser.do(search)
+        await browser.shot("history-search")
+        assert " found" in found and CALLER not in await browser.text()  # operators see ***678
+        await browser.do(lambda d: submit(d, d.find_element("id", f"open-{client.call_id}")))
+        await browser.shot("history-call")
+        page = await browser.text()
+        transcript = await browser.do(lambda d: d.find_element("id", "turns").text)
+        assert client.call_id in page and "***678" in page and CALLER not in page
+        assert all(t.text in transcript for t in turns) and any(t.speaker == "caller" for t in turns)
+        assert " ms" in transcript  # per-turn timings
+    finally:
+        await ami.stop()
+
+
+async def _ended(store, call_id: str) -> bool:  # type: ignore[no-untyped-def]
+    call = await store.call(call_id)
+    return call is not None and call["ended_at"] is not None

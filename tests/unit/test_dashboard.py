@@ -26,7 +26,7 @@ from gateway.dashboard.helpdesk import HelpDesk
 from gateway.dashboard.pages import PREFIX
 from gateway.sessions.conversations import Conversations
 from llm.knowledge import Retriever
-from models.records import CallRecord, HelpRequest, KnowledgeEntry, Turn
+from models.records import CallEvent, CallRecord, HelpRequest, KnowledgeEntry, TakenMessage, Turn
 from models.store import Store
 
 PASSWORD = "correct horse battery"
@@ -428,3 +428,99 @@ async def test_the_outbox_page_shows_failures_and_retries_or_cancels(site: Site)
     audit = [(a["user_name"], a["action"], a["outcome"]) for a in await site.store.staff_audit()]
     assert {("sam", "retry", "ok"), ("sam", "cancel", "ok"), ("sam", "retry", "refused: not in a state for that")} \
         <= set(audit)
+async def a_call(store: Store, call_id: str, caller: str | None, started_days_ago: float, *,
+                 said: tuple[str, ...] = (), events: tuple[str, ...] = (), end_reason: str | None = "goodbye",
+                 message: bool = False, help_request: bool = False) -> None:
+    start = time.time() - started_days_ago * 86400
+    await store.start_call(CallRecord(call_id, caller, "202", "clinic", "audiosocket", start))
+    for seq, text in enumerate(said):
+        await store.add_turn(Turn(call_id, seq, "caller" if seq % 2 else "assistant", text, start + seq,
+                                  {"stt": 100.0 + seq, "llm": 250.0}))
+    for kind in events:
+        await store.add_event(CallEvent(call_id, kind, start + 1, {"extension": "201"}))
+    if message:
+        await store.take_message(TakenMessage(call_id=call_id, for_staff="Dr Lee", caller_name="Ann",
+                                              contact_number=caller, text="please call back", at=start + 2))
+    if help_request:
+        await ask(store, "do you open on sundays?", caller, call_id, start + 2)
+    if end_reason is not None:
+        await store.end_call(call_id, end_reason, start + 75)
+
+
+async def test_call_history_outcomes_search_and_paging(site: Site) -> None:
+    """Each outcome derived from what the store records; number (any part), dates and outcome filter; newest
+    first, paged."""
+    store = site.store
+    await a_call(store, "answered", "+15550102030", 1, said=("Hello", "when do you open?", "At nine."))
+    await a_call(store, "transferred", "+15550102031", 2, said=("Hello", "Dr Lee please"),
+                 events=("transfer", "transfer_done"), end_reason="transferred")
+    await a_call(store, "message", "+15550109999", 3, said=("Hello", "a message"), events=("take_message",),
+                 message=True)
+    await a_call(store, "escalated", "+15550104444", 4, said=("Hello", "sundays?"), help_request=True)
+    await a_call(store, "abandoned", None, 5, said=("Hello",), end_reason="hangup")
+    await a_call(store, "overflow", "+15550105555", 6, events=("over_capacity",), end_reason="handed to dialplan")
+    await a_call(store, "live", "+15550106666", 0, said=("Hello",), end_reason=None)
+    rows, total = await store.call_history()
+    assert total == 7 and [r["call_id"] for r in rows] == [
+        "live", "answered", "transferred", "message", "escalated", "abandoned", "overflow"]  # newest first
+    assert all(r["call_id"] == r["outcome"] for r in rows[1:]) and rows[0]["outcome"] == "in progress"
+    assert [r["call_id"] for r in (await store.call_history(number="0102 03"))[0]] == ["answered", "transferred"]
+    assert [r["call_id"] for r in (await store.call_history(outcome="message"))[0]] == ["message"]
+    day = 86400
+    since, until = time.time() - 4.5 * day, time.time() - 1.5 * day
+    assert [r["call_id"] for r in (await store.call_history(since=since, until=until))[0]] == [
+        "transferred", "message", "escalated"]
+    page2, total = await store.call_history(limit=3, offset=3)
+    assert total == 7 and [r["call_id"] for r in page2] == ["message", "escalated", "abandoned"]
+    await site.store.sweep_contents(time.time(), time.time(), time.time())  # retention keeps the outcomes
+    assert [r["outcome"] for r in (await store.call_history())[0]][1:] == [r["call_id"] for r in rows[1:]]
+
+
+async def test_history_pages_mask_numbers_for_operators_and_show_turn_timings(site: Site) -> None:
+    await a_call(site.store, "call-7", "+15550102030", 1, said=("Hello, <b>Bright Smile</b>.", "Dr Lee please"),
+                 events=("transfer", "transfer_done"), end_reason="transferred", message=True)
+    async with browser() as http:
+        await sign_in(http, site.url, "oli")
+        async with http.get(f"{site.url}/history", params={"number": "2030", "outcome": "transferred"}) as page:
+            text = await page.text()
+        assert page.status == 200 and "1 found" in text and "***030" in text and "5550102030" not in text
+        async with http.get(f"{site.url}/history/calls/call-7") as page:
+            text = await page.text()
+        assert page.status == 200 and "***030" in text and "5550102030" not in text
+        assert "Hello, &lt;b&gt;Bright Smile&lt;/b&gt;." in text and "stt 100 ms · llm 250 ms" in text
+        assert "transfer_done" in text and "please call back" in text and ">transferred</strong>" in text
+        async with http.get(f"{site.url}/history/calls/nope") as page:
+            assert page.status == 404
+        async with http.get(f"{site.url}/history", params={"from": "yesterday"}) as page:
+            assert page.status == 400
+    async with browser() as http:
+        await sign_in(http, site.url, "sam")
+        async with http.get(f"{site.url}/history/calls/call-7") as page:
+            assert "+15550102030" in await page.text()  # a supervisor sees the number
+
+
+async def test_text_thread_history_search_and_page(site: Site) -> None:
+    """Threads by their last message, newest first, searchable by any part of a number or an address and
+    by dates, linked to their conversation page; operators see masked numbers."""
+    store, now = site.store, time.time()
+    sms = await store.thread_for("+15550102030")
+    mail = await store.thread_for_address("ann.lee@example.org")
+    await store.add_thread_message(sms, "sms", "in", "Can I move my <b>cleaning</b>?", "answered", at=now - 3 * 86400)
+    await store.add_thread_message(sms, "sms", "out", "Yes: call us.", "sent", at=now - 3 * 86400 + 5)
+    await store.add_thread_message(mail, "email", "in", "Parking?", "answered", at=now - 86400)
+    await store.thread_for("+15550109999")  # no messages: not listed
+    rows, total = await store.thread_history()
+    assert total == 2 and [(r["thread_id"], r["messages"]) for r in rows] == [(mail, 1), (sms, 2)]
+    assert [r["thread_id"] for r in (await store.thread_history(number="0102"))[0]] == [sms]
+    assert [r["thread_id"] for r in (await store.thread_history(number="Ann.Lee"))[0]] == [mail]
+    assert (await store.thread_history(number="a%"))[1] == 0  # LIKE wildcards are literal
+    assert [r["thread_id"] for r in (await store.thread_history(since=now - 2 * 86400))[0]] == [mail]
+    async with browser() as http:
+        await sign_in(http, site.url, "oli")
+        async with http.get(f"{site.url}/history", params={"kind": "threads", "number": "2030"}) as page:
+            text = await page.text()
+        assert "1 found" in text and "***030" in text and "5550102030" not in text
+        assert f'href="{PREFIX}/conversations/{sms}"' in text and 'id="outcome"' not in text  # the thread's page
+        async with http.get(f"{site.url}/history", params={"kind": "threads", "from": "2020-01-01"}) as page:
+            text = await page.text()
+        assert "2 found" in text and "ann.lee@example.org" in text  # addresses as they are (Conversations)

@@ -199,6 +199,10 @@ async def test_retention_deletes_in_batches(tmp_path: Path) -> None:
     ("  public_chat: {idle_timeout_s: 0}", "http.public_chat.idle_timeout_s", "greater than 0"),
     ("  public_chat: {max_connections: 3}", "http.public_chat.max_connections", "unknown key"),
     ("  retention: {otp_days: 7}", "http.retention", "unknown key"),  # moved to the top-level retention:
+    ("retention: {transcripts_days: 0}", "retention.transcripts_days", "greater than 0"),
+    ("retention: {messages_days: a month}", "retention.messages_days", "valid number"),
+    ("retention: {otp_days: 0.5}", "retention.otp_days", "greater than or equal to 1"),
+    ("retention: {calls_days: 3}", "retention.calls_days", "unknown key"),
 ])
 def test_public_chat_and_retention_mistakes_name_file_key_and_reason(tmp_path: Path, body: str, key: str,
                                                                     reason: str) -> None:
@@ -206,7 +210,9 @@ def test_public_chat_and_retention_mistakes_name_file_key_and_reason(tmp_path: P
     assert not HttpSettings().public_chat.enabled
     etc = Path(__file__).resolve().parents[2] / "etc"
     text = (etc / "switchboard.yaml").read_text().replace("directory.yaml", str(etc / "directory.yaml")).replace(
-        "knowledge.yaml", str(etc / "knowledge.yaml")).replace("  port: 8080\n", f"  port: 8080\n{body}\n", 1)
+        "knowledge.yaml", str(etc / "knowledge.yaml"))
+    # An indented body goes into http:, another at the top level.
+    text = text.replace("  port: 8080\n", f"  port: 8080\n{body}\n", 1) if body.startswith(" ") else f"{text}\n{body}\n"
     (tmp_path / "switchboard.yaml").write_text(text)
     with pytest.raises(ConfigError) as err:
         load_config(tmp_path / "switchboard.yaml")

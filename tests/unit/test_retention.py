@@ -1,14 +1,13 @@
 """Retention of personal contents: a store with old and new rows, swept with a clock of our own, loses
-exactly the contents past their keep and keeps every row, timing and count for statistics."""
+exactly the contents past their keep and keeps every row, timing and count for statistics. (Config
+mistakes: tests/unit/test_http_parts.py.)"""
 
 from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
 
-import pytest
-
-from gateway.config import ConfigError, RetentionSettings, load_config
+from gateway.config import RetentionSettings
 from gateway.daemon.retention import DAY_S, Sweeper
 from models.store import Store
 
@@ -39,7 +38,8 @@ def fill(db: sqlite3.Connection) -> None:
                    [question, status, "an answer" if answered else None, ago(created), answered and ago(answered)])
     db.execute("INSERT INTO contacts (id, number, created_at) VALUES (1, '+15550102030', ?)", [ago(100)])
     db.execute("INSERT INTO threads (id, contact_id, created_at) VALUES (1, 1, ?)", [ago(100)])
-    for body, status, at in (("old reply", "sent", 31), ("new reply", "sent", 1), ("old pending", "pending", 31)):
+    for body, status, at in (("old reply", "sent", 31), ("new reply", "sent", 1), ("old pending", "pending", 31),
+                             ("old held", "held", 31)):
         db.execute("INSERT INTO messages (thread_id, channel, direction, body, subject, status, at)"
                    " VALUES (1, 'sms', 'in', ?, 'subj', ?, ?)", [body, status, ago(at)])
     for key, body, state, updated in (("a", "old sent", "delivered", 31), ("b", "old failed", "failed", 40),
@@ -80,7 +80,8 @@ async def test_sweep_blanks_exactly_the_expired_contents_and_keeps_the_aggregate
             == [("", "answered", None, None), ("", "unresolved", None, None),
                 ("recent answered", "answered", "an answer", "note"), ("old but open", "open", None, "note")]
         assert db.execute("SELECT body, subject, status FROM messages ORDER BY id").fetchall() == [
-            ("", None, "sent"), ("new reply", "subj", "sent"), ("old pending", "subj", "pending")]
+            ("", None, "sent"), ("new reply", "subj", "sent"), ("old pending", "subj", "pending"),
+            ("old held", "subj", "held")]
         assert db.execute("SELECT body, html, subject, state FROM outbox ORDER BY id").fetchall() == [
             ("", None, None, "delivered"), ("", None, None, "failed"), ("old queued", "<p>", "s", "queued"),
             ("new sent", "<p>", "s", "sent")]
@@ -96,19 +97,3 @@ async def test_sweep_changes_in_batches(tmp_path: Path) -> None:
     finally:
         await store.close()
 
-
-@pytest.mark.parametrize(("body", "key", "reason"), [
-    ("retention: {transcripts_days: 0}", "retention.transcripts_days", "greater than 0"),
-    ("retention: {messages_days: a month}", "retention.messages_days", "valid number"),
-    ("retention: {otp_days: 0.5}", "retention.otp_days", "greater than or equal to 1"),
-    ("retention: {calls_days: 3}", "retention.calls_days", "unknown key"),
-])
-def test_retention_mistakes_name_file_key_and_reason(tmp_path: Path, body: str, key: str, reason: str) -> None:
-    etc = Path(__file__).resolve().parents[2] / "etc"
-    text = (etc / "switchboard.yaml").read_text().replace("directory.yaml", str(etc / "directory.yaml")).replace(
-        "knowledge.yaml", str(etc / "knowledge.yaml"))
-    (tmp_path / "switchboard.yaml").write_text(f"{text}\n{body}\n")
-    with pytest.raises(ConfigError) as err:
-        load_config(tmp_path / "switchboard.yaml")
-    assert (err.value.file, err.value.key) == (str(tmp_path / "switchboard.yaml"), key)
-    assert reason in err.value.reason
