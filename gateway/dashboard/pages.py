@@ -308,7 +308,7 @@ def history_page(session: StaffSession, query: HistoryQuery, found: list[dict[st
     """Calls or text threads (query.kind) matching the search, one page of them."""
     tabs = "".join(f'<a href="{e(query.link(1, kind))}"{" aria-current=page" if kind == query.kind else ""}>'
                    f'{label}</a>' for kind, label in HISTORY_KINDS)
-    options = "".join(f'<option value="{e(o)}"{" selected" if o == query.outcome else ""}>{e(o)}</option>'
+    options = "".join(f'<option value="{e(o)}"{" selected" if o == query.outcome else ""}>{e(o or "any")}</option>'
                       for o in ("", *CALL_OUTCOMES))
     outcome = (f'<label for="outcome">Outcome</label><select id="outcome" name="outcome">{options}</select>'
                if query.kind == "calls" else "")
