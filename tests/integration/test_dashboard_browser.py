@@ -31,6 +31,7 @@ from gateway.media.caller import CallerClient
 from models.records import HelpRequest
 from support.ami_server import AmiTestServer
 from tests.support.fake_modem import FakeModem
+from tests.support.gateway import own_store
 
 pytestmark = [pytest.mark.models, pytest.mark.skipif(
     shutil.which("chromedriver") is None and os.environ.get("CI") != "true",
@@ -111,15 +112,20 @@ class Site:
 
 
 @pytest.fixture
-async def run_daemon(services) -> AsyncIterator[Callable[..., Any]]:  # type: ignore[no-untyped-def]
-    """Start the daemon from the session's config with changes; stopped at the end of the test."""
+async def run_daemon(services, tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:  # type: ignore[no-untyped-def]
+    """Start the daemon from the session's config with changes, on a database of its own (what staff
+    teach it must not reach other tests); stopped at the end of the test."""
     started: list[Daemon] = []
 
     async def start(**changes: Any) -> Site:
-        config = dataclasses.replace(services.config, audiosocket=services.config.audiosocket.model_copy(
-            update={"port": 0}), **changes)
-        daemon = Daemon(dataclasses.replace(services, config=config))
-        await daemon.start()
+        directory = tmp_path / f"daemon-{len(started)}"
+        directory.mkdir()
+        daemon = Daemon(await own_store(services, directory, **changes))
+        try:
+            await daemon.start()
+        except BaseException:
+            await daemon.services.store.close()
+            raise
         started.append(daemon)
         assert daemon.http is not None
         return Site(daemon, f"http://127.0.0.1:{daemon.http.port}/dashboard")
@@ -127,6 +133,7 @@ async def run_daemon(services) -> AsyncIterator[Callable[..., Any]]:  # type: ig
     yield start
     for daemon in started:
         await daemon.stop(grace_s=0.5)
+        await daemon.services.store.close()
 
 
 async def staff(store, name: str, role: str) -> None:  # type: ignore[no-untyped-def]
@@ -145,7 +152,7 @@ async def until(check: Callable[[], Any], what: str, timeout_s: float = 60.0) ->
     raise AssertionError(f"not reached in {timeout_s:.0f} s: {what}")
 
 
-async def call_and_ask(site: Site, ami: AmiTestServer, services, speak, question: str, n: int,  # type: ignore[no-untyped-def]
+async def call_and_ask(site: Site, ami: AmiTestServer, speak, question: str, n: int,  # type: ignore[no-untyped-def]
                        confirm: str) -> CallerClient:
     """A caller (number CALLER, correlated over AMI like the shipped dialplan) asks `question`, and says
     `confirm` if the assistant asks whether that is their question."""
@@ -155,7 +162,7 @@ async def call_and_ask(site: Site, ami: AmiTestServer, services, speak, question
     await client.connect()
     await client.wait_reply(time.monotonic() - 1)  # the greeting
     await ask(client, speak, question)
-    said = [t.text for t in await services.store.turns(client.call_id) if t.speaker == "assistant"]
+    said = [t.text for t in await site.daemon.services.store.turns(client.call_id) if t.speaker == "assistant"]
     if "are you asking" in said[-1]:  # the confirmation band
         await ask(client, speak, confirm)
     return client
@@ -171,10 +178,10 @@ async def test_supervisor_answers_a_callers_question_which_reaches_them_by_sms_a
             messaging=MessagingSettings(sms_modem=ModemSettings(port=str(modem.port), reconnect_s=0.2,
                                                                 network_timeout_s=2.0)))
         await site.daemon.ami.wait_connected(5)
-        store = services.store
+        store = site.daemon.services.store
         await staff(store, "sam", "supervisor")
         question = "Do you sell gift cards for the holidays?"
-        client = await call_and_ask(site, ami, services, speak, question, 1, "No.")
+        client = await call_and_ask(site, ami, speak, question, 1, "No.")
         await client.close()
         request: HelpRequest = await until(lambda: _request_of(store, client.call_id), "a help request")
         assert request.contact_number == CALLER
@@ -210,7 +217,7 @@ async def test_supervisor_answers_a_callers_question_which_reaches_them_by_sms_a
         assert shown == answer
 
         # The next caller asking the same question hears the learned answer: no restart.
-        again = await call_and_ask(site, ami, services, speak, question, 2, "Yes.")
+        again = await call_and_ask(site, ami, speak, question, 2, "Yes.")
         try:
             # While it is connected, the call and its transcript are on the live calls page.
             await browser.do(lambda d: submit(d, d.find_element("link text", "Live calls")))
@@ -243,7 +250,7 @@ async def _settled(store, outbox_id: int):  # type: ignore[no-untyped-def]
 async def test_an_operator_is_refused_and_a_forged_post_is_refused(
         browser: Browser, run_daemon, services) -> None:  # type: ignore[no-untyped-def]
     site = await run_daemon()
-    store = services.store
+    store = site.daemon.services.store
     await staff(store, "oli", "operator")
     await staff(store, "sue", "supervisor")
     request_id = await store.create_help_request(HelpRequest(None, "call-x", "+15550107777", "Is there a ramp?",
@@ -288,7 +295,7 @@ async def _page_says(browser: Browser, text: str) -> bool:
 
 async def test_sign_out_and_login_throttling(browser: Browser, run_daemon, services) -> None:  # type: ignore[no-untyped-def]
     site = await run_daemon(dashboard=services.config.dashboard.model_copy(update={"login_failures": 3}))
-    await staff(services.store, "tia", "supervisor")
+    await staff(site.daemon.services.store, "tia", "supervisor")
     page = await browser.sign_in(f"{site.url}/", "tia")
     assert "tia (supervisor)" in page
     await browser.do(lambda d: submit(d, d.find_element("xpath", "//button[text()='Sign out']")))
@@ -303,7 +310,7 @@ async def test_sign_out_and_login_throttling(browser: Browser, run_daemon, servi
     await browser.shot("throttled")
     assert "Too many failed sign-ins" in page
     assert "sb_session" not in {c["name"] for c in await browser.do(lambda d: d.get_cookies())}
-    outcomes = [a["outcome"] for a in await services.store.staff_audit(20) if a["user_name"] == "tia"]
+    outcomes = [a["outcome"] for a in await site.daemon.services.store.staff_audit(20) if a["user_name"] == "tia"]
     assert outcomes[:4] == ["throttled", "failed", "failed", "failed"] and "ok" in outcomes
 
 
@@ -331,7 +338,7 @@ async def test_an_operator_takes_over_an_sms_thread_replies_and_hands_it_back(
     try:
         site = await run_daemon(messaging=MessagingSettings(sms_modem=ModemSettings(
             port=str(modem.port), reconnect_s=0.2, network_timeout_s=2.0)))
-        store = services.store
+        store = site.daemon.services.store
         await staff(store, "ora", "operator")
         # The assistant answers the first text: the thread exists and the path works.
         modem.receive_sms(TEXTER, "Do you take Cigna insurance?")
@@ -399,9 +406,9 @@ async def test_an_operator_finds_a_call_by_part_of_its_number_and_reads_its_tran
     try:
         site = await run_daemon(ami=AmiSettings(enabled=True, port=ami.port, username="gateway", secret="secret"))
         await site.daemon.ami.wait_connected(5)
-        store = services.store
+        store = site.daemon.services.store
         await staff(store, "opal", "operator")
-        client = await call_and_ask(site, ami, services, speak, "What are your opening hours?", 3, "Yes.")
+        client = await call_and_ask(site, ami, speak, "What are your opening hours?", 3, "Yes.")
         await client.close()
         await until(lambda: _ended(store, client.call_id), "the call recorded as ended")
         turns = await store.turns(client.call_id)

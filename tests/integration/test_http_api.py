@@ -34,9 +34,9 @@ from gateway.http.keys import new_key
 from gateway.http.chats import Chats
 from gateway.media.caller import CallerClient
 from models.records import CallRecord, Turn
-from models.store import Store
 from tests.support.ami_server import AmiTestServer
 from tests.support.fake_modem import FakeModem
+from tests.support.gateway import own_store
 from tests.support.net import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -84,15 +84,6 @@ class Rig:
                 return found[-1]
             assert time.monotonic() < deadline, f"no mail to {address}"
             await asyncio.sleep(0.05)
-
-
-async def own_store(services, directory: Path, **config_changes: object):  # type: ignore[no-untyped-def]
-    """The shared models with a database of their own: no row of these tests reaches another test's outbox."""
-    store = await Store.open(directory / "switchboard.db")
-    config = dataclasses.replace(services.config, data_dir=directory, database=directory / "switchboard.db",
-                                 audiosocket=services.config.audiosocket.model_copy(update={"port": 0}),
-                                 **config_changes)
-    return dataclasses.replace(services, config=config, store=store)
 
 
 @pytest.fixture(scope="module")

@@ -16,3 +16,26 @@ async def running_gateway(services) -> AsyncIterator:  # type: ignore[no-untyped
         yield gw
     finally:
         await gw.stop(grace_s=2.0)
+
+
+async def own_store(services, directory, **config_changes):  # type: ignore[no-untyped-def]
+    """The session's loaded models with a database of their own, holding the site's knowledge, and a
+    knowledge index reading that database: nothing a test stores (a learned answer, an outbox row, a
+    staff user) reaches another test. The caller closes `.store`."""
+    import dataclasses
+
+    from llm.knowledge import Retriever
+    from models.store import Store
+
+    store = await Store.open(directory / "switchboard.db")
+    try:
+        await store.replace_admin_knowledge(services.config.knowledge)
+        retriever = Retriever(store)
+        await retriever.prepare()
+    except BaseException:
+        await store.close()
+        raise
+    config = dataclasses.replace(services.config, data_dir=directory, database=directory / "switchboard.db",
+                                 audiosocket=services.config.audiosocket.model_copy(update={"port": 0}),
+                                 **config_changes)
+    return dataclasses.replace(services, config=config, store=store, retriever=retriever)
