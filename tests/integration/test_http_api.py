@@ -25,8 +25,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 from test_email_peer import SmtpPeer
+from test_sip_message import Sipp, needs_sipp
 
-from channels.settings import WebhookSettings
+from channels.settings import SipMessageSettings, WebhookSettings
 from channels.webhook import signature
 from gateway.config import AmiSettings, MessagingSettings, PublicChatSettings
 from gateway.daemon.app import Daemon
@@ -187,6 +188,36 @@ async def until_status(rig_call, path: str, key: str, wanted: str) -> dict:  # t
             return body
         await asyncio.sleep(0.05)
     raise AssertionError(f"{path} never {wanted}: {body}")
+
+
+@needs_sipp
+async def test_a_sip_message_through_the_api_reaches_sipp(services, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """channel sip: the daemon's SIP MESSAGE channel sends to a real SIPp gateway, which challenges with
+    401 and takes the authenticated retry; the message's timeline ends delivered, its text in SIPp's log."""
+    (tmp_path / "sipp").mkdir()
+    sipp = await Sipp("uas_401.xml", tmp_path / "sipp", user="gw", password="s3cret", qop="").start()
+    monkeypatch.setenv("TEST_SIP_PASSWORD", "s3cret")
+    messaging = MessagingSettings(sip_message=SipMessageSettings(
+        gateway_host="127.0.0.1", gateway_port=sipp.port, bind_port=0, username="gw", domain="sms.example",
+        password_env="TEST_SIP_PASSWORD", timer_f_s=8.0))
+    daemon = Daemon(await own_store(services, tmp_path, messaging=messaging))
+    await daemon.start()
+    assert daemon.http is not None
+    try:
+        async with aiohttp.ClientSession() as http:
+            rig = Rig(daemon, SmtpPeer(), http, f"http://127.0.0.1:{daemon.http.port}")
+            key = await rig.key()
+            text = "Your crown is ready. Grüße from the clinic."
+            status, sent, _ = await rig.call("POST", "/v1/messages", key,
+                                             {"channel": "sip", "to": "+1 555 0102 030", "text": text})
+            assert status == 202
+            done = await until_status(rig.call, f"/v1/messages/{sent['id']}", key, "delivered")
+            assert done["attempts"] == 1
+        assert await sipp.wait() == 0, sipp.log("errors")  # SIPp's verifyauth accepted the digest
+        assert text in sipp.log("messages") and "+15550102030" in sipp.log("messages")
+    finally:
+        await daemon.stop(grace_s=0.5)
+        await daemon.services.store.close()
 
 
 async def test_ready_and_voice_through_ami(services, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
