@@ -335,6 +335,21 @@ def load_knowledge_yaml(path: str | Path) -> list[KnowledgeEntry]:
     return entries
 
 
+def dump_knowledge_yaml(entries: list[KnowledgeEntry]) -> str:
+    """Entries in etc/knowledge.yaml's format (what load_knowledge_yaml reads), to paste into that file.
+    A learned entry's id `learned-N` (a prefix the file may not use) becomes `learned_N`."""
+    items = []
+    for k in entries:
+        item: dict[str, Any] = {"id": re.sub(r"^learned-", "learned_", k.id), "question": k.question,
+                                "answer": k.answer}
+        if k.phrasings:
+            item["phrasings"] = list(k.phrasings)
+        if k.tags:
+            item["tags"] = list(k.tags)
+        items.append(item)
+    return yaml.safe_dump({"entries": items}, sort_keys=False, allow_unicode=True, width=100)
+
+
 _MISSING = object()
 
 

@@ -272,8 +272,24 @@ def _v6_takeover(db: Database) -> None:
     db.execute("ALTER TABLE messages ADD COLUMN sent_by TEXT")
 
 
+def _v7_added_phrasings(db: Database) -> None:
+    # Phrasings staff added from the dashboard to an entry of etc/knowledge.yaml: kept apart from the
+    # admin's file and merged into the entry each time the file is loaded (so they survive restarts).
+    db.execute("""
+        CREATE TABLE knowledge_phrasings (
+            entry_id TEXT NOT NULL,
+            phrasing TEXT NOT NULL,
+            help_request_id INTEGER,
+            added_by TEXT,
+            added_at REAL NOT NULL,
+            PRIMARY KEY (entry_id, phrasing)
+        )""")
+    # The existing entry a help request was closed with (its question added as a phrasing of it).
+    db.execute("ALTER TABLE help_requests ADD COLUMN answered_entry TEXT")
+
+
 MIGRATIONS: list[Callable[[Database], None]] = [_v1_initial, _v2_outbox, _v3_durable_inbound, _v4_http_api,
-                                                _v5_staff, _v6_takeover]
+                                                _v5_staff, _v6_takeover, _v7_added_phrasings]
 LATEST_VERSION = len(MIGRATIONS)
 
 

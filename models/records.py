@@ -53,6 +53,7 @@ class HelpRequest:
     followup_channel: str | None = None  # how the answer went back to the customer who asked
     followup_outbox_id: int | None = None
     followup_note: str | None = None  # why no follow-up was sent, when none was
+    answered_entry: str | None = None  # the existing entry it was closed with (question added as a phrasing)
 
 
 @dataclass

@@ -13,7 +13,7 @@ import logging
 import re
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -978,6 +978,44 @@ class Store:
         log.info("help request answered id=%d entry=%s", request_id, entry.id)
         return entry
 
+    async def add_phrasing(self, request_id: int, entry_id: str, by: str | None = None,
+                           max_length: int = 300) -> KnowledgeEntry:
+        """Close an open or unresolved help request with an existing entry: its question becomes a phrasing
+        of that entry (live at once) and the entry's answer its answer. A learned entry keeps the phrasing
+        itself; an entry of knowledge.yaml gets it in knowledge_phrasings, merged in at every reload.
+        Raises NotFoundError (request or entry), ValueError (closed, empty, too long, duplicate)."""
+        def run() -> KnowledgeEntry:
+            db = self._writer_db
+            with db.atomic():
+                rows = list(db.query("SELECT question, status FROM help_requests WHERE id = ?", [request_id]))
+                if not rows:
+                    raise NotFoundError(f"no help request {request_id}")
+                if rows[0]["status"] == "answered":
+                    raise ValueError(f"help request {request_id} is already answered")
+                found = list(db.query("SELECT * FROM knowledge WHERE id = ?", [entry_id]))
+                if not found:
+                    raise NotFoundError(f"no enabled knowledge entry {entry_id!r}")
+                entry, phrasing = _entry(found[0]), " ".join(rows[0]["question"].split())
+                if not phrasing or len(phrasing) > max_length:
+                    raise ValueError(f"the question must have 1 to {max_length} characters")
+                if phrasing.casefold() in {t.casefold() for t in [entry.question, *entry.phrasings]}:
+                    raise ValueError(f"{entry_id!r} already has the phrasing {phrasing!r}")
+                if entry.source != "learned":
+                    db["knowledge_phrasings"].insert({"entry_id": entry_id, "phrasing": phrasing, "added_by": by,
+                                                      "help_request_id": request_id, "added_at": time.time()})
+                entry = replace(entry, phrasings=[*entry.phrasings, phrasing])
+                self._write_knowledge(entry, overwrite=True)
+                db.execute("UPDATE help_requests SET status = 'answered', answer = ?, answered_at = ?,"
+                           " answered_by = ?, answered_entry = ? WHERE id = ?",
+                           [entry.answer, time.time(), by, entry_id, request_id])
+            log.info("help request answered id=%d entry=%s phrasing added", request_id, entry_id)
+            return entry
+        return await self._run(run)
+
+    async def added_phrasings(self) -> dict[str, list[str]]:
+        """The phrasings staff added to entries of knowledge.yaml, by entry id, oldest first."""
+        return _by_entry(await self._read(_ADDED_PHRASINGS, []))
+
     # --- knowledge ---
 
     async def replace_admin_knowledge(self, entries: list[KnowledgeEntry]) -> None:
@@ -988,9 +1026,18 @@ class Store:
         db = self._writer_db
         with db.atomic():
             db.execute("DELETE FROM knowledge WHERE source = 'admin'")
+            added = _by_entry(db.query(_ADDED_PHRASINGS))
             for entry in entries:
+                # Phrasings added on the dashboard join the file's (once: the file may hold an export of them).
+                known = {p.casefold() for p in [entry.question, *entry.phrasings]}
+                extra = [p for p in added.get(entry.id, []) if p.casefold() not in known]
                 try:
-                    self._write_knowledge(replace(entry, source="admin"))
+                    self._write_knowledge(replace(entry, phrasings=[*entry.phrasings, *extra], source="admin"))
+                    if entry.id.startswith("learned_"):  # the file took over an exported learned entry
+                        taken = "learned-" + entry.id.removeprefix("learned_")
+                        db.execute("INSERT OR REPLACE INTO knowledge_disabled SELECT * FROM knowledge"
+                                   " WHERE id = ? AND source = 'learned'", [taken])
+                        db.execute("DELETE FROM knowledge WHERE id = ? AND source = 'learned'", [taken])
                 except sqlite3.IntegrityError as e:
                     raise ValueError(
                         f"knowledge id {entry.id!r} is duplicated or already used by a"
@@ -1081,6 +1128,16 @@ class Store:
 
 def _api_key(row: dict[str, Any]) -> ApiKey:
     return ApiKey(**{**row, "scopes": tuple(json.loads(row["scopes"]))})
+
+
+_ADDED_PHRASINGS = "SELECT entry_id, phrasing FROM knowledge_phrasings ORDER BY added_at"
+
+
+def _by_entry(rows: Iterable[dict[str, Any]]) -> dict[str, list[str]]:
+    added: dict[str, list[str]] = {}
+    for row in rows:
+        added.setdefault(row["entry_id"], []).append(row["phrasing"])
+    return added
 
 
 def _entry(row: dict[str, Any]) -> KnowledgeEntry:

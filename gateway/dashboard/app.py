@@ -28,6 +28,7 @@ from gateway.dashboard.pages import PREFIX
 from gateway.dashboard.responses import FORM, SESSION, html, see_other
 from gateway.dashboard.takeover import Takeover
 from gateway.sessions.conversations import Conversations
+from llm.knowledge import dump_knowledge_yaml
 from models.records import KnowledgeEntry
 from models.store import CALL_OUTCOMES, NotFoundError, Store
 
@@ -77,7 +78,8 @@ class Dashboard:
             web.get("/history", self._staff("operator", self.history)),
             web.get("/history/calls/{id}", self._staff("operator", self.history_call)),
             web.get("/help", self._staff("supervisor", self.help_requests)),
-            web.post("/help/{id:[0-9]{1,18}}/answer", self._staff("supervisor", self.answer)),
+            web.post("/help/{id:[0-9]{1,18}}/{action:answer|phrasing}", self._staff("supervisor", self.answer)),
+            web.get("/knowledge/export.yaml", self._staff("supervisor", self.export_knowledge)),
             web.get("/knowledge", self._staff("supervisor", self.knowledge)),
             web.post("/knowledge/{id}/edit", self._staff("supervisor", self.edit_entry)),
             web.post("/knowledge/{id}/{action:disable|enable}", self._staff("supervisor", self.toggle_entry)),
@@ -257,19 +259,25 @@ class Dashboard:
         requests = await self.store.help_requests(status)
         outbox = {r.followup_outbox_id: row for r in requests if r.followup_outbox_id is not None
                   and (row := await self.store.outbox_get(r.followup_outbox_id)) is not None}
-        return html(pages.help_page(request[SESSION], status, requests, outbox))
+        return html(pages.help_page(request[SESSION], status, requests, outbox, await self.store.knowledge()))
 
     async def answer(self, request: web.Request) -> web.StreamResponse:
         request_id = int(request.match_info["id"])
-        text = str(request[FORM].get("answer", ""))
-        session = request[SESSION]
+        form, session = request[FORM], request[SESSION]
+        phrasing = request.match_info["action"] == "phrasing"  # the question joins an existing entry
         try:
-            entry, followup = await self.helpdesk.answer(request_id, text, session.user.name)
-        except NotFoundError:
-            return html(pages.message_page("Not found", f"There is no help request {request_id}.", session), 404)
+            if phrasing:
+                entry, followup = await self.helpdesk.add_phrasing(request_id, str(form.get("entry", "")),
+                                                                   session.user.name)
+            else:
+                entry, followup = await self.helpdesk.answer(request_id, str(form.get("answer", "")),
+                                                             session.user.name)
+        except NotFoundError as exc:
+            return html(pages.message_page("Not found", str(exc), session), 404)
         except ValueError as exc:
             return html(pages.message_page("Not answered", str(exc), session), 422)
-        await self._audit(request, "answer help request", f"learned {entry.id}; follow-up "
+        await self._audit(request, "answer help request", f"{'phrasing of' if phrasing else 'learned'} {entry.id};"
+                          f" follow-up "
                           f"{followup.channel or 'none'} {followup.outbox_id or followup.note or ''}".strip(),
                           target=f"help request {request_id}")
         return see_other(f"{PREFIX}/help?status=answered#req-{request_id}")
@@ -277,6 +285,14 @@ class Dashboard:
     async def knowledge(self, request: web.Request) -> web.Response:
         return html(pages.knowledge_page(request[SESSION], await self.store.knowledge(),
                                          await self.store.knowledge_disabled()))
+
+    async def export_knowledge(self, request: web.Request) -> web.Response:
+        """Learned entries, and the knowledge.yaml entries staff added phrasings to, as knowledge.yaml."""
+        added = await self.store.added_phrasings()
+        entries = [k for k in await self.store.knowledge() if k.source == "learned" or k.id in added]
+        await self._audit(request, "export knowledge", f"{len(entries)} entries")
+        return web.Response(text=dump_knowledge_yaml(entries), content_type="application/yaml",
+                            headers={"Content-Disposition": 'attachment; filename="knowledge-export.yaml"'})
 
     async def edit_entry(self, request: web.Request) -> web.StreamResponse:
         entry_id, form = request.match_info["id"], request[FORM]

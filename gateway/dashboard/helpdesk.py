@@ -79,6 +79,18 @@ class HelpDesk:
     async def answer(self, request_id: int, text: str, by: str) -> tuple[KnowledgeEntry, Followup]:
         """Learn the answer and tell the customer; raises NotFoundError, ValueError (empty answer)."""
         entry = await self.store.answer_help_request(request_id, text, by=by)
+        followup = await self._tell_customer(request_id)
+        if self._prepare_speech is not None:  # in the background: the page need not wait for the voice
+            self._tasks.spawn(self._prepare_speech([entry.answer]))
+        return entry, followup
+
+    async def add_phrasing(self, request_id: int, entry_id: str, by: str) -> tuple[KnowledgeEntry, Followup]:
+        """Close the request with an existing entry (its question becomes a phrasing of it) and send the
+        customer that entry's answer, as for a new answer; raises NotFoundError, ValueError."""
+        entry = await self.store.add_phrasing(request_id, entry_id, by=by)
+        return entry, await self._tell_customer(request_id)
+
+    async def _tell_customer(self, request_id: int) -> Followup:
         request = await self.store.help_request(request_id)
         if request is None:  # deleted meanwhile (retention)
             raise NotFoundError(f"no help request {request_id}")
@@ -86,9 +98,7 @@ class HelpDesk:
         await self.store.help_request_followup(request_id, followup.channel, followup.outbox_id, followup.note)
         log.info("help request followed up id=%d channel=%s outbox=%s note=%s", request_id,
                  followup.channel or "-", followup.outbox_id or "-", followup.note or "-")
-        if self._prepare_speech is not None:  # in the background: the page need not wait for the voice
-            self._tasks.spawn(self._prepare_speech([entry.answer]))
-        return entry, followup
+        return followup
 
     async def _follow_up(self, request: HelpRequest) -> Followup:
         contact = (request.contact_number or "").strip()

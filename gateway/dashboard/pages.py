@@ -101,16 +101,17 @@ HELP_TABS = (("open", "Pending"), ("answered", "Answered"), ("unresolved", "Unre
 
 
 def help_page(session: StaffSession, status: str, requests: list[HelpRequest],
-              outbox: dict[int, OutboxRecord]) -> str:
+              outbox: dict[int, OutboxRecord], entries: list[KnowledgeEntry]) -> str:
     tabs = "".join(f'<a href="{PREFIX}/help?status={key}"{" aria-current=page" if key == status else ""}>'
                    f'{label}</a>' for key, label in HELP_TABS)
-    cards = "".join(_help_card(session, r, outbox.get(r.followup_outbox_id or -1)) for r in reversed(requests))
+    options = "".join(f'<option value="{e(k.id)}">{e(k.id)}: {e(k.question)}</option>' for k in entries)
+    cards = "".join(_help_card(session, r, outbox.get(r.followup_outbox_id or -1), options) for r in reversed(requests))
     empty = '<p class="muted">Nothing here.</p>' if not requests else ""
     return layout("Help requests", f'<nav class="tabs" aria-label="Help request states">{tabs}</nav>{empty}{cards}',
                   session)
 
 
-def _help_card(session: StaffSession, r: HelpRequest, row: OutboxRecord | None) -> str:
+def _help_card(session: StaffSession, r: HelpRequest, row: OutboxRecord | None, options: str) -> str:
     asked = (f'<p class="muted">Asked {e(when(r.created_at))} by {e(masked(r.contact_number))}'
              f' ({e(r.call_id or "-")})</p>')
     head = f'<article class="card" id="req-{r.id}" aria-labelledby="q-{r.id}"><h2 id="q-{r.id}">{e(r.question)}</h2>'
@@ -120,12 +121,17 @@ def _help_card(session: StaffSession, r: HelpRequest, row: OutboxRecord | None) 
                 f" ({e(row.last_error)})" if row.last_error else "")
         else:
             sent = f"not sent: {e(r.followup_note or 'no follow-up recorded')}"
-        return (f'{head}{asked}<p><strong>Answer</strong> ({e(r.answered_by or "CLI")}, {e(when(r.answered_at))}): '
+        via = f", with entry {e(r.answered_entry)}" if r.answered_entry else ""
+        return (f'{head}{asked}<p><strong>Answer</strong> ({e(r.answered_by or "CLI")}, {e(when(r.answered_at))}{via}): '
                 f'{e(r.answer)}</p><p class="followup">Follow-up to the customer: {sent}</p></article>')
     return (f'{head}{asked}<form method="post" action="{PREFIX}/help/{r.id}/answer">{csrf_field(session.csrf)}'
             f'<label for="answer-{r.id}">Answer (spoken to the next caller who asks, and sent to this one)</label>'
             f'<textarea id="answer-{r.id}" name="answer" rows="3" required></textarea>'
-            f'<p><button type="submit">Answer and tell the customer</button></p></form></article>')
+            f'<p><button type="submit">Answer and tell the customer</button></p></form>'
+            f'<form method="post" action="{PREFIX}/help/{r.id}/phrasing">{csrf_field(session.csrf)}'
+            f'<label for="entry-{r.id}">Or: an existing entry answers it (the question is added as its phrasing, '
+            f'its answer sent to this customer)</label><select id="entry-{r.id}" name="entry" required>{options}'
+            f'</select><p><button type="submit">Add as phrasing and tell the customer</button></p></form></article>')
 
 
 def knowledge_page(session: StaffSession, entries: list[KnowledgeEntry], disabled: list[KnowledgeEntry]) -> str:
@@ -138,7 +144,8 @@ def knowledge_page(session: StaffSession, entries: list[KnowledgeEntry], disable
     off = "".join(_learned_card(session, k, enabled=False) for k in disabled) or '<p class="muted">None.</p>'
     return layout("Knowledge", '<p class="muted">Changes here are live for the next question, with no restart. '
                   'Entries from etc/knowledge.yaml are the admin\'s: edit that file (the daemon loads it at '
-                  'start).</p>'
+                  f'start). <a href="{PREFIX}/knowledge/export.yaml" download>Export learned entries and added '
+                  'phrasings as YAML</a> (to paste into etc/knowledge.yaml).</p>'
                   f'<h2>Learned from help requests</h2>{taught}<h2>Disabled</h2>{off}'
                   f'<h2>From etc/knowledge.yaml</h2><table><thead><tr><th scope="col">Id</th><th scope="col">'
                   f'Question and phrasings</th><th scope="col">Answer</th></tr></thead><tbody>{rows}</tbody></table>',

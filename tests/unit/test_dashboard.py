@@ -524,3 +524,96 @@ async def test_text_thread_history_search_and_page(site: Site) -> None:
         async with http.get(f"{site.url}/history", params={"kind": "threads", "from": "2020-01-01"}) as page:
             text = await page.text()
         assert "2 found" in text and "ann.lee@example.org" in text  # addresses as they are (Conversations)
+
+
+async def test_an_unanswered_question_becomes_a_phrasing_of_a_yaml_entry_also_after_a_restart(
+        site: Site, tmp_path: Path) -> None:
+    yaml_entries = [KnowledgeEntry("hours", "When are you open?", "Monday to Friday, 9 to 5.")]
+    await site.store.replace_admin_knowledge(yaml_entries)
+    question = "is the surgery staffed on weekday afternoons"
+    assert [m.entry.id for m in await Retriever(site.store).search(question)] == []
+    request_id, other = await ask(site.store, question), await ask(site.store, "do you do implants?")
+    async with browser() as http:
+        await sign_in(http, site.url, "sam")
+        async with http.get(f"{site.url}/help?status=open") as page:
+            text = await page.text()
+            assert f'action="{PREFIX}/help/{request_id}/phrasing"' in text and 'value="hours"' in text
+        token = csrf(text)
+        async with http.post(f"{site.url}/help/{request_id}/phrasing", data={"entry": "hours"}) as forged:
+            assert forged.status == 403  # no CSRF token
+        assert await _post(http, f"{site.url}/help/{request_id}/phrasing", token, entry="nope") == 404
+        assert await _post(http, f"{site.url}/help/{request_id}/phrasing", token, entry="hours") == 303
+        # Answered now: a second time is refused, as is the same question from another request.
+        assert await _post(http, f"{site.url}/help/{request_id}/phrasing", token, entry="hours") == 422
+        await site.store.create_help_request(HelpRequest(None, "call-9", None, f"  {question.upper()} "))
+        dup = (await site.store.help_requests("open"))[-1].id
+        assert await _post(http, f"{site.url}/help/{dup}/phrasing", token, entry="hours") == 422
+        async with http.get(f"{site.url}/help?status=answered") as answered:
+            assert "with entry hours" in await answered.text()
+    request = await site.store.help_request(request_id)
+    assert request is not None and (request.answered_entry, request.answer, request.answered_by) == (
+        "hours", "Monday to Friday, 9 to 5.", "sam")
+    # The customer is sent the entry's answer through the outbox, as for a typed answer.
+    assert request.followup_channel == "sms" and request.followup_outbox_id is not None
+    assert [m.entry.id for m in await Retriever(site.store).search(question)] == ["hours"]  # live at once
+    assert (await site.store.help_request(other)).status == "open"  # type: ignore[union-attr]
+    audit = [(a["action"], a["outcome"]) for a in await site.store.staff_audit()]
+    assert any(action == "answer help request" and outcome.startswith("phrasing of hours")
+               for action, outcome in audit)
+    # A restart reopens the store and reloads knowledge.yaml: the added phrasing is merged in again.
+    restarted = await Store.open(tmp_path / "sb.db")
+    try:
+        await restarted.replace_admin_knowledge(yaml_entries)
+        [hours] = await restarted.knowledge()
+        assert hours.phrasings == [question]
+        assert [m.entry.id for m in await Retriever(restarted).search(question)] == ["hours"]
+    finally:
+        await restarted.close()
+
+
+async def test_export_loads_as_knowledge_yaml_and_round_trips(site: Site, tmp_path: Path) -> None:
+    from llm.knowledge import load_knowledge_yaml
+
+    await site.store.replace_admin_knowledge([KnowledgeEntry("hours", "When are you open?", "9 to 5.",
+                                                             phrasings=["opening times"]),
+                                              KnowledgeEntry("parking", "Can I park?", "Yes.")])
+    learned_id = await ask(site.store, "do you sell gift cards: \"yes\" or no?")
+    await site.desk.answer(learned_id, "Yes, from 10 dollars.\nAsk at the desk.", "sam")
+    await site.desk.add_phrasing(await ask(site.store, "when do you open"), "hours", "sam")
+    async with browser() as http:
+        await sign_in(http, site.url, "oli")
+        async with http.get(f"{site.url}/knowledge/export.yaml") as refused:
+            assert refused.status == 403
+        async with http.get(f"{site.url}/") as home:
+            token = csrf(await home.text())
+        parking = await ask(site.store, "can I park there?")
+        assert await _post(http, f"{site.url}/help/{parking}/phrasing", token, entry="parking") == 403
+    async with browser() as http:
+        await sign_in(http, site.url, "sam")
+        async with http.get(f"{site.url}/knowledge/export.yaml") as export:
+            assert export.status == 200 and "attachment" in export.headers["Content-Disposition"]
+            (tmp_path / "export.yaml").write_text(await export.text(), encoding="utf-8")
+    loaded = {k.id: k for k in load_knowledge_yaml(tmp_path / "export.yaml")}
+    assert sorted(loaded) == ["hours", f"learned_{learned_id}"]  # parking has nothing from the dashboard
+    assert loaded["hours"].phrasings == ["opening times", "when do you open"]
+    assert (loaded[f"learned_{learned_id}"].question, loaded[f"learned_{learned_id}"].answer) == (
+        "do you sell gift cards: \"yes\" or no?", "Yes, from 10 dollars. Ask at the desk.")  # the loader's spacing
+    assert ("export knowledge", "2 entries") in [(a["action"], a["outcome"]) for a in await site.store.staff_audit()]
+    # Pasted into knowledge.yaml: the file's copy takes over, the learned original is set aside, and the
+    # added phrasing is not doubled.
+    await site.store.replace_admin_knowledge(list(loaded.values()))
+    entries = {k.id: k for k in await site.store.knowledge()}
+    assert sorted(entries) == ["hours", f"learned_{learned_id}"]
+    assert entries["hours"].phrasings == ["opening times", "when do you open"]
+    assert [k.id for k in await site.store.knowledge_disabled()] == [f"learned-{learned_id}"]
+
+
+async def test_a_phrasing_added_to_a_learned_entry_is_kept_in_the_entry(site: Site) -> None:
+    learned = await ask(site.store, "do you sell gift cards?")
+    await site.desk.answer(learned, "Yes.", "sam")
+    entry, followup = await site.desk.add_phrasing(await ask(site.store, "can I buy a voucher"),
+                                                   f"learned-{learned}", "sam")
+    assert entry.phrasings == ["can I buy a voucher"] and followup.outbox_id is not None
+    assert await site.store.added_phrasings() == {}  # only knowledge.yaml entries need keeping apart
+    with pytest.raises(ValueError, match="1 to 300"):
+        await site.desk.add_phrasing(await ask(site.store, "x" * 301), f"learned-{learned}", "sam")
