@@ -968,8 +968,8 @@ class Store:
             if row is None:
                 raise NotFoundError(f"no help request {request_id} in {self.path}")
             db.execute(
-                "UPDATE help_requests SET status = 'answered', answer = ?, answered_at = ?, answered_by = ?"
-                " WHERE id = ?", [answer, time.time(), by, request_id])
+                "UPDATE help_requests SET status = 'answered', answer = ?, answered_at = ?, answered_by = ?,"
+                " answered_entry = NULL WHERE id = ?", [answer, time.time(), by, request_id])
             entry = KnowledgeEntry(id=f"learned-{request_id}", question=row[0],
                                    answer=answer, source="learned")
             # Answering again corrects the learned entry rather than adding a second one (and enables it).

@@ -569,6 +569,8 @@ async def test_an_unanswered_question_becomes_a_phrasing_of_a_yaml_entry_also_af
         assert [m.entry.id for m in await Retriever(restarted).search(question)] == ["hours"]
     finally:
         await restarted.close()
+    await site.desk.answer(request_id, "Yes, until 5.", "sam")  # answered anew: a learned entry, no entry id
+    assert (await site.store.help_request(request_id)).answered_entry is None  # type: ignore[union-attr]
 
 
 async def test_export_loads_as_knowledge_yaml_and_round_trips(site: Site, tmp_path: Path) -> None:
