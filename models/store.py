@@ -549,6 +549,32 @@ class Store:
         return await self._history_page(f"SELECT c.*, {CALL_OUTCOME_SQL} AS outcome FROM calls c", where, params,
                                         "started_at DESC, call_id", limit, offset)
 
+    async def overview(self, hours_since: float, days_since: float) -> dict[str, list[dict[str, Any]]]:
+        """The Overview page's figures, bucketed in local time (as every page shows times): calls per hour
+        since `hours_since`; since `days_since`, calls per day, outcomes (CALL_OUTCOME_SQL), the
+        voice-to-voice values of turns (ms, per day, for percentiles), questions asked (caller turns and
+        inbound texts) and help requests created per day. Calls are found by their indexed start."""
+        hour = "strftime('%Y-%m-%d %H', {}, 'unixepoch', 'localtime')"
+        day = "strftime('%Y-%m-%d', {}, 'unixepoch', 'localtime')"
+        since_days = "FROM calls c JOIN turns t ON t.call_id = c.call_id WHERE c.started_at >= ?"
+        queries = {
+            "hourly": (f"SELECT {hour.format('started_at')} AS bucket, COUNT(*) AS n FROM calls"
+                       " WHERE started_at >= ? GROUP BY bucket", [hours_since]),
+            "daily": (f"SELECT {day.format('started_at')} AS bucket, COUNT(*) AS n FROM calls"
+                      " WHERE started_at >= ? GROUP BY bucket", [days_since]),
+            "outcomes": (f"SELECT outcome, COUNT(*) AS n FROM (SELECT {CALL_OUTCOME_SQL} AS outcome FROM calls c"
+                         " WHERE c.started_at >= ?) GROUP BY outcome", [days_since]),
+            "v2v": (f"SELECT {day.format('t.at')} AS bucket, json_extract(t.timings_ms, '$.voice_to_voice') AS ms"
+                    f" {since_days} AND t.at >= ? AND ms IS NOT NULL", [days_since, days_since]),
+            "questions": (f"SELECT bucket, COUNT(*) AS n FROM (SELECT {day.format('t.at')} AS bucket {since_days}"
+                          " AND t.at >= ? AND t.speaker = 'caller' UNION ALL SELECT"
+                          f" {day.format('at')} FROM messages WHERE direction = 'in' AND at >= ?)"
+                          " GROUP BY bucket", [days_since, days_since, days_since]),
+            "help": (f"SELECT {day.format('created_at')} AS bucket, COUNT(*) AS n FROM help_requests"
+                     " WHERE created_at >= ? GROUP BY bucket", [days_since]),
+        }
+        return {name: await self._read(sql, params) for name, (sql, params) in queries.items()}
+
     async def thread_history(self, *, number: str = "", since: float | None = None, until: float | None = None,
                              limit: int = 25, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
         """Text threads by their last message, newest first (dates filter that last message): one page of

@@ -14,6 +14,7 @@ import hmac
 import logging
 import math
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 from urllib.parse import quote
 
@@ -24,6 +25,7 @@ from gateway.dashboard import pages
 from gateway.dashboard.accounts import Throttle, check_password, close_session, open_session, session_for
 from gateway.dashboard.helpdesk import HelpDesk
 from gateway.dashboard.outbox_page import OutboxPage
+from gateway.dashboard.overview import overview_page, windows
 from gateway.dashboard.pages import PREFIX
 from gateway.dashboard.responses import FORM, SESSION, html, see_other
 from gateway.dashboard.takeover import Takeover
@@ -77,6 +79,7 @@ class Dashboard:
             web.get("/calls", self._staff("operator", self.calls)),
             web.get("/history", self._staff("operator", self.history)),
             web.get("/history/calls/{id}", self._staff("operator", self.history_call)),
+            web.get("/overview", self._staff("supervisor", self.overview)),
             web.get("/help", self._staff("supervisor", self.help_requests)),
             web.post("/help/{id:[0-9]{1,18}}/{action:answer|phrasing}", self._staff("supervisor", self.answer)),
             web.get("/knowledge/export.yaml", self._staff("supervisor", self.export_knowledge)),
@@ -251,6 +254,10 @@ class Dashboard:
         messages, helps = await self.store.call_notes(call_id)
         return html(pages.call_page(request[SESSION], found[0], await self.store.turns(call_id),
                                     await self.store.events(call_id), messages, helps))
+
+    async def overview(self, request: web.Request) -> web.Response:
+        now = time.time()
+        return html(overview_page(request[SESSION], await self.store.overview(*windows(now)), now))
 
     async def help_requests(self, request: web.Request) -> web.Response:
         status = request.query.get("status", "open")

@@ -32,7 +32,8 @@ label{display:block;font-weight:600;margin:.6rem 0 .2rem}.card{background:#fff;b
 border-radius:.4rem;padding:.8rem 1rem;margin:.8rem 0}.muted{color:#5a6472}.error{color:#a4161a;font-weight:600}
 table{border-collapse:collapse;width:100%;background:#fff}th,td{text-align:left;padding:.4rem;border-bottom:1px solid #d9dde3;
 vertical-align:top}.tabs{display:flex;gap:1rem;flex-wrap:wrap}.tabs [aria-current]{font-weight:700}
-.login{max-width:24rem}.who{color:#dfe6ee}
+.login{max-width:24rem}.who{color:#dfe6ee}.chart{width:100%;height:auto}figure{margin:.8rem 0}
+.sr-only{position:absolute;width:1px;height:1px;overflow:hidden;clip:rect(0 0 0 0);white-space:nowrap}
 """
 
 
@@ -51,7 +52,7 @@ def layout(title: str, body: str, session: StaffSession | None = None, *, refres
         user = session.user
         links = [("Home", "/"), ("Live calls", "/calls"), ("Conversations", "/conversations"), ("History", "/history")]
         if user.may("supervisor"):
-            links += [("Help requests", "/help"), ("Knowledge", "/knowledge"), ("Outbox", "/outbox")]
+            links += [("Overview", "/overview"), ("Help requests", "/help"), ("Knowledge", "/knowledge"), ("Outbox", "/outbox")]
         if user.may("admin"):
             links += [("Users and audit", "/users")]
         nav = "".join(f'<a href="{PREFIX}{path}">{e(label)}</a>' for label, path in links)

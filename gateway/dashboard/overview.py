@@ -1,0 +1,116 @@
+"""The Overview page (supervisor and above): calls per hour and day, the outcome mix, voice-to-voice
+p50/p90 per day and the unanswered-question rate, as inline SVG bar and line charts drawn here (no
+script, no CDN), each with a <title>, per-point <title>s and a visually hidden table of its data.
+Buckets are local time, as every dashboard page shows times."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import time
+from collections import defaultdict
+from typing import Any
+
+from gateway.dashboard.pages import e, layout
+from models.records import StaffSession
+from models.store import CALL_OUTCOMES
+
+HOURS, DAYS = 24, 30
+_W, _H, _PAD = 640, 180, 28  # the SVG's drawing area and its bottom margin for labels
+Series = tuple[str, list[float | None], str]  # name, one value per label (None: no data), colour
+
+
+def percentile(values: list[float], p: float) -> float:
+    """Nearest rank: the smallest value with at least p% of the values at or below it."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
+
+
+def windows(now: float) -> tuple[float, float]:
+    """The starts of the oldest hour and the oldest day shown (local time)."""
+    hour = dt.datetime.fromtimestamp(now - (HOURS - 1) * 3600).replace(minute=0, second=0, microsecond=0)
+    day = dt.datetime.combine(dt.date.fromtimestamp(now) - dt.timedelta(days=DAYS - 1), dt.time())
+    return hour.timestamp(), day.timestamp()
+
+
+def figures(raw: dict[str, list[dict[str, Any]]], now: float) -> dict[str, Any]:
+    """The store's rows (Store.overview) as one value per hour/day bucket, oldest first."""
+    hours = [dt.datetime.fromtimestamp(now - k * 3600).strftime("%Y-%m-%d %H") for k in range(HOURS - 1, -1, -1)]
+    today = dt.date.fromtimestamp(now)
+    days = [(today - dt.timedelta(days=k)).isoformat() for k in range(DAYS - 1, -1, -1)]
+
+    def counts(name: str) -> dict[str, int]:
+        return {row["bucket"]: row["n"] for row in raw[name]}
+
+    v2v: dict[str, list[float]] = defaultdict(list)
+    for row in raw["v2v"]:
+        v2v[row["bucket"]].append(float(row["ms"]))
+    asked, helped = counts("questions"), counts("help")
+    outcomes = {row["outcome"]: row["n"] for row in raw["outcomes"]}
+    return {
+        "hours": hours, "days": days,
+        "hourly": [counts("hourly").get(h, 0) for h in hours],
+        "daily": [counts("daily").get(d, 0) for d in days],
+        "outcomes": [(o, outcomes.get(o, 0)) for o in CALL_OUTCOMES],
+        "p50": [percentile(v2v[d], 50) if v2v[d] else None for d in days],
+        "p90": [percentile(v2v[d], 90) if v2v[d] else None for d in days],
+        "asked": [asked.get(d, 0) for d in days], "helped": [helped.get(d, 0) for d in days],
+        "rate": [100 * helped.get(d, 0) / asked[d] if asked.get(d) else None for d in days],
+    }
+
+
+def _number(value: float | None, unit: str) -> str:
+    return "-" if value is None else f"{value:.1f}{unit}" if unit == " %" else f"{value:.0f}{unit}"
+
+
+def chart(ident: str, title: str, labels: list[str], series: list[Series], *, unit: str = "",
+          bars: bool = True) -> str:
+    """One chart: bars (the first series) or lines (every series), with the data again as a hidden table."""
+    top = max([v for _, values, _ in series for v in values if v is not None] + [1])
+    step = _W / max(len(labels), 1)
+    y = (lambda v: _H - _PAD - (_H - 2 * _PAD) * v / top)
+    marks = []
+    for name, values, colour in series[:1] if bars else series:
+        points = [(i, v) for i, v in enumerate(values) if v is not None]
+        if bars:
+            marks += [f'<rect x="{i * step + 1:.1f}" y="{y(v):.1f}" width="{max(step - 2, 1):.1f}" '
+                      f'height="{_H - _PAD - y(v):.1f}" fill="{colour}"><title>{e(labels[i])}: '
+                      f'{e(_number(v, unit))}</title></rect>' for i, v in points]
+            continue
+        coords = " ".join(f"{(i + .5) * step:.1f},{y(v):.1f}" for i, v in points)
+        marks.append(f'<polyline points="{coords}" fill="none" stroke="{colour}" stroke-width="2"/>')
+        marks += [f'<circle cx="{(i + .5) * step:.1f}" cy="{y(v):.1f}" r="3" fill="{colour}"><title>{e(name)} '
+                  f'{e(labels[i])}: {e(_number(v, unit))}</title></circle>' for i, v in points]
+    # Few labels (the outcomes) each under its bar; else the first and the last.
+    shown = enumerate(labels) if len(labels) <= 8 else [(0, labels[0]), (len(labels) - 1, labels[-1])]
+    ends = "".join(f'<text x="{(i + .5) * step:.1f}" y="{_H - 8}" font-size="11" text-anchor="middle">{e(label)}'
+                   '</text>' for i, label in shown) + f'<text x="0" y="12" font-size="11">max {e(_number(top, unit))}</text>'
+    legend = ", ".join(f"{name} {colour}" for name, _, colour in series)
+    head = "".join(f'<th scope="col">{e(name)}</th>' for name, _, _ in series)
+    rows = "".join(f'<tr><th scope="row">{e(label)}</th>'
+                   + "".join(f"<td>{e(_number(values[i], unit))}</td>" for _, values, _ in series) + "</tr>"
+                   for i, label in enumerate(labels))
+    return (f'<figure class="card"><figcaption id="{ident}">{e(title)}'
+            f'{"" if bars else f" ({e(legend)})"}</figcaption>'
+            f'<svg viewBox="0 0 {_W} {_H}" role="img" aria-labelledby="{ident}-t" class="chart">'
+            f'<title id="{ident}-t">{e(title)}</title>{"".join(marks)}{ends}</svg>'
+            f'<table class="sr-only"><caption>{e(title)}</caption><thead><tr><th scope="col">When</th>{head}'
+            f'</tr></thead><tbody>{rows}</tbody></table></figure>')
+
+
+def overview_page(session: StaffSession, raw: dict[str, list[dict[str, Any]]], now: float | None = None) -> str:
+    f = figures(raw, time.time() if now is None else now)
+    outcome_labels = [o for o, _ in f["outcomes"]]
+    asked, helped = sum(f["asked"]), sum(f["helped"])
+    total_rate = f"{100 * helped / asked:.1f} %" if asked else "-"
+    body = (f'<p class="muted">Local time. Last {DAYS} days: {sum(f["daily"])} call(s), {asked} question(s) asked, '
+            f'{helped} help request(s) ({total_rate} unanswered).</p>'
+            + chart("hourly", f"Calls per hour, last {HOURS} hours", f["hours"], [("calls", f["hourly"], "navy")])
+            + chart("daily", f"Calls per day, last {DAYS} days", f["days"], [("calls", f["daily"], "navy")])
+            + chart("outcomes", f"Outcome of calls, last {DAYS} days", outcome_labels,
+                    [("calls", [n for _, n in f["outcomes"]], "steelblue")])
+            + chart("v2v", "Voice-to-voice per day (ms)", f["days"],
+                    [("p50", f["p50"], "teal"), ("p90", f["p90"], "orangered")], unit=" ms", bars=False)
+            + chart("rate", "Unanswered-question rate per day (help requests / questions asked)", f["days"],
+                    [("unanswered", f["rate"], "darkred")], unit=" %", bars=False))
+    return layout("Overview", body, session)
