@@ -552,7 +552,7 @@ class Store:
     async def overview(self, hours_since: float, days_since: float) -> dict[str, list[dict[str, Any]]]:
         """The Overview page's figures, bucketed in local time (as every page shows times): calls per hour
         since `hours_since`; since `days_since`, calls per day, outcomes (CALL_OUTCOME_SQL), the
-        voice-to-voice values of turns (ms, per day, for percentiles), questions asked (caller turns and
+        voice-to-voice p50 and p90 of turns (ms, per day), questions asked (caller turns and
         inbound texts) and help requests created per day. Calls are found by their indexed start."""
         hour = "strftime('%Y-%m-%d %H', {}, 'unixepoch', 'localtime')"
         day = "strftime('%Y-%m-%d', {}, 'unixepoch', 'localtime')"
@@ -564,8 +564,13 @@ class Store:
                       " WHERE started_at >= ? GROUP BY bucket", [days_since]),
             "outcomes": (f"SELECT outcome, COUNT(*) AS n FROM (SELECT {CALL_OUTCOME_SQL} AS outcome FROM calls c"
                          " WHERE c.started_at >= ?) GROUP BY outcome", [days_since]),
-            "v2v": (f"SELECT {day.format('t.at')} AS bucket, json_extract(t.timings_ms, '$.voice_to_voice') AS ms"
-                    f" {since_days} AND t.at >= ? AND ms IS NOT NULL", [days_since, days_since]),
+            # Nearest-rank percentiles per day: the smallest value whose rank k has k/n >= p.
+            "v2v": (f"SELECT bucket, MIN(CASE WHEN k * 100 >= 50 * n THEN ms END) AS p50,"
+                    " MIN(CASE WHEN k * 100 >= 90 * n THEN ms END) AS p90 FROM (SELECT bucket, ms,"
+                    " ROW_NUMBER() OVER (PARTITION BY bucket ORDER BY ms) AS k, COUNT(*) OVER (PARTITION BY bucket)"
+                    f" AS n FROM (SELECT {day.format('t.at')} AS bucket, json_extract(t.timings_ms,"
+                    f" '$.voice_to_voice') AS ms {since_days} AND t.at >= ? AND ms IS NOT NULL)) GROUP BY bucket",
+                    [days_since, days_since]),
             "questions": (f"SELECT bucket, COUNT(*) AS n FROM (SELECT {day.format('t.at')} AS bucket {since_days}"
                           " AND t.at >= ? AND t.speaker = 'caller' UNION ALL SELECT"
                           f" {day.format('at')} FROM messages WHERE direction = 'in' AND at >= ?)"

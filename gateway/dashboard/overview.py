@@ -6,9 +6,7 @@ Buckets are local time, as every dashboard page shows times."""
 from __future__ import annotations
 
 import datetime as dt
-import math
 import time
-from collections import defaultdict
 from typing import Any
 
 from gateway.dashboard.pages import e, layout
@@ -18,12 +16,6 @@ from models.store import CALL_OUTCOMES
 HOURS, DAYS = 24, 30
 _W, _H, _PAD = 640, 180, 28  # the SVG's drawing area and its bottom margin for labels
 Series = tuple[str, list[float | None], str]  # name, one value per label (None: no data), colour
-
-
-def percentile(values: list[float], p: float) -> float:
-    """Nearest rank: the smallest value with at least p% of the values at or below it."""
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
 
 
 def windows(now: float) -> tuple[float, float]:
@@ -42,9 +34,7 @@ def figures(raw: dict[str, list[dict[str, Any]]], now: float) -> dict[str, Any]:
     def counts(name: str) -> dict[str, int]:
         return {row["bucket"]: row["n"] for row in raw[name]}
 
-    v2v: dict[str, list[float]] = defaultdict(list)
-    for row in raw["v2v"]:
-        v2v[row["bucket"]].append(float(row["ms"]))
+    v2v = {row["bucket"]: row for row in raw["v2v"]}
     asked, helped = counts("questions"), counts("help")
     outcomes = {row["outcome"]: row["n"] for row in raw["outcomes"]}
     return {
@@ -52,8 +42,8 @@ def figures(raw: dict[str, list[dict[str, Any]]], now: float) -> dict[str, Any]:
         "hourly": [counts("hourly").get(h, 0) for h in hours],
         "daily": [counts("daily").get(d, 0) for d in days],
         "outcomes": [(o, outcomes.get(o, 0)) for o in CALL_OUTCOMES],
-        "p50": [percentile(v2v[d], 50) if v2v[d] else None for d in days],
-        "p90": [percentile(v2v[d], 90) if v2v[d] else None for d in days],
+        "p50": [v2v[d]["p50"] if d in v2v else None for d in days],
+        "p90": [v2v[d]["p90"] if d in v2v else None for d in days],
         "asked": [asked.get(d, 0) for d in days], "helped": [helped.get(d, 0) for d in days],
         "rate": [100 * helped.get(d, 0) / asked[d] if asked.get(d) else None for d in days],
     }

@@ -189,6 +189,12 @@ async def test_supervisor_answers_a_callers_question_which_reaches_them_by_sms_a
         page = await browser.sign_in(f"{site.url}/", "sam")  # -> sign-in page -> back to the dashboard
         await browser.shot("home")
         assert "sam (supervisor)" in page and "help request(s) waiting" in page
+        await browser.do(lambda d: submit(d, d.find_element("link text", "Overview")))  # the call counted, drawn
+        await browser.shot("overview")
+        bars = await browser.do(lambda d: [t.get_attribute("textContent")
+                                           for t in d.find_elements("css selector", "svg[role=img] rect title")])
+        assert sum(bar.endswith(": 1") for bar in bars) >= 3, bars  # this hour, today, its outcome
+        assert "1 call(s)" in await browser.text() and "1 help request(s)" in await browser.text()
         answer = "Yes, gift cards are sold at the front desk, in any amount."
 
         def answer_it(d: Any) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import time
 
-from gateway.dashboard.overview import DAYS, HOURS, chart, figures, percentile, windows
+from gateway.dashboard.overview import DAYS, HOURS, chart, figures, windows
 from models.records import CallRecord, HelpRequest, Turn
 from models.store import Store
 from test_dashboard import Site, browser, sign_in, site  # noqa: F401  # site: the dashboard on a real store
@@ -56,18 +56,13 @@ async def test_figures_count_calls_per_hour_and_day_outcomes_percentiles_and_the
     assert f["daily"][-2] + f["daily"][-1] == 5 and sum(f["daily"]) == 7  # the hourly ones: today or yesterday and f["days"][-1] == today.isoformat()
     assert dict(f["outcomes"]) == {"answered": 1, "transferred": 0, "message": 0, "escalated": 1, "abandoned": 4,
                                    "overflow": 0, "in progress": 1}
-    assert (f["p50"][-2], f["p90"][-2]) == (300, 1000) and (f["p50"][-4], f["p90"][-4]) == (500, 500)
+    assert (f["p50"][-2], f["p90"][-2]) == (300, 1000)  # nearest rank: the 3rd and the 5th of 5 and (f["p50"][-4], f["p90"][-4]) == (500, 500)
     assert f["p50"][-1] is None and f["p90"].count(None) == DAYS - 2
     assert (f["asked"][-1], f["asked"][-2], f["asked"][-4], sum(f["asked"])) == (1, 4, 2, 7)
     assert (f["helped"][-1], f["helped"][-4], sum(f["helped"])) == (1, 1, 2)
     assert (f["rate"][-1], f["rate"][-2], f["rate"][-4]) == (100, 0, 50) and f["rate"].count(None) == DAYS - 3
     await store.sweep_contents(now, now, now)  # retention blanks the texts, the figures stay
     assert figures(await store.overview(*windows(now)), now) == f
-
-
-def test_percentile_is_the_nearest_rank() -> None:
-    assert [percentile([3, 1, 2, 4], p) for p in (50, 90, 100)] == [2, 4, 4]
-    assert percentile([7], 90) == 7
 
 
 def test_charts_escape_their_labels_and_carry_the_data_as_text() -> None:
