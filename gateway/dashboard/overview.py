@@ -71,10 +71,12 @@ def chart(ident: str, title: str, labels: list[str], series: list[Series], *, un
         marks.append(f'<polyline points="{coords}" fill="none" stroke="{colour}" stroke-width="2"/>')
         marks += [f'<circle cx="{(i + .5) * step:.1f}" cy="{y(v):.1f}" r="3" fill="{colour}"><title>{e(name)} '
                   f'{e(labels[i])}: {e(_number(v, unit))}</title></circle>' for i, v in points]
-    # Few labels (the outcomes) each under its bar; else the first and the last.
-    shown = enumerate(labels) if len(labels) <= 8 else [(0, labels[0]), (len(labels) - 1, labels[-1])]
-    ends = "".join(f'<text x="{(i + .5) * step:.1f}" y="{_H - 8}" font-size="11" text-anchor="middle">{e(label)}'
-                   '</text>' for i, label in shown) + f'<text x="0" y="12" font-size="11">max {e(_number(top, unit))}</text>'
+    # Few labels (the outcomes) each under its bar; else the first and the last at the edges.
+    shown = [((i + .5) * step, "middle", label) for i, label in enumerate(labels)] if len(labels) <= 8 else \
+        [(0, "start", labels[0]), (_W, "end", labels[-1])]
+    ends = "".join(f'<text x="{x:.1f}" y="{_H - 8}" font-size="11" text-anchor="{anchor}">{e(label)}</text>'
+                   for x, anchor, label in shown)
+    ends += f'<text x="0" y="12" font-size="11">max {e(_number(top, unit))}</text>'
     legend = ", ".join(f"{name} {colour}" for name, _, colour in series)
     head = "".join(f'<th scope="col">{e(name)}</th>' for name, _, _ in series)
     rows = "".join(f'<tr><th scope="row">{e(label)}</th>'

@@ -53,10 +53,12 @@ async def test_figures_count_calls_per_hour_and_day_outcomes_percentiles_and_the
     assert len(f["hourly"]) == HOURS and (f["hourly"][0], f["hourly"][-2], f["hourly"][-1]) == (1, 1, 1)
     assert sum(f["hourly"]) == 3
     assert len(f["daily"]) == DAYS and (f["daily"][0], f["daily"][-4]) == (1, 1)
-    assert f["daily"][-2] + f["daily"][-1] == 5 and sum(f["daily"]) == 7  # the hourly ones: today or yesterday and f["days"][-1] == today.isoformat()
+    assert f["daily"][-2] + f["daily"][-1] == 5  # day-1 and the hourly ones (today or yesterday)
+    assert sum(f["daily"]) == 7 and f["days"][-1] == today.isoformat()
     assert dict(f["outcomes"]) == {"answered": 1, "transferred": 0, "message": 0, "escalated": 1, "abandoned": 4,
                                    "overflow": 0, "in progress": 1}
-    assert (f["p50"][-2], f["p90"][-2]) == (300, 1000)  # nearest rank: the 3rd and the 5th of 5 and (f["p50"][-4], f["p90"][-4]) == (500, 500)
+    assert (f["p50"][-2], f["p90"][-2]) == (300, 1000)  # nearest rank: the 3rd and the 5th of 5
+    assert (f["p50"][-4], f["p90"][-4]) == (500, 500)
     assert f["p50"][-1] is None and f["p90"].count(None) == DAYS - 2
     assert (f["asked"][-1], f["asked"][-2], f["asked"][-4], sum(f["asked"])) == (1, 4, 2, 7)
     assert (f["helped"][-1], f["helped"][-4], sum(f["helped"])) == (1, 1, 2)
