@@ -52,7 +52,8 @@ def layout(title: str, body: str, session: StaffSession | None = None, *, refres
         user = session.user
         links = [("Home", "/"), ("Live calls", "/calls"), ("Conversations", "/conversations"), ("History", "/history")]
         if user.may("supervisor"):
-            links += [("Overview", "/overview"), ("Help requests", "/help"), ("Knowledge", "/knowledge"), ("Outbox", "/outbox")]
+            links += [("Overview", "/overview"), ("Help requests", "/help"), ("Knowledge", "/knowledge"),
+                      ("Outbox", "/outbox")]
         if user.may("admin"):
             links += [("Users and audit", "/users")]
         nav = "".join(f'<a href="{PREFIX}{path}">{e(label)}</a>' for label, path in links)
