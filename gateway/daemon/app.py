@@ -203,13 +203,23 @@ class Daemon:
         self.helpdesk = HelpDesk(services.store, config.site.name, config.help_requests, route=self.route,
                                  outbox_of=self._outbox_of, prepare_speech=services.synthesizer.prepare)
         self.dashboard = Dashboard(config.dashboard, services.store, self.helpdesk, live_calls=lambda: [
-            (s.call.call_id, s.caller, s.dialled) for s in self.gateway.sessions],
-            conversations=self.messaging.conversations if self.messaging else None) \
+            (s.call.call_id, s.caller, s.dialled, s.state) for s in self.gateway.sessions],
+            conversations=self.messaging.conversations if self.messaging else None,
+            capacity=lambda: (services.turns_in_use, config.capacity.max_turns),
+            transfer=self._transfer_now if self.ami_transferer is not None else None) \
             if self.http is not None and config.dashboard.enabled else None
         if self.http is not None and self.dashboard is not None:
             self.http.app.add_subapp(DASHBOARD_PREFIX, self.dashboard.app)
         self.gateway = Gateway(services, transferer=transferer, calls=calls, ari=self.ari, messaging=self.messaging,
                                on_call_ended=self._call_ended)
+
+    async def _transfer_now(self, call_id: str) -> bool:
+        """Staff's "Transfer now": the live call to the front desk through its own transferer (AMI)."""
+        session = next((s for s in self.gateway.sessions if s.call.call_id == call_id), None)
+        if session is None:
+            return False
+        await session.transfer_now(self.config.site.directory.front_desk)
+        return True
 
     def _recorded(self, record: Turn | CallEvent | HelpRequest) -> None:
         """What calls store (turn timings, transfer events) feeds the metrics; a help request is an event."""

@@ -53,16 +53,19 @@ class Forbidden(Exception):
     """403, audited."""
 
 
-Calls = Callable[[], "list[tuple[str, str | None, str | None]]"]  # the calls in progress: (id, caller, dialled)
+Calls = Callable[[], "list[tuple[str, str | None, str | None, str]]"]  # in progress: (id, caller, dialled, state)
+Capacity = Callable[[], "tuple[int, int]"]  # AI admission slots (in use, of)
+TransferNow = Callable[[str], Awaitable[bool]]  # a live call to the front desk; False: no such call
 CALLS_REFRESH_S = 5
 VERIFY_AT_ONCE = 2
 
 
 class Dashboard:
     def __init__(self, settings: DashboardSettings, store: Store, helpdesk: HelpDesk, *,
-                 live_calls: Calls = list, conversations: Conversations | None = None) -> None:
+                 live_calls: Calls = list, conversations: Conversations | None = None,
+                 capacity: Capacity | None = None, transfer: TransferNow | None = None) -> None:
         self.settings, self.store, self.helpdesk = settings, store, helpdesk
-        self._live_calls = live_calls
+        self._live_calls, self._capacity, self._transfer = live_calls, capacity, transfer
         self.texts = Takeover(store, conversations, self._audit)
         self.outbox = OutboxPage(store, conversations.outbox if conversations else None, self._audit)
         self.throttle = Throttle(settings.login_failures, settings.login_window_s)
@@ -77,6 +80,7 @@ class Dashboard:
             web.post("/logout", self._staff("operator", self.logout)),
             web.get("/", self._staff("operator", self.home)),
             web.get("/calls", self._staff("operator", self.calls)),
+            web.post("/calls/{id}/transfer", self._staff("operator", self.transfer_now)),
             web.get("/history", self._staff("operator", self.history)),
             web.get("/history/calls/{id}", self._staff("operator", self.history_call)),
             web.get("/overview", self._staff("supervisor", self.overview)),
@@ -223,11 +227,21 @@ class Dashboard:
 
     async def calls(self, request: web.Request) -> web.Response:
         live = []
-        for call_id, caller, dialled in self._live_calls():
+        for call_id, caller, dialled, state in self._live_calls():
             record = await self.store.call(call_id)
             live.append(pages.LiveCall(call_id, caller, dialled, record["started_at"] if record else None,
-                                       await self.store.turns(call_id)))
-        return html(pages.calls_page(request[SESSION], live, CALLS_REFRESH_S))
+                                       await self.store.turns(call_id), state))
+        return html(pages.calls_page(request[SESSION], live, CALLS_REFRESH_S,
+                                     self._capacity() if self._capacity else None, can_transfer=bool(self._transfer)))
+
+    async def transfer_now(self, request: web.Request) -> web.StreamResponse:
+        call_id, session = request.match_info["id"], request[SESSION]
+        if self._transfer is None:
+            return html(pages.message_page("No transfers", "Transfers need AMI (the [ami] section).", session), 409)
+        if not await self._transfer(call_id):
+            return html(pages.message_page("Not found", f"Call {call_id} is not in progress.", session), 404)
+        await self._audit(request, "transfer call", "to front desk", target=call_id)
+        return see_other(f"{PREFIX}/calls")
 
     async def history(self, request: web.Request) -> web.Response:
         q = request.query

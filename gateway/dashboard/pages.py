@@ -179,19 +179,28 @@ class LiveCall:
     dialled: str | None
     started_at: float | None
     turns: list[Turn]
+    state: str = "listening"  # greeting, listening, thinking, speaking or transferring
 
 
-def calls_page(session: StaffSession, calls: list[LiveCall], refresh_s: int) -> str:
+def calls_page(session: StaffSession, calls: list[LiveCall], refresh_s: int, capacity: tuple[int, int] | None,
+               *, can_transfer: bool) -> str:
     def caller(number: str | None) -> str:  # operators see the last digits only
         return _contact(session, number) if number else "withheld"
 
+    def transfer(call_id: str) -> str:  # only with AMI: without it the call's leg cannot be moved
+        return (f'<form method="post" action="{PREFIX}/calls/{quote(call_id, safe="")}/transfer">'
+                f'{csrf_field(session.csrf)}<button type="submit">Transfer now to the front desk</button></form>'
+                if can_transfer else "")
+
     cards = "".join(
         f'<article class="card" id="call-{e(c.call_id)}"><h2>{e(caller(c.caller))} → {e(c.dialled or "-")}</h2>'
-        f'<p class="muted">Since {e(when(c.started_at))} · {e(c.call_id)}</p><ol class="turns">'
+        f'<p class="muted">Since {e(when(c.started_at))} · {e(c.call_id)}</p>'
+        f'<p>Now: <strong class="state">{e(c.state)}</strong></p>{transfer(c.call_id)}<ol class="turns">'
         + "".join(f'<li><strong>{e(t.speaker)}</strong>: {e(t.text)}</li>' for t in c.turns[-_TURNS_SHOWN:])
         + "</ol></article>" for c in calls)
+    used = f" AI capacity in use: {capacity[0]} of {capacity[1]} turn slot(s)." if capacity else ""
     return layout("Live calls", f'<p class="muted">{len(calls)} call(s) now; this page reloads every {refresh_s} s.'
-                  f' (Transfers from here are not built yet.)</p>{cards}', session,
+                  f'{e(used)}</p>{cards}', session,
                   refresh_s=refresh_s)
 
 

@@ -130,6 +130,25 @@ class CallSession:
         self._quiet_since = time.monotonic()
         self._tasks = TaskSet(f"call:{call.call_id}")  # everything this call started; ended in _cleanup
         self._end_reason = "eof"
+        self._transferring = False
+
+    @property
+    def state(self) -> str:
+        """What the call is doing now, for staff watching it: greeting, listening, thinking, speaking or
+        transferring (speaking the transfer wording counts as transferring)."""
+        playback = self._playback
+        if self._transferring or (playback is not None and playback.reply.action is Action.TRANSFER):
+            return "transferring"
+        if playback is not None:
+            return "greeting" if self._seq == 0 else "speaking"
+        return "thinking" if self._reply is not None else "listening"
+
+    async def transfer_now(self, member: StaffMember) -> None:
+        """Staff moved the call from the dashboard: stop what we say or think, then transfer as a dialog
+        transfer does (a failed one offers the caller a message)."""
+        await self._cancel_reply()
+        self._start_reply(self._transfer(member, "staff:dashboard"))
+        self._reply_interruptible = False
 
     @property
     def end_reason(self) -> str:
@@ -480,7 +499,9 @@ class CallSession:
             await self.transferer.end_call(self.call)
 
     async def _transfer(self, member: StaffMember, source: str) -> None:
+        self._transferring = True
         ok = await self.transferer.transfer(self.call, member)
+        self._transferring = ok  # a moved call stays "transferring" until its leg ends
         await self.services.store.add_event(CallEvent(self.call.call_id, "transfer_done" if ok else "transfer_failed",
                                                       time.time(), {"extension": member.extension, "source": source}))
         log.info("transfer call=%s to=%s extension=%s ok=%s", self.call.call_id, member.name, member.extension, ok)

@@ -152,6 +152,9 @@ async def until(check: Callable[[], Any], what: str, timeout_s: float = 60.0) ->
     raise AssertionError(f"not reached in {timeout_s:.0f} s: {what}")
 
 
+STATES = ("greeting", "listening", "thinking", "speaking", "transferring")
+
+
 async def call_and_ask(site: Site, ami: AmiTestServer, speak, question: str, n: int,  # type: ignore[no-untyped-def]
                        confirm: str) -> CallerClient:
     """A caller (number CALLER, correlated over AMI like the shipped dialplan) asks `question`, and says
@@ -232,6 +235,15 @@ async def test_supervisor_answers_a_callers_question_which_reaches_them_by_sms_a
             assert f"{CALLER} → 100" in live and answer in live
             said = [t.text for t in await store.turns(again.call_id) if t.speaker == "assistant"]
             assert any(answer in t for t in said), said
+            assert any(f"Now: {state}" in live for state in STATES), live
+            # "Transfer now" moves the caller to the front desk over AMI, as a dialog transfer does.
+            await browser.do(lambda d: submit(d, d.find_element("id", f"call-{again.call_id}").find_element(
+                "tag name", "button")))
+            (redirect,) = await ami.wait_for("Redirect", timeout=20)
+            desk = site.daemon.config.site.directory.front_desk.extension
+            assert (redirect["Channel"], redirect["Exten"]) == ("PJSIP/caller-00002", desk)
+            await asyncio.wait_for(again.hung_up.wait(), 10)
+            assert any(a["action"] == "transfer call" for a in await store.staff_audit())
         finally:
             await again.close()
     finally:

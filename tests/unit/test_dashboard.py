@@ -70,7 +70,7 @@ async def site(tmp_path: Path) -> AsyncIterator[Site]:
     desk = HelpDesk(store, "Bright Smile", HelpRequestSettings(timeout="1h"),
                     route=lambda kind: (outbox, kinds[kind]) if kind in kinds else None,
                     outbox_of=lambda name: outbox if name in outbox.channels else None)
-    live: list[tuple[str, str | None, str | None]] = []
+    live: list[tuple[str, str | None, str | None, str]] = []
     # Long debounce: no test here waits for the assistant; the takeover tests hold their thread.
     talk = Conversations(SITE, Retriever(store), store, outbox, ConversationSettings(buffer_s=60))
     dashboard = Dashboard(DashboardSettings(login_failures=3), store, desk, live_calls=lambda: list(live),
@@ -318,13 +318,14 @@ async def test_learned_entries_are_edited_disabled_and_re_enabled_live(site: Sit
 async def test_live_calls_show_their_transcript_with_the_number_masked_for_operators(site: Site) -> None:
     await site.store.start_call(CallRecord("c-42", "+15550102030", "100", "Bright Smile", "audiosocket", time.time()))
     await site.store.add_turn(Turn("c-42", 1, "caller", "where are <you>?", time.time()))
-    site.live.append(("c-42", "+15550102030", "100"))
+    site.live.append(("c-42", "+15550102030", "100", "thinking"))
     for name, number in (("oli", "***030"), ("sam", "+15550102030")):
         async with browser() as http:
             await sign_in(http, site.url, name)
             async with http.get(f"{site.url}/calls") as page:
                 text = await page.text()
         assert page.status == 200 and 'id="call-c-42"' in text and "where are &lt;you&gt;?" in text
+        assert '<strong class="state">thinking</strong>' in text
         assert f"{number} → 100" in text and (name == "sam" or "+15550102030" not in text)
         assert '<meta http-equiv="refresh" content="5">' in text
 
@@ -619,3 +620,17 @@ async def test_a_phrasing_added_to_a_learned_entry_is_kept_in_the_entry(site: Si
     assert await site.store.added_phrasings() == {}  # only knowledge.yaml entries need keeping apart
     with pytest.raises(ValueError, match="1 to 300"):
         await site.desk.add_phrasing(await ask(site.store, "x" * 301), f"learned-{learned}", "sam")
+
+
+async def test_transfer_now_without_ami_has_no_button_and_is_refused(site: Site) -> None:
+    site.live.append(("c-43", None, "100", "listening"))
+    async with browser() as http:
+        await sign_in(http, site.url, "oli")
+        async with http.get(f"{site.url}/calls") as page:
+            text = await page.text()
+        assert 'id="call-c-43"' in text and "Transfer now" not in text
+        token = csrf(text)  # the sign-out form's
+        async with http.post(f"{site.url}/calls/c-43/transfer", data={}) as forged:
+            assert forged.status == 403
+        async with http.post(f"{site.url}/calls/c-43/transfer", data={"csrf": token}) as refused:
+            assert refused.status == 409 and "need AMI" in await refused.text()
