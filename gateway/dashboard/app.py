@@ -16,6 +16,7 @@ import math
 import secrets
 import time
 from collections.abc import Awaitable, Callable
+from importlib.resources import files
 from urllib.parse import quote
 
 from aiohttp import web
@@ -24,6 +25,7 @@ from gateway.config import DashboardSettings
 from gateway.dashboard import pages
 from gateway.dashboard.accounts import Throttle, check_password, close_session, open_session, session_for
 from gateway.dashboard.helpdesk import HelpDesk
+from gateway.dashboard.live_stream import LiveStream
 from gateway.dashboard.outbox_page import OutboxPage
 from gateway.dashboard.overview import overview_page, windows
 from gateway.dashboard.pages import PREFIX
@@ -47,6 +49,9 @@ _HEADERS = {
     "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
+SCRIPTS = web.RequestKey("scripts", bool)  # this page runs our own script file (live calls) and its event stream
+_SCRIPT_CSP = "; script-src 'self'; connect-src 'self'"
+LIVE_JS = files("gateway.dashboard").joinpath("live.js").read_text()
 
 
 class Forbidden(Exception):
@@ -66,6 +71,7 @@ class Dashboard:
                  capacity: Capacity | None = None, transfer: TransferNow | None = None) -> None:
         self.settings, self.store, self.helpdesk = settings, store, helpdesk
         self._live_calls, self._capacity, self._transfer = live_calls, capacity, transfer
+        self.live = LiveStream(store, live_calls)
         self.texts = Takeover(store, conversations, self._audit)
         self.outbox = OutboxPage(store, conversations.outbox if conversations else None, self._audit)
         self.throttle = Throttle(settings.login_failures, settings.login_window_s)
@@ -75,12 +81,14 @@ class Dashboard:
         self.app = web.Application(middlewares=[self._pages])
         self.app.add_routes([
             web.get("/style.css", self.style),
+            web.get("/live.js", self.script),
             web.get("/login", self.login_form),
             web.post("/login", self.login),
             web.post("/logout", self._staff("operator", self.logout)),
             web.get("/", self._staff("operator", self.home)),
             web.get("/calls", self._staff("operator", self.calls)),
             web.post("/calls/{id}/transfer", self._staff("operator", self.transfer_now)),
+            web.get("/calls/events", self._staff("operator", self.call_events)),
             web.get("/history", self._staff("operator", self.history)),
             web.get("/history/calls/{id}", self._staff("operator", self.history_call)),
             web.get("/overview", self._staff("supervisor", self.overview)),
@@ -98,6 +106,7 @@ class Dashboard:
             web.get("/outbox", self._staff("supervisor", self.outbox.show)),
             web.post("/outbox/{id:[0-9]{1,18}}/{action:retry|cancel}", self._staff("supervisor", self.outbox.act)),
         ])
+        self.app.on_shutdown.append(lambda app: self.live.stop())  # before the server waits for handlers
 
     async def start(self) -> None:
         await self.helpdesk.start()
@@ -120,7 +129,10 @@ class Dashboard:
             log.exception("dashboard handler failed path=%s", request.path)
             response = html(pages.message_page("Error", "Something went wrong; see the daemon's log.",
                                                request.get(SESSION)), 500)
-        response.headers.update(_HEADERS)
+        if not response.prepared:  # an event stream sent its headers itself
+            response.headers.update(_HEADERS)
+            if request.get(SCRIPTS):
+                response.headers["Content-Security-Policy"] += _SCRIPT_CSP
         return response
 
     def _staff(self, role: str, handler: Handler) -> Handler:
@@ -169,6 +181,9 @@ class Dashboard:
     # ---- sign-in ----------------------------------------------------------------------------------
     async def style(self, request: web.Request) -> web.Response:
         return web.Response(text=pages.STYLE, content_type="text/css")
+
+    async def script(self, request: web.Request) -> web.Response:
+        return web.Response(text=LIVE_JS, content_type="text/javascript")
 
     async def login_form(self, request: web.Request) -> web.Response:
         return self._login_page(request, request.query.get("next", ""))
@@ -231,8 +246,12 @@ class Dashboard:
             record = await self.store.call(call_id)
             live.append(pages.LiveCall(call_id, caller, dialled, record["started_at"] if record else None,
                                        await self.store.turns(call_id), state))
+        request[SCRIPTS] = True
         return html(pages.calls_page(request[SESSION], live, CALLS_REFRESH_S,
                                      self._capacity() if self._capacity else None, can_transfer=bool(self._transfer)))
+
+    async def call_events(self, request: web.Request) -> web.StreamResponse:
+        return await self.live.serve(request, request.cookies[COOKIE], _HEADERS)
 
     async def transfer_now(self, request: web.Request) -> web.StreamResponse:
         call_id, session = request.match_info["id"], request[SESSION]

@@ -46,7 +46,8 @@ def when(at: float | None) -> str:
     return dt.datetime.fromtimestamp(at).strftime("%Y-%m-%d %H:%M") if at else "-"
 
 
-def layout(title: str, body: str, session: StaffSession | None = None, *, refresh_s: int | None = None) -> str:
+def layout(title: str, body: str, session: StaffSession | None = None, *, refresh_s: int | None = None,
+           live: str | None = None) -> str:
     header = ""
     if session is not None:
         user = session.user
@@ -62,10 +63,13 @@ def layout(title: str, body: str, session: StaffSession | None = None, *, refres
                   f'<form method="post" action="{PREFIX}/logout">{csrf_field(session.csrf)}'
                   f'<button type="submit">Sign out</button></form></header>')
     refresh = f'<meta http-equiv="refresh" content="{refresh_s}">' if refresh_s else ""
+    if live:  # the script applies the event stream at `live`; without scripts the page reloads as before
+        refresh = f'<noscript>{refresh}</noscript><script src="{PREFIX}/live.js" defer></script>'
+    stream = f' data-live="{e(live)}"' if live else ""
     return ('<!doctype html><html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width,initial-scale=1">{refresh}'
             f'<title>{e(title)} · Switchboard</title><link rel="stylesheet" href="{PREFIX}/style.css"></head>'
-            f'<body>{header}<main id="main"><h1>{e(title)}</h1>{body}</main></body></html>')
+            f'<body{stream}>{header}<main id="main"><h1>{e(title)}</h1>{body}</main></body></html>')
 
 
 def csrf_field(token: str) -> str:
@@ -199,9 +203,10 @@ def calls_page(session: StaffSession, calls: list[LiveCall], refresh_s: int, cap
         + "".join(f'<li><strong>{e(t.speaker)}</strong>: {e(t.text)}</li>' for t in c.turns[-_TURNS_SHOWN:])
         + "</ol></article>" for c in calls)
     used = f" AI capacity in use: {capacity[0]} of {capacity[1]} turn slot(s)." if capacity else ""
-    return layout("Live calls", f'<p class="muted">{len(calls)} call(s) now; this page reloads every {refresh_s} s.'
+    return layout("Live calls", f'<p class="muted">{len(calls)} call(s) now, updated as they happen'
+                  f' (without scripts: reloaded every {refresh_s} s).'
                   f'{e(used)}</p>{cards}', session,
-                  refresh_s=refresh_s)
+                  refresh_s=refresh_s, live=f"{PREFIX}/calls/events")
 
 
 def users_page(session: StaffSession, users: Iterable[StaffUser], audit: list[dict[str, Any]]) -> str:

@@ -28,7 +28,7 @@ from gateway.config import AmiSettings, MessagingSettings
 from gateway.daemon.app import Daemon
 from gateway.dashboard.accounts import new_user
 from gateway.media.caller import CallerClient
-from models.records import HelpRequest
+from models.records import HelpRequest, Turn
 from support.ami_server import AmiTestServer
 from tests.support.fake_modem import FakeModem
 from tests.support.gateway import own_store
@@ -236,6 +236,9 @@ async def test_supervisor_answers_a_callers_question_which_reaches_them_by_sms_a
             said = [t.text for t in await store.turns(again.call_id) if t.speaker == "assistant"]
             assert any(answer in t for t in said), said
             assert any(f"Now: {state}" in live for state in STATES), live
+            # The page's script applies the event stream: a turn stored now shows without a reload.
+            await store.add_turn(Turn(again.call_id, 99, "caller", "pushed to the page", time.time()))
+            await until(lambda: _shown(browser, again.call_id, "pushed to the page"), "the pushed turn on the page")
             # "Transfer now" moves the caller to the front desk over AMI, as a dialog transfer does.
             await browser.do(lambda d: submit(d, d.find_element("id", f"call-{again.call_id}").find_element(
                 "tag name", "button")))
@@ -249,6 +252,10 @@ async def test_supervisor_answers_a_callers_question_which_reaches_them_by_sms_a
     finally:
         modem.close()
         await ami.stop()
+
+
+async def _shown(browser: Browser, call_id: str, text: str) -> bool:
+    return text in await browser.do(lambda d: d.find_element("id", f"call-{call_id}").text)
 
 
 async def _request_of(store, call_id: str) -> HelpRequest | None:  # type: ignore[no-untyped-def]

@@ -5,6 +5,8 @@ tests/integration/test_dashboard_browser.py drive the same pages through the dae
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import re
 import time
 from collections.abc import AsyncIterator
@@ -634,3 +636,54 @@ async def test_transfer_now_without_ami_has_no_button_and_is_refused(site: Site)
             assert forged.status == 403
         async with http.post(f"{site.url}/calls/c-43/transfer", data={"csrf": token}) as refused:
             assert refused.status == 409 and "need AMI" in await refused.text()
+
+
+async def _next_event(stream: aiohttp.StreamReader, name: str, wanted: str) -> dict:  # type: ignore[type-arg]
+    """The next `name` event of the stream whose data holds `wanted`."""
+    kind = ""
+    async for line in stream:
+        text = line.decode().rstrip("\n")
+        if text.startswith("event: "):
+            kind = text[7:]
+        elif text.startswith("data: ") and kind == name and wanted in text:
+            return json.loads(text[6:])  # type: ignore[no-any-return]
+    raise AssertionError("the stream ended")
+
+
+async def test_the_event_stream_pushes_a_live_calls_new_turn_and_state_and_its_end(site: Site) -> None:
+    await site.store.start_call(CallRecord("c-44", None, "100", "Bright Smile", "audiosocket", time.time()))
+    site.live.append(("c-44", None, "100", "greeting"))
+    async with browser() as http:
+        await sign_in(http, site.url, "oli")
+        async with http.get(f"{site.url}/calls") as page:
+            assert "script-src 'self'" in page.headers["Content-Security-Policy"]
+            assert '<script src="/dashboard/live.js" defer></script>' in await page.text()
+        async with http.get(f"{site.url}/live.js") as script:
+            assert script.status == 200 and "EventSource" in await script.text()
+        async with asyncio.timeout(20), http.get(f"{site.url}/calls/events") as stream:
+            assert stream.headers["Content-Type"] == "text/event-stream"
+            assert (await _next_event(stream.content, "call", "c-44"))["state"] == "greeting"
+            await site.store.add_turn(Turn("c-44", 1, "caller", "is the dentist in today?", time.time()))
+            site.live[-1] = ("c-44", None, "100", "thinking")
+            pushed = await _next_event(stream.content, "call", "dentist")
+            assert pushed["state"] == "thinking" and pushed["turns"] == [
+                {"speaker": "caller", "text": "is the dentist in today?"}]
+            site.live.clear()
+            assert await _next_event(stream.content, "gone", "c-44") == {"id": "c-44"}
+
+
+async def test_event_streams_are_bounded_per_session_and_end_at_sign_out(site: Site) -> None:
+    async with browser() as http:
+        await sign_in(http, site.url, "oli")
+        async with http.get(f"{site.url}/calls") as page:
+            token = csrf(await page.text())
+        async with asyncio.timeout(20), contextlib.AsyncExitStack() as streams:
+            opened = [await streams.enter_async_context(http.get(f"{site.url}/calls/events")) for _ in range(3)]
+            assert [s.status for s in opened] == [200, 200, 200]
+            async with http.get(f"{site.url}/calls/events") as fourth:
+                assert fourth.status == 429
+            async with http.post(f"{site.url}/logout", data={"csrf": token}, allow_redirects=False) as out:
+                assert out.status == 303
+            for s in opened:  # each stream sees the session gone and ends
+                await s.content.read()
+                assert s.content.at_eof()
