@@ -71,6 +71,15 @@ async def voiced(client: CallerClient) -> None:
     raise AssertionError("the gateway never spoke")
 
 
+async def only_session(rig: Rig):  # type: ignore[no-untyped-def]
+    for _ in range(200):
+        if rig.gateway.sessions:
+            (session,) = rig.gateway.sessions
+            return session
+        await asyncio.sleep(0.05)
+    raise AssertionError("no call session started")
+
+
 async def events(services, call_id: str, wait_for: str) -> list:  # type: ignore[no-untyped-def]
     for _ in range(300):
         found = await services.store.events(call_id)
@@ -88,9 +97,11 @@ async def test_caller_asks_for_doctor_chen_and_is_redirected(rig: Rig, services,
     await client.connect()
     try:
         client.say(await speak("Hi, could I speak to Doctor Chen please?"))  # over the greeting: barge-in
+        session = await only_session(rig)  # what the dashboard's live calls page reads
         (redirect,) = await rig.server.wait_for("Redirect", timeout=20)
         assert {k: redirect[k] for k in ("Channel", "Context", "Exten", "Priority")} == {
             "Channel": CHANNEL, "Context": "switchboard-transfer", "Exten": "202", "Priority": "1"}
+        assert session.state == "transferring"  # from the Redirect until the leg ends
         (setvar,) = rig.server.sent("Setvar")
         assert (setvar["Channel"], setvar["Variable"], setvar["Value"]) == (CHANNEL, "SB_TRANSFER_RING", "15")
         assert setvar.at <= redirect.at
