@@ -92,6 +92,21 @@ class _Modem(GsmModem):
                     self.part_refs.append(ref)
         return lines
 
+    # The library handles each unsolicited notification in a thread of its own and lets an exception
+    # end it unseen (e.g. a timeout deleting a read SMS while the modem closes): log it instead.
+    def _handleSmsReceived(self, notificationLine: str) -> None:
+        self._guarded(super()._handleSmsReceived, notificationLine)
+
+    def _handleSmsStatusReport(self, notificationLine: str) -> None:
+        self._guarded(super()._handleSmsStatusReport, notificationLine)
+
+    @staticmethod
+    def _guarded(handler: Any, line: str) -> None:
+        try:
+            handler(line)
+        except Exception as exc:
+            log.warning("modem notification failed kind=%s error=%s", line.split(":", 1)[0], type(exc).__name__)
+
 
 _Group = tuple[str, int, int]  # a long SMS: (sender, concatenation reference, number of parts)
 

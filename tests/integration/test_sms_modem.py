@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -144,6 +145,23 @@ async def test_failed_part_and_direct_cds_reports(fake: FakeModem, harness_facto
     fake.status_report(99, NUMBER, status=0x20)  # still trying: not final, not reported
     fake.status_report(int(result.provider_ref), NUMBER, status=0, direct=True)  # +CDS with the PDU inline
     assert await asyncio.wait_for(h.reports.get(), WAIT_S) == ("sms", result.provider_ref, True)
+
+
+async def test_a_failed_delete_after_reading_is_logged_not_raised_in_the_library_thread(
+    fake: FakeModem, harness_factory, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch  # type: ignore[no-untyped-def]
+) -> None:
+    """python-gsmmodem handles each notification in a thread of its own; an error there (here the modem
+    refuses to delete the SMS just read) used to end that thread with an unhandled exception."""
+    unhandled: list[BaseException | None] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: unhandled.append(args.exc_value))
+    h = await ready(harness_factory)
+    fake.cmgd_error = 321
+    with caplog.at_level(logging.WARNING, logger="channels.sms_modem"):
+        fake.receive_sms("+31687654321", "Are you open today?")
+        msg = await asyncio.wait_for(h.inbound.get(), WAIT_S)
+        assert msg.body == "Are you open today?"
+        await until(lambda: "modem notification failed kind=+CMTI error=CmsError" in caplog.text)
+    assert unhandled == []
 
 
 async def test_receive_single_and_multipart_out_of_order(fake: FakeModem, harness_factory) -> None:  # type: ignore[no-untyped-def]

@@ -71,6 +71,7 @@ class FakeModem:
         self.port = port
         self.sim, self.pin, self.creg = sim, pin, creg
         self.cmgs_error: int | None = None  # answer AT+CMGS PDUs with +CMS ERROR: n
+        self.cmgd_error: int | None = None  # answer AT+CMGD (delete a read SMS) with +CMS ERROR: n
         self.silent = False  # swallow commands (a hung modem)
         self.commands: list[str] = []
         self.sent: list[SentPart] = []
@@ -239,6 +240,8 @@ class FakeModem:
                 self._write("+CMS ERROR: 321")  # invalid memory index
             else:
                 self._write(f"+CMGR: 0,,{len(pdu) // 2 - 1}\r\n{pdu}", "OK")
+        elif upper.startswith("AT+CMGD=") and self.cmgd_error is not None:
+            self._write(f"+CMS ERROR: {self.cmgd_error}")
         elif upper.startswith("AT+CMGD="):
             index = int(cmd.split("=", 1)[1].split(",")[0])
             with self._lock:
