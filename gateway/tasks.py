@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 log = logging.getLogger(__name__)
@@ -41,3 +41,14 @@ class TaskSet:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("task failed owner=%s error=%r", self.owner, task.exception())
+
+
+async def every(interval_s: float, work: Callable[[], Awaitable[object]], what: str) -> None:
+    """Run `work` now, then every `interval_s`, until cancelled. A failed run (a busy or closing store)
+    is logged and tried again next time: a periodic job must outlive one bad pass."""
+    while True:
+        try:
+            await work()
+        except Exception as exc:
+            log.error("%s failed error=%s", what, exc)
+        await asyncio.sleep(interval_s)

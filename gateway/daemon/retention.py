@@ -4,12 +4,12 @@ then periodically, by a task the daemon owns. Rows with outcomes, timings and co
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable
 
 from gateway.config import RetentionSettings
+from gateway.tasks import every
 from models.store import Store
 
 log = logging.getLogger(__name__)
@@ -34,10 +34,5 @@ class Sweeper:
         return swept
 
     async def run(self) -> None:
-        """Sweep now, then every sweep_interval_s, until cancelled; a failed sweep is tried again next time."""
-        while True:
-            try:
-                await self.sweep()
-            except Exception as exc:
-                log.error("retention sweep failed error=%s", exc)
-            await asyncio.sleep(self.settings.sweep_interval_s)
+        """Sweep now, then every sweep_interval_s, until cancelled."""
+        await every(self.settings.sweep_interval_s, self.sweep, "retention sweep")

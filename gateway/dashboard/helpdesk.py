@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from channels.outbox import Outbox
 from gateway.config import HelpRequestSettings
-from gateway.tasks import TaskSet
+from gateway.tasks import TaskSet, every
 from models.records import HelpRequest, KnowledgeEntry
 from models.store import NotFoundError, Store, normalize_address
 
@@ -51,7 +51,8 @@ class HelpDesk:
         self._tasks = TaskSet("helpdesk")
 
     async def start(self) -> None:
-        self._sweeper = asyncio.create_task(self._sweep_forever(), name="help-request-sweeper")
+        self._sweeper = asyncio.create_task(every(self.settings.sweep_interval_s, self.sweep, "help request sweep"),
+                                            name="help-request-sweeper")
 
     async def stop(self) -> None:
         if self._sweeper is not None:
@@ -67,14 +68,6 @@ class HelpDesk:
         if expired:
             log.info("help requests unresolved count=%d timeout=%s", expired, self.settings.timeout)
         return expired
-
-    async def _sweep_forever(self) -> None:
-        while True:
-            try:
-                await self.sweep()
-            except Exception as exc:  # a busy or closing store: try again next time
-                log.warning("help request sweep failed error=%s", exc)
-            await asyncio.sleep(self.settings.sweep_interval_s)
 
     async def answer(self, request_id: int, text: str, by: str) -> tuple[KnowledgeEntry, Followup]:
         """Learn the answer and tell the customer; raises NotFoundError, ValueError (empty answer)."""
