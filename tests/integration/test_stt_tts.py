@@ -430,3 +430,28 @@ def test_a_confident_utterance_is_decoded_once(transcriber: Transcriber, synth: 
     t = transcriber.transcribe(synth.synthesize("Do you take Delta Dental insurance?"),
                                prompt="Bright Smile Dental.", second_prompt="Emergency! Chest pain.")
     assert "delta dental" in normalize_text(t.text) and t.second_text == ""
+
+
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
+def test_a_doubtful_utterance_is_decoded_again_by_beam_search(transcriber: Transcriber,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A robotic voice over u-law: greedy decoding loses words at one bad token ("I want to recurge,
+    Julie"); the beam search that follows a doubtful hearing gets more of them right, a clear voice
+    never pays for it (test_fitted_window_matches_the_standard_30s_path: path "window")."""
+    import speech.stt
+    from tests.support.voices import VOICES
+
+    voice = VOICES["espeak-us-ulaw"]
+    said = ["I want to reschedule", "who handles payments", "get me doctor lopez please",
+            "thank you so much, have a good day", "great, that's all I needed", "do you take delta dental"]
+    clips = [audio.ulaw_decode(audio.ulaw_encode(voice.render(text, lambda _: b""))) for text in said]
+
+    def edits() -> tuple[int, list[str]]:
+        heard = [transcriber.transcribe(pcm, prompt=SITE_PROMPT) for pcm in clips]
+        return sum(word_edits(t, h.text) for t, h in zip(said, heard)), [h.path for h in heard]
+
+    beam_edits, paths = edits()
+    monkeypatch.setattr(speech.stt, "_BEAM_BELOW", float("-inf"))
+    greedy_edits, greedy_paths = edits()
+    assert any(p.endswith("+beam") for p in paths) and not any("beam" in p for p in greedy_paths)
+    assert beam_edits < greedy_edits, (beam_edits, greedy_edits)

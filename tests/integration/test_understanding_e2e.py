@@ -87,7 +87,9 @@ async def test_follow_up_question_is_answered_in_context(gateway, services, spea
     try:
         await ask(client, speak, "What time do you open on Tuesday?")
         assert "8 a.m." in (await said(services, client))[-1]
-        await ask(client, speak, "And on Saturdays?")
+        # Piper says "And on Saturdays?" so that tiny.en writes "End on", "Satterbase" now and then; this
+        # test is about the context, not that word: "What about Saturday?" was heard right 15 of 15 times.
+        await ask(client, speak, "What about Saturday?")
         assert (await said(services, client))[-1].startswith("On Saturday we're open from 9 a.m. to 1 p.m.")
     finally:
         await client.close()
