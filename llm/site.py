@@ -7,6 +7,8 @@ report the exact key of any mistake; the dialog uses them as plain read-only dat
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import os
 import re
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -173,10 +175,23 @@ class TextWording(Wording):
     greeting_reply: str = "Hello! How can we help you?"  # to a message that only says hello
 
 
+@functools.cache
+def server_zone() -> ZoneInfo:
+    """The server's own zone, with its DST rules: $TZ when it names a zone, else /etc/localtime, else UTC."""
+    name = os.environ.get("TZ", "").lstrip(":")
+    try:
+        if name:
+            return ZoneInfo(name)
+        with open("/etc/localtime", "rb") as f:
+            return ZoneInfo.from_file(f, key="localtime")
+    except (OSError, ValueError, ZoneInfoNotFoundError):
+        return ZoneInfo("UTC")
+
+
 class Site(Strict):
     name: str
     greeting: str
-    timezone: str = "UTC"
+    timezone: str = ""  # an IANA name; empty: the server's own zone
     address: str = ""
     hours: Hours
     holidays: tuple[Holiday, ...] = ()
@@ -190,6 +205,8 @@ class Site(Strict):
     @field_validator("timezone")
     @classmethod
     def _tz(cls, v: str) -> str:
+        if not v:
+            return v
         try:
             ZoneInfo(v)
         except (ZoneInfoNotFoundError, ValueError):
@@ -204,7 +221,8 @@ class Site(Strict):
 
     @property
     def tz(self) -> ZoneInfo:
-        return ZoneInfo(self.timezone)
+        """The zone of opening hours and of every time staff see (dashboard pages, filters, charts)."""
+        return ZoneInfo(self.timezone) if self.timezone else server_zone()
 
     def spans_on(self, day: dt.date) -> tuple[tuple[OpeningSpan, ...], Holiday | None]:
         for holiday in self.holidays:

@@ -13,7 +13,7 @@ import logging
 import re
 import sqlite3
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -549,18 +549,30 @@ class Store:
         return await self._history_page(f"SELECT c.*, {CALL_OUTCOME_SQL} AS outcome FROM calls c", where, params,
                                         "started_at DESC, call_id", limit, offset)
 
-    async def overview(self, hours_since: float, days_since: float) -> dict[str, list[dict[str, Any]]]:
-        """The Overview page's figures, bucketed in local time (as every page shows times): calls per hour
-        since `hours_since`; since `days_since`, calls per day, outcomes (CALL_OUTCOME_SQL), the
+    async def overview(self, hours_since: float, days_since: float,
+                       offsets: Sequence[tuple[float, int]]) -> dict[str, list[dict[str, Any]]]:
+        """The Overview page's figures, bucketed in the site's time (as every page shows times): calls per
+        hour since `hours_since`; since `days_since`, calls per day, outcomes (CALL_OUTCOME_SQL), the
         voice-to-voice p50 and p90 of turns (ms, per day), questions asked (caller turns and
-        inbound texts) and help requests created per day. Calls are found by their indexed start."""
-        hour = "strftime('%Y-%m-%d %H', {}, 'unixepoch', 'localtime')"
-        day = "strftime('%Y-%m-%d', {}, 'unixepoch', 'localtime')"
+        inbound texts) and help requests created per day. Calls are found by their indexed start.
+        `offsets`: the zone's UTC offset in seconds from the start and from each change (DST) after it,
+        as (from, seconds), oldest first; the caller computes them (SQLite knows only the server's zone)."""
+        def local(column: str) -> str:
+            shift = " ".join(f"WHEN {column} < {int(at)} THEN {int(before)}"
+                             for (_, before), (at, _) in zip(offsets, offsets[1:]))
+            return f"{column} + {f'CASE {shift} ELSE {int(offsets[-1][1])} END' if shift else int(offsets[0][1])}"
+
+        def hour(column: str) -> str:
+            return f"strftime('%Y-%m-%d %H', {local(column)}, 'unixepoch')"
+
+        def day(column: str) -> str:
+            return f"strftime('%Y-%m-%d', {local(column)}, 'unixepoch')"
+
         since_days = "FROM calls c JOIN turns t ON t.call_id = c.call_id WHERE c.started_at >= ?"
         queries = {
-            "hourly": (f"SELECT {hour.format('started_at')} AS bucket, COUNT(*) AS n FROM calls"
+            "hourly": (f"SELECT {hour('started_at')} AS bucket, COUNT(*) AS n FROM calls"
                        " WHERE started_at >= ? GROUP BY bucket", [hours_since]),
-            "daily": (f"SELECT {day.format('started_at')} AS bucket, COUNT(*) AS n FROM calls"
+            "daily": (f"SELECT {day('started_at')} AS bucket, COUNT(*) AS n FROM calls"
                       " WHERE started_at >= ? GROUP BY bucket", [days_since]),
             "outcomes": (f"SELECT outcome, COUNT(*) AS n FROM (SELECT {CALL_OUTCOME_SQL} AS outcome FROM calls c"
                          " WHERE c.started_at >= ?) GROUP BY outcome", [days_since]),
@@ -568,14 +580,14 @@ class Store:
             "v2v": (f"SELECT bucket, MIN(CASE WHEN k * 100 >= 50 * n THEN ms END) AS p50,"
                     " MIN(CASE WHEN k * 100 >= 90 * n THEN ms END) AS p90 FROM (SELECT bucket, ms,"
                     " ROW_NUMBER() OVER (PARTITION BY bucket ORDER BY ms) AS k, COUNT(*) OVER (PARTITION BY bucket)"
-                    f" AS n FROM (SELECT {day.format('t.at')} AS bucket, json_extract(t.timings_ms,"
+                    f" AS n FROM (SELECT {day('t.at')} AS bucket, json_extract(t.timings_ms,"
                     f" '$.voice_to_voice') AS ms {since_days} AND t.at >= ? AND ms IS NOT NULL)) GROUP BY bucket",
                     [days_since, days_since]),
-            "questions": (f"SELECT bucket, COUNT(*) AS n FROM (SELECT {day.format('t.at')} AS bucket {since_days}"
+            "questions": (f"SELECT bucket, COUNT(*) AS n FROM (SELECT {day('t.at')} AS bucket {since_days}"
                           " AND t.at >= ? AND t.speaker = 'caller' UNION ALL SELECT"
-                          f" {day.format('at')} FROM messages WHERE direction = 'in' AND at >= ?)"
+                          f" {day('at')} FROM messages WHERE direction = 'in' AND at >= ?)"
                           " GROUP BY bucket", [days_since, days_since, days_since]),
-            "help": (f"SELECT {day.format('created_at')} AS bucket, COUNT(*) AS n FROM help_requests"
+            "help": (f"SELECT {day('created_at')} AS bucket, COUNT(*) AS n FROM help_requests"
                      " WHERE created_at >= ? GROUP BY bucket", [days_since]),
         }
         return {name: await self._read(sql, params) for name, (sql, params) in queries.items()}

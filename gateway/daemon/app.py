@@ -206,7 +206,7 @@ class Daemon:
             (s.call.call_id, s.caller, s.dialled, s.state) for s in self.gateway.sessions],
             conversations=self.messaging.conversations if self.messaging else None,
             capacity=lambda: (services.turns_in_use, config.capacity.max_turns),
-            transfer=self._transfer_now if self.ami_transferer is not None else None) \
+            transfer=self._transfer_now if self.ami_transferer is not None else None, zone=config.site.tz) \
             if self.http is not None and config.dashboard.enabled else None
         if self.http is not None and self.dashboard is not None:
             self.http.app.add_subapp(DASHBOARD_PREFIX, self.dashboard.app)

@@ -18,11 +18,12 @@ import time
 from collections.abc import Awaitable, Callable
 from importlib.resources import files
 from urllib.parse import quote
+from zoneinfo import ZoneInfo
 
 from aiohttp import web
 
 from gateway.config import DashboardSettings
-from gateway.dashboard import pages
+from gateway.dashboard import clock, pages
 from gateway.dashboard.accounts import Throttle, check_password, close_session, open_session, session_for
 from gateway.dashboard.helpdesk import HelpDesk
 from gateway.dashboard.live_stream import LiveStream
@@ -33,6 +34,7 @@ from gateway.dashboard.responses import FORM, SESSION, html, see_other
 from gateway.dashboard.takeover import Takeover
 from gateway.sessions.conversations import Conversations
 from llm.knowledge import dump_knowledge_yaml
+from llm.site import server_zone
 from models.records import KnowledgeEntry
 from models.store import CALL_OUTCOMES, NotFoundError, Store
 
@@ -68,8 +70,10 @@ VERIFY_AT_ONCE = 2
 class Dashboard:
     def __init__(self, settings: DashboardSettings, store: Store, helpdesk: HelpDesk, *,
                  live_calls: Calls = list, conversations: Conversations | None = None,
-                 capacity: Capacity | None = None, transfer: TransferNow | None = None) -> None:
+                 capacity: Capacity | None = None, transfer: TransferNow | None = None,
+                 zone: ZoneInfo | None = None) -> None:
         self.settings, self.store, self.helpdesk = settings, store, helpdesk
+        self.zone = zone or server_zone()  # site.timezone: what every page shows, filters and groups by
         self._live_calls, self._capacity, self._transfer = live_calls, capacity, transfer
         self.live = LiveStream(store, live_calls)
         self.texts = Takeover(store, conversations, self._audit)
@@ -118,6 +122,7 @@ class Dashboard:
     @web.middleware
     async def _pages(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         """HTML errors (never the API's problem documents) and the security headers on every page."""
+        clock.ZONE.set(self.zone)  # this request's task only
         try:
             response = await handler(request)
         except Forbidden as exc:
@@ -367,10 +372,8 @@ HISTORY_PAGE = 25
 
 
 def _local_day(day: str, days_after: int = 0) -> float | None:
-    """The start of a YYYY-MM-DD day (plus some days) in local time; None for no date."""
-    if not day:
-        return None
-    return (dt.datetime.combine(dt.date.fromisoformat(day), dt.time()) + dt.timedelta(days=days_after)).timestamp()
+    """The start of a YYYY-MM-DD day (plus some days) in the site's zone; None for no date."""
+    return clock.day_start(dt.date.fromisoformat(day) + dt.timedelta(days=days_after)) if day else None
 
 
 def edited_entry(entry_id: str, question: str, answer: str, phrasings: str) -> KnowledgeEntry:

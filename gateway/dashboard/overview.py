@@ -1,14 +1,14 @@
 """The Overview page (supervisor and above): calls per hour and day, the outcome mix, voice-to-voice
 p50/p90 per day and the unanswered-question rate, as inline SVG bar and line charts drawn here (no
 script, no CDN), each with a <title>, per-point <title>s and a visually hidden table of its data.
-Buckets are local time, as every dashboard page shows times."""
+Buckets are the site's hours and days (clock), as every dashboard page shows times."""
 
 from __future__ import annotations
 
-import datetime as dt
 import time
 from typing import Any
 
+from gateway.dashboard import clock
 from gateway.dashboard.pages import e, layout
 from models.records import StaffSession
 from models.store import CALL_OUTCOMES
@@ -18,18 +18,16 @@ _W, _H, _PAD = 640, 180, 28  # the SVG's drawing area and its bottom margin for 
 Series = tuple[str, list[float | None], str]  # name, one value per label (None: no data), colour
 
 
-def windows(now: float) -> tuple[float, float]:
-    """The starts of the oldest hour and the oldest day shown (local time)."""
-    hour = dt.datetime.fromtimestamp(now - (HOURS - 1) * 3600).replace(minute=0, second=0, microsecond=0)
-    day = dt.datetime.combine(dt.date.fromtimestamp(now) - dt.timedelta(days=DAYS - 1), dt.time())
-    return hour.timestamp(), day.timestamp()
+def windows(now: float) -> tuple[float, float, list[tuple[float, int]]]:
+    """Store.overview's arguments: the starts of the oldest hour and day shown, and the site zone's offsets."""
+    hour, day = clock.hours(now, HOURS)[0], clock.day_start(clock.days(now, DAYS)[0])
+    return hour, day, clock.offsets(min(hour, day), now)
 
 
 def figures(raw: dict[str, list[dict[str, Any]]], now: float) -> dict[str, Any]:
     """The store's rows (Store.overview) as one value per hour/day bucket, oldest first."""
-    hours = [dt.datetime.fromtimestamp(now - k * 3600).strftime("%Y-%m-%d %H") for k in range(HOURS - 1, -1, -1)]
-    today = dt.date.fromtimestamp(now)
-    days = [(today - dt.timedelta(days=k)).isoformat() for k in range(DAYS - 1, -1, -1)]
+    hours = [clock.local(at).strftime("%Y-%m-%d %H") for at in clock.hours(now, HOURS)]
+    days = [day.isoformat() for day in clock.days(now, DAYS)]
 
     def counts(name: str) -> dict[str, int]:
         return {row["bucket"]: row["n"] for row in raw[name]}
@@ -95,7 +93,8 @@ def overview_page(session: StaffSession, raw: dict[str, list[dict[str, Any]]], n
     outcome_labels = [o for o, _ in f["outcomes"]]
     asked, helped = sum(f["asked"]), sum(f["helped"])
     total_rate = f"{100 * helped / asked:.1f} %" if asked else "-"
-    body = (f'<p class="muted">Local time. Last {DAYS} days: {sum(f["daily"])} call(s), {asked} question(s) asked, '
+    body = (f'<p class="muted">Times in {e(clock.zone().key)}. Last {DAYS} days: {sum(f["daily"])} call(s), '
+            f'{asked} question(s) asked, '
             f'{helped} help request(s) ({total_rate} unanswered).</p>'
             + chart("hourly", f"Calls per hour, last {HOURS} hours", f["hours"], [("calls", f["hourly"], "navy")])
             + chart("daily", f"Calls per day, last {DAYS} days", f["days"], [("calls", f["daily"], "navy")])

@@ -6,13 +6,13 @@ screen reader and offline; one stylesheet (style.css) keeps them readable on a f
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Iterable
 from dataclasses import dataclass
 from html import escape
 from typing import Any
 from urllib.parse import quote, urlencode
 
+from gateway.dashboard import clock
 from models.privacy import masked
 from models.records import (CallEvent, HelpRequest, KnowledgeEntry, OutboxRecord, StaffSession, StaffUser,
                             Turn)
@@ -42,8 +42,7 @@ def e(value: Any) -> str:
     return escape("" if value is None else str(value), quote=True)
 
 
-def when(at: float | None) -> str:
-    return dt.datetime.fromtimestamp(at).strftime("%Y-%m-%d %H:%M") if at else "-"
+when = clock.minute  # every time shown is in the site's zone
 
 
 def layout(title: str, body: str, session: StaffSession | None = None, *, refresh_s: int | None = None,
@@ -382,7 +381,7 @@ def call_page(session: StaffSession, call: dict[str, Any], turns: list[Turn], ev
                         f'{" <em>(interrupted)</em>" if t.interrupted else ""}</td><td>{e(t.action or "")}</td>'
                         f'<td>{e(_timings(t.timings_ms))}</td></tr>' for t in turns)
     details = (lambda text: text) if session.user.may("supervisor") else masked  # numbers in event data too
-    event_rows = "".join(f'<tr><td>{e(when_s(ev.at))}</td><td>{e(ev.kind)}</td><td>'
+    event_rows = "".join(f'<tr><td>{e(clock.second(ev.at))}</td><td>{e(ev.kind)}</td><td>'
                          f'{e(details(" ".join(f"{k}={v}" for k, v in ev.data.items())))}</td></tr>' for ev in events)
     notes = "".join(f'<li>Message for {e(m["for_staff"] or "-")} from {e(m["caller_name"] or "-")} '
                     f'({e(m["status"])}): {_said(m["body"])}</li>' for m in messages)
@@ -394,7 +393,3 @@ def call_page(session: StaffSession, call: dict[str, Any], turns: list[Turn], ev
                   f'<tbody>{turn_rows}</tbody></table><h2>Events</h2><table><thead><tr><th scope="col">When</th>'
                   f'<th scope="col">What</th><th scope="col">Details</th></tr></thead><tbody>{event_rows}</tbody>'
                   f'</table><h2>Messages and help requests</h2><ul>{notes or "<li>None.</li>"}</ul>', session)
-
-
-def when_s(at: float) -> str:
-    return dt.datetime.fromtimestamp(at).strftime("%Y-%m-%d %H:%M:%S")

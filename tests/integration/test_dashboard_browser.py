@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime as dt
 import os
 import shutil
 import time
@@ -454,6 +455,8 @@ async def test_an_operator_finds_a_call_by_part_of_its_number_and_reads_its_tran
         assert client.call_id in page and "***678" in page and CALLER not in page
         assert all(t.text in transcript for t in turns) and any(t.speaker == "caller" for t in turns)
         assert " ms" in transcript  # per-turn timings
+        started = (await store.call(client.call_id))["started_at"]  # shown in site.timezone (New York)
+        assert f"started {dt.datetime.fromtimestamp(started, site.daemon.config.site.tz):%Y-%m-%d %H:%M}" in page
     finally:
         await ami.stop()
 

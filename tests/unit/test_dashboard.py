@@ -12,6 +12,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import aiohttp
 import pytest
@@ -62,8 +63,9 @@ class Site:
     talk: Conversations
 
 
-@pytest.fixture
-async def site(tmp_path: Path) -> AsyncIterator[Site]:
+@contextlib.asynccontextmanager
+async def open_site(tmp_path: Path, zone: ZoneInfo | None = None) -> AsyncIterator[Site]:
+    """The dashboard on a real store and outbox, served on loopback as the daemon mounts it."""
     store = await Store.open(tmp_path / "sb.db")
     for name, role in (("ada", "admin"), ("sam", "supervisor"), ("oli", "operator")):
         await store.staff_add(new_user(name, role, PASSWORD))
@@ -76,7 +78,7 @@ async def site(tmp_path: Path) -> AsyncIterator[Site]:
     # Long debounce: no test here waits for the assistant; the takeover tests hold their thread.
     talk = Conversations(SITE, Retriever(store), store, outbox, ConversationSettings(buffer_s=60))
     dashboard = Dashboard(DashboardSettings(login_failures=3), store, desk, live_calls=lambda: list(live),
-                          conversations=talk)
+                          conversations=talk, zone=zone)
     root = web.Application()  # as the daemon mounts it on the HTTP API's application
     root.add_subapp(PREFIX, dashboard.app)
     runner = web.AppRunner(root)
@@ -84,11 +86,19 @@ async def site(tmp_path: Path) -> AsyncIterator[Site]:
     tcp = web.TCPSite(runner, "127.0.0.1", 0)
     await tcp.start()
     await dashboard.start()
-    yield Site(store, f"http://127.0.0.1:{runner.addresses[0][1]}{PREFIX}", outbox, desk, live, talk)
-    await talk.close()
-    await dashboard.stop()
-    await runner.cleanup()
-    await store.close()
+    try:
+        yield Site(store, f"http://127.0.0.1:{runner.addresses[0][1]}{PREFIX}", outbox, desk, live, talk)
+    finally:
+        await talk.close()
+        await dashboard.stop()
+        await runner.cleanup()
+        await store.close()
+
+
+@pytest.fixture
+async def site(tmp_path: Path) -> AsyncIterator[Site]:
+    async with open_site(tmp_path) as opened:
+        yield opened
 
 
 def browser() -> aiohttp.ClientSession:
