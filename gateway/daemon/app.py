@@ -36,6 +36,7 @@ from gateway.http.webhooks import Webhooks
 from gateway.tasks import TaskSet
 from gateway.media.pacer import MediaClock
 from gateway.services import Services, load_services
+from llm.site import StaffMember
 from models.privacy import masked
 from models.records import CallEvent, HelpRequest, Turn
 
@@ -206,19 +207,20 @@ class Daemon:
             (s.call.call_id, s.caller, s.dialled, s.state) for s in self.gateway.sessions],
             conversations=self.messaging.conversations if self.messaging else None,
             capacity=lambda: (services.turns_in_use, config.capacity.max_turns),
-            transfer=self._transfer_now if self.ami_transferer is not None else None, zone=config.site.tz) \
+            transfer=self._transfer_now if self.ami_transferer is not None else None,
+            directory=config.site.directory.everyone(), zone=config.site.tz) \
             if self.http is not None and config.dashboard.enabled else None
         if self.http is not None and self.dashboard is not None:
             self.http.app.add_subapp(DASHBOARD_PREFIX, self.dashboard.app)
         self.gateway = Gateway(services, transferer=transferer, calls=calls, ari=self.ari, messaging=self.messaging,
                                on_call_ended=self._call_ended)
 
-    async def _transfer_now(self, call_id: str) -> bool:
-        """Staff's "Transfer now": the live call to the front desk through its own transferer (AMI)."""
+    async def _transfer_now(self, call_id: str, member: StaffMember) -> bool:
+        """Staff's "Transfer now": the live call to `member` (of the directory) through its own transferer (AMI)."""
         session = next((s for s in self.gateway.sessions if s.call.call_id == call_id), None)
         if session is None:
             return False
-        await session.transfer_now(self.config.site.directory.front_desk)
+        await session.transfer_now(member)
         return True
 
     def _recorded(self, record: Turn | CallEvent | HelpRequest) -> None:

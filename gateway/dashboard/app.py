@@ -34,7 +34,7 @@ from gateway.dashboard.responses import FORM, SESSION, html, see_other
 from gateway.dashboard.takeover import Takeover
 from gateway.sessions.conversations import Conversations
 from llm.knowledge import dump_knowledge_yaml
-from llm.site import server_zone
+from llm.site import StaffMember, server_zone
 from models.records import KnowledgeEntry
 from models.store import CALL_OUTCOMES, NotFoundError, Store
 
@@ -62,7 +62,7 @@ class Forbidden(Exception):
 
 Calls = Callable[[], "list[tuple[str, str | None, str | None, str]]"]  # in progress: (id, caller, dialled, state)
 Capacity = Callable[[], "tuple[int, int]"]  # AI admission slots (in use, of)
-TransferNow = Callable[[str], Awaitable[bool]]  # a live call to the front desk; False: no such call
+TransferNow = Callable[[str, StaffMember], Awaitable[bool]]  # a live call to someone; False: no such call
 CALLS_REFRESH_S = 5
 VERIFY_AT_ONCE = 2
 
@@ -71,8 +71,9 @@ class Dashboard:
     def __init__(self, settings: DashboardSettings, store: Store, helpdesk: HelpDesk, *,
                  live_calls: Calls = list, conversations: Conversations | None = None,
                  capacity: Capacity | None = None, transfer: TransferNow | None = None,
-                 zone: ZoneInfo | None = None) -> None:
+                 directory: tuple[StaffMember, ...] = (), zone: ZoneInfo | None = None) -> None:
         self.settings, self.store, self.helpdesk = settings, store, helpdesk
+        self.directory = directory  # "Transfer now" targets: the front desk first, then the staff
         self.zone = zone or server_zone()  # site.timezone: what every page shows, filters and groups by
         self._live_calls, self._capacity, self._transfer = live_calls, capacity, transfer
         self.live = LiveStream(store, live_calls)
@@ -253,7 +254,8 @@ class Dashboard:
                                        await self.store.turns(call_id), state))
         request[SCRIPTS] = True
         return html(pages.calls_page(request[SESSION], live, CALLS_REFRESH_S,
-                                     self._capacity() if self._capacity else None, can_transfer=bool(self._transfer)))
+                                     self._capacity() if self._capacity else None,
+                                     transfer_to=self.directory if self._transfer else ()))
 
     async def call_events(self, request: web.Request) -> web.StreamResponse:
         return await self.live.serve(request, request.cookies[COOKIE], _HEADERS)
@@ -262,9 +264,14 @@ class Dashboard:
         call_id, session = request.match_info["id"], request[SESSION]
         if self._transfer is None:
             return html(pages.message_page("No transfers", "Transfers need AMI (the [ami] section).", session), 409)
-        if not await self._transfer(call_id):
+        to = str(request[FORM].get("to", ""))
+        member = next((m for m in self.directory if m.name == to), None)
+        if member is None:  # only the directory's people: never an extension typed into a forged form
+            await self._audit(request, "transfer call", f"refused: {to[:64]!r} is not in the directory", target=call_id)
+            return html(pages.message_page("Not transferred", f"{to!r} is not in the directory.", session), 422)
+        if not await self._transfer(call_id, member):
             return html(pages.message_page("Not found", f"Call {call_id} is not in progress.", session), 404)
-        await self._audit(request, "transfer call", "to front desk", target=call_id)
+        await self._audit(request, "transfer call", f"to {member.name} ({member.extension})", target=call_id)
         return see_other(f"{PREFIX}/calls")
 
     async def history(self, request: web.Request) -> web.Response:

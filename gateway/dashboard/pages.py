@@ -6,13 +6,14 @@ screen reader and offline; one stylesheet (style.css) keeps them readable on a f
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from html import escape
 from typing import Any
 from urllib.parse import quote, urlencode
 
 from gateway.dashboard import clock
+from llm.site import StaffMember
 from models.privacy import masked
 from models.records import (CallEvent, HelpRequest, KnowledgeEntry, OutboxRecord, StaffSession, StaffUser,
                             Turn)
@@ -24,10 +25,10 @@ STYLE = """
 header{background:#1d3557;color:#fff;padding:.6rem 1rem;display:flex;flex-wrap:wrap;gap:.5rem 1rem;align-items:center}
 header a{color:#fff}header form{margin-left:auto}nav{display:flex;flex-wrap:wrap;gap:1rem}
 main{max-width:64rem;margin:0 auto;padding:1rem}h1{font-size:1.4rem}
-a:focus,button:focus,input:focus,textarea:focus{outline:3px solid #f4a261;outline-offset:2px}
+a:focus,button:focus,input:focus,select:focus,textarea:focus{outline:3px solid #f4a261;outline-offset:2px}
 button{font:inherit;padding:.5rem 1rem;border-radius:.3rem;border:1px solid #1d3557;background:#1d3557;color:#fff;
 min-height:2.75rem;cursor:pointer}header button{background:#fff;color:#1d3557}
-input,textarea{font:inherit;padding:.5rem;width:100%;border:1px solid #8a94a3;border-radius:.3rem}
+input,select,textarea{font:inherit;padding:.5rem;width:100%;border:1px solid #8a94a3;border-radius:.3rem}
 label{display:block;font-weight:600;margin:.6rem 0 .2rem}.card{background:#fff;border:1px solid #d9dde3;
 border-radius:.4rem;padding:.8rem 1rem;margin:.8rem 0}.muted{color:#5a6472}.error{color:#a4161a;font-weight:600}
 table{border-collapse:collapse;width:100%;background:#fff}th,td{text-align:left;padding:.4rem;border-bottom:1px solid #d9dde3;
@@ -186,14 +187,19 @@ class LiveCall:
 
 
 def calls_page(session: StaffSession, calls: list[LiveCall], refresh_s: int, capacity: tuple[int, int] | None,
-               *, can_transfer: bool) -> str:
+               *, transfer_to: Sequence[StaffMember]) -> str:
+    """`transfer_to`: the directory (front desk first) when calls can be moved (AMI), else empty."""
     def caller(number: str | None) -> str:  # operators see the last digits only
         return _contact(session, number) if number else "withheld"
 
+    people = "".join(f'<option value="{e(m.name)}">{e(m.name)}{f" ({e(m.role)})" if m.role else ""}, '
+                     f'extension {e(m.extension)}</option>' for m in transfer_to)
+
     def transfer(call_id: str) -> str:  # only with AMI: without it the call's leg cannot be moved
         return (f'<form method="post" action="{PREFIX}/calls/{quote(call_id, safe="")}/transfer">'
-                f'{csrf_field(session.csrf)}<button type="submit">Transfer now to the front desk</button></form>'
-                if can_transfer else "")
+                f'{csrf_field(session.csrf)}<label for="to-{e(call_id)}">Transfer to</label>'
+                f'<select id="to-{e(call_id)}" name="to">{people}</select> '
+                f'<button type="submit">Transfer now</button></form>' if transfer_to else "")
 
     cards = "".join(
         f'<article class="card" id="call-{e(c.call_id)}"><h2>{e(caller(c.caller))} → {e(c.dialled or "-")}</h2>'

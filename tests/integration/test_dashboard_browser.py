@@ -240,14 +240,23 @@ async def test_supervisor_answers_a_callers_question_which_reaches_them_by_sms_a
             # The page's script applies the event stream: a turn stored now shows without a reload.
             await store.add_turn(Turn(again.call_id, 99, "caller", "pushed to the page", time.time()))
             await until(lambda: _shown(browser, again.call_id, "pushed to the page"), "the pushed turn on the page")
-            # "Transfer now" moves the caller to the front desk over AMI, as a dialog transfer does.
-            await browser.do(lambda d: submit(d, d.find_element("id", f"call-{again.call_id}").find_element(
-                "tag name", "button")))
+            # "Transfer now" to a staff member chosen in the list moves the caller over AMI, as a dialog
+            # transfer does: the Redirect names that member's extension, not the front desk's.
+            chosen = site.daemon.config.site.directory.staff[2]
+
+            def transfer(d: Any) -> None:
+                from selenium.webdriver.support.select import Select
+
+                card = d.find_element("id", f"call-{again.call_id}")
+                Select(card.find_element("tag name", "select")).select_by_value(chosen.name)
+                submit(d, card.find_element("tag name", "button"))
+            await browser.do(transfer)
             (redirect,) = await ami.wait_for("Redirect", timeout=20)
-            desk = site.daemon.config.site.directory.front_desk.extension
-            assert (redirect["Channel"], redirect["Exten"]) == ("PJSIP/caller-00002", desk)
+            assert chosen.extension != site.daemon.config.site.directory.front_desk.extension
+            assert (redirect["Channel"], redirect["Exten"]) == ("PJSIP/caller-00002", chosen.extension)
             await asyncio.wait_for(again.hung_up.wait(), 10)
-            assert any(a["action"] == "transfer call" for a in await store.staff_audit())
+            assert any(a["action"] == "transfer call" and chosen.extension in a["outcome"]
+                       for a in await store.staff_audit())
         finally:
             await again.close()
     finally:

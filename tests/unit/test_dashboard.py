@@ -12,6 +12,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import aiohttp
@@ -29,6 +30,7 @@ from gateway.dashboard.helpdesk import HelpDesk
 from gateway.dashboard.pages import PREFIX
 from gateway.sessions.conversations import Conversations
 from llm.knowledge import Retriever
+from llm.site import StaffMember
 from models.records import CallEvent, CallRecord, HelpRequest, KnowledgeEntry, TakenMessage, Turn
 from models.store import Store
 
@@ -64,7 +66,7 @@ class Site:
 
 
 @contextlib.asynccontextmanager
-async def open_site(tmp_path: Path, zone: ZoneInfo | None = None) -> AsyncIterator[Site]:
+async def open_site(tmp_path: Path, zone: ZoneInfo | None = None, **options: Any) -> AsyncIterator[Site]:
     """The dashboard on a real store and outbox, served on loopback as the daemon mounts it."""
     store = await Store.open(tmp_path / "sb.db")
     for name, role in (("ada", "admin"), ("sam", "supervisor"), ("oli", "operator")):
@@ -78,7 +80,7 @@ async def open_site(tmp_path: Path, zone: ZoneInfo | None = None) -> AsyncIterat
     # Long debounce: no test here waits for the assistant; the takeover tests hold their thread.
     talk = Conversations(SITE, Retriever(store), store, outbox, ConversationSettings(buffer_s=60))
     dashboard = Dashboard(DashboardSettings(login_failures=3), store, desk, live_calls=lambda: list(live),
-                          conversations=talk, zone=zone)
+                          conversations=talk, zone=zone, **options)
     root = web.Application()  # as the daemon mounts it on the HTTP API's application
     root.add_subapp(PREFIX, dashboard.app)
     runner = web.AppRunner(root)
@@ -646,6 +648,40 @@ async def test_transfer_now_without_ami_has_no_button_and_is_refused(site: Site)
             assert forged.status == 403
         async with http.post(f"{site.url}/calls/c-43/transfer", data={"csrf": token}) as refused:
             assert refused.status == 409 and "need AMI" in await refused.text()
+
+
+async def test_transfer_now_goes_to_the_chosen_directory_member_only(tmp_path: Path) -> None:
+    moved: list[tuple[str, str]] = []
+
+    async def transfer(call_id: str, member: StaffMember) -> bool:  # the daemon's: the call's AMI transferer
+        moved.append((call_id, member.extension))
+        return call_id == "c-44"
+
+    people = SITE.directory.everyone()
+    async with open_site(tmp_path, transfer=transfer, directory=people) as site:
+        site.live.append(("c-44", "+15550102030", "100", "listening"))
+        async with browser() as http:
+            await sign_in(http, site.url, "oli")
+            async with http.get(f"{site.url}/calls") as page:
+                text = await page.text()
+            assert '<label for="to-c-44">Transfer to</label>' in text
+            assert all(f'<option value="{m.name}">' in text for m in people) and len(people) > 2
+            chen = next(m for m in people if m.name == "Dr. James Chen")
+            token = csrf(text)
+            async with http.post(f"{site.url}/calls/c-44/transfer", data={"csrf": token, "to": chen.name},
+                                 allow_redirects=False) as done:
+                assert done.status == 303
+            async with http.post(f"{site.url}/calls/c-44/transfer",
+                                 data={"csrf": token, "to": "9999"}) as refused:  # an extension, not a member
+                assert refused.status == 422
+            async with http.post(f"{site.url}/calls/c-44/transfer", data={"to": chen.name}) as forged:
+                assert forged.status == 403
+            async with http.post(f"{site.url}/calls/c-45/transfer", data={"csrf": token, "to": chen.name}) as gone:
+                assert gone.status == 404
+        assert moved == [("c-44", "202"), ("c-45", "202")]
+        audit = [(a["action"], a["target"], a["outcome"]) for a in await site.store.staff_audit()]
+        assert ("transfer call", "c-44", "to Dr. James Chen (202)") in audit
+        assert ("transfer call", "c-44", "refused: '9999' is not in the directory") in audit
 
 
 async def _next_event(stream: aiohttp.StreamReader, name: str, wanted: str) -> dict:  # type: ignore[type-arg]
