@@ -927,9 +927,40 @@ class Store:
         return StaffUser(**rows[0]) if rows else None
 
     async def staff_remove(self, name: str) -> bool:
-        """False if there is no such user; their sessions go with them (ON DELETE CASCADE)."""
-        return await self._run(lambda: self._writer_db.execute("DELETE FROM staff_users WHERE name = ?",
-                                                               [name]).rowcount == 1)
+        """False if there is no such user; their sessions go with them (ON DELETE CASCADE). Raises
+        ValueError for the last admin (nobody could manage users any more)."""
+        return await self._staff_change(name, "DELETE FROM staff_users WHERE name = ?", [name], demotes=True)
+
+    async def staff_set_role(self, name: str, role: str) -> bool:
+        """False if there is no such user; raises ValueError when it would leave no admin."""
+        return await self._staff_change(name, "UPDATE staff_users SET role = ? WHERE name = ?", [role, name],
+                                        demotes=role != "admin")
+
+    async def staff_set_password(self, name: str, password_hash: str) -> bool:
+        """False if there is no such user; their sessions end (whoever knew the old password is out)."""
+        def run() -> bool:
+            db = self._writer_db
+            with db.atomic():
+                if db.execute("UPDATE staff_users SET password_hash = ? WHERE name = ?",
+                              [password_hash, name]).rowcount != 1:
+                    return False
+                db.execute("DELETE FROM staff_sessions WHERE user_name = ?", [name])
+                return True
+        return await self._run(run)
+
+    async def _staff_change(self, name: str, sql: str, params: list[Any], *, demotes: bool) -> bool:
+        def run() -> bool:
+            db = self._writer_db
+            with db.atomic():  # checked and changed in one transaction: two admins demoting each other
+                rows = list(db.query("SELECT role, (SELECT COUNT(*) FROM staff_users WHERE role = 'admin')"
+                                     " AS admins FROM staff_users WHERE name = ?", [name]))
+                if not rows:
+                    return False
+                if demotes and rows[0]["role"] == "admin" and rows[0]["admins"] == 1:
+                    raise ValueError(f"{name} is the last admin: add another admin first")
+                db.execute(sql, params)
+                return True
+        return await self._run(run)
 
     async def staff_session_create(self, token_hash: str, user_name: str, csrf: str, expires_at: float) -> None:
         await self._run(lambda: self._writer_db.execute(

@@ -62,7 +62,12 @@ def cmd_remove(args: argparse.Namespace) -> int:
     config = load(args)
     if config is None:
         return 2
-    if not on_store(config, lambda store: store.staff_remove(args.name)):
+    try:
+        removed = on_store(config, lambda store: store.staff_remove(args.name))
+    except ValueError as exc:  # the last admin
+        print(f"switchboard users remove: {exc}", file=sys.stderr)
+        return 1
+    if not removed:
         print(f"switchboard users remove: no user named {args.name!r}", file=sys.stderr)
         return 1
     print(f"user {args.name} removed, and signed out everywhere")

@@ -35,9 +35,14 @@ def new_user(name: str, role: str, password: str) -> StaffUser:
         raise ValueError("a user name is 1-64 letters, digits and . _ @ -")
     if role not in STAFF_ROLES:
         raise ValueError(f"role must be one of {', '.join(STAFF_ROLES)}")
+    return StaffUser(name=name, role=role, password_hash=password_hash(password), created_at=time.time())
+
+
+def password_hash(password: str) -> str:
+    """The argon2id hash of a new password (~130 ms of CPU); raises ValueError when it is too short."""
     if len(password) < MIN_PASSWORD:
         raise ValueError(f"a password needs at least {MIN_PASSWORD} characters")
-    return StaffUser(name=name, role=role, password_hash=_hasher.hash(password), created_at=time.time())
+    return _hasher.hash(password)
 
 
 def _verify(password_hash: str, password: str) -> bool:

@@ -32,6 +32,7 @@ from gateway.dashboard.overview import overview_page, windows
 from gateway.dashboard.pages import PREFIX
 from gateway.dashboard.responses import FORM, SESSION, html, see_other
 from gateway.dashboard.takeover import Takeover
+from gateway.dashboard.users_page import UsersPage
 from gateway.sessions.conversations import Conversations
 from llm.knowledge import dump_knowledge_yaml
 from llm.site import StaffMember, server_zone
@@ -83,6 +84,7 @@ class Dashboard:
         # An argon2 check takes ~130 ms of CPU and 64 MiB: a flood of sign-ins queues here rather than
         # taking every core and a gigabyte from the calls.
         self._checking = asyncio.Semaphore(VERIFY_AT_ONCE)
+        self.users = UsersPage(store, self._audit, self._checking)
         self.app = web.Application(middlewares=[self._pages])
         self.app.add_routes([
             web.get("/style.css", self.style),
@@ -103,7 +105,10 @@ class Dashboard:
             web.get("/knowledge", self._staff("supervisor", self.knowledge)),
             web.post("/knowledge/{id}/edit", self._staff("supervisor", self.edit_entry)),
             web.post("/knowledge/{id}/{action:disable|enable}", self._staff("supervisor", self.toggle_entry)),
-            web.get("/users", self._staff("admin", self.users)),
+            web.get("/users", self._staff("admin", self.users.show)),
+            web.post("/users/add", self._staff("admin", self.users.add)),
+            web.post("/users/{name:[A-Za-z0-9._@-]{1,64}}/{action:role|password|remove}",
+                     self._staff("admin", self.users.act)),
             web.get("/conversations", self._staff("operator", self.texts.threads)),
             web.get("/conversations/{id:[0-9]{1,18}}", self._staff("operator", self.texts.thread)),
             web.post("/conversations/{id:[0-9]{1,18}}/{action:take|reply|release}",
@@ -370,8 +375,6 @@ class Dashboard:
         await self._audit(request, f"{action} knowledge", "ok", target=entry_id)
         return see_other(f"{PREFIX}/knowledge")
 
-    async def users(self, request: web.Request) -> web.Response:
-        return html(pages.users_page(request[SESSION], await self.store.staff_users(), await self.store.staff_audit()))
 
 
 _MAX_QUESTION, _MAX_ANSWER, _MAX_PHRASINGS = 300, 1000, 20

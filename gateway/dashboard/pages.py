@@ -13,10 +13,11 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 from gateway.dashboard import clock
+from gateway.dashboard.accounts import MIN_PASSWORD
 from llm.site import StaffMember
 from models.privacy import masked
-from models.records import (CallEvent, HelpRequest, KnowledgeEntry, OutboxRecord, StaffSession, StaffUser,
-                            Turn)
+from models.records import (STAFF_ROLES, CallEvent, HelpRequest, KnowledgeEntry, OutboxRecord, StaffSession,
+                            StaffUser, Turn)
 from models.store import CALL_OUTCOMES
 
 PREFIX = "/dashboard"
@@ -215,14 +216,37 @@ def calls_page(session: StaffSession, calls: list[LiveCall], refresh_s: int, cap
 
 
 def users_page(session: StaffSession, users: Iterable[StaffUser], audit: list[dict[str, Any]]) -> str:
-    people = "".join(f"<tr><td>{e(u.name)}</td><td>{e(u.role)}</td><td>{e(when(u.created_at))}</td></tr>"
-                     for u in users)
+    def roles(current: str) -> str:
+        return "".join(f'<option value="{r}"{" selected" if r == current else ""}>{r}</option>' for r in STAFF_ROLES)
+
+    def passwords(ident: str) -> str:
+        return "".join(f'<label for="{which}-{ident}">{label}</label><input type="password" id="{which}-{ident}" '
+                       f'name="{which}" minlength="{MIN_PASSWORD}" autocomplete="new-password" required>'
+                       for which, label in (("password", f"Password ({MIN_PASSWORD} characters or more)"),
+                                            ("again", "The same password again")))
+
+    def card(u: StaffUser) -> str:
+        ident, path = e(u.name), f"{PREFIX}/users/{quote(u.name, safe='')}"
+        return (f'<section class="card" id="user-{ident}"><h3>{ident}</h3><p class="muted">{e(u.role)}, added '
+                f'{e(when(u.created_at))}</p><form method="post" action="{path}/role">{csrf_field(session.csrf)}'
+                f'<label for="role-{ident}">Role</label><select id="role-{ident}" name="role">{roles(u.role)}'
+                f'</select> <button type="submit">Change role</button></form><form method="post" '
+                f'action="{path}/password">{csrf_field(session.csrf)}{passwords(ident)}<button type="submit">'
+                f'Reset password</button></form><form method="post" action="{path}/remove">'
+                f'{csrf_field(session.csrf)}<button type="submit">Remove {ident}</button></form></section>')
+
+    add = (f'<form class="card" method="post" action="{PREFIX}/users/add">{csrf_field(session.csrf)}<h2>Add a user</h2>'
+           '<label for="new-name">Name (letters, digits and . _ @ -)</label><input id="new-name" name="name" '
+           f'required maxlength="64" autocomplete="off"><label for="new-role">Role</label><select id="new-role" '
+           f'name="role">{roles("operator")}</select>{passwords("new")}<button type="submit" id="add-user">Add user'
+           '</button></form>')
     actions = "".join(f'<tr><td>{e(when(a["at"]))}</td><td>{e(a["user_name"])}</td><td>{e(a["action"])}</td>'
                       f'<td>{e(a["target"] or "")}</td><td>{e(a["outcome"])}</td><td>{e(a["remote"] or "")}</td></tr>'
                       for a in audit)
-    return layout("Users and audit", '<p class="muted">Users are managed with <code>switchboard users add | list | '
-                  'remove</code>.</p><table><thead><tr><th scope="col">User</th><th scope="col">Role</th>'
-                  f'<th scope="col">Created</th></tr></thead><tbody>{people}</tbody></table><h2>Audit log</h2>'
+    return layout("Users and audit", '<p class="muted">Removing a user, or resetting their password, signs them '
+                  'out everywhere. The last admin cannot be removed or given another role. The CLI '
+                  f'(<code>switchboard users</code>) works too.</p>{add}<h2>Users</h2>'
+                  f'{"".join(card(u) for u in users)}<h2>Audit log</h2>'
                   '<table><thead><tr><th scope="col">When</th><th scope="col">User</th><th scope="col">Action</th>'
                   '<th scope="col">Target</th><th scope="col">Outcome</th><th scope="col">From</th></tr></thead>'
                   f'<tbody>{actions}</tbody></table>', session)

@@ -349,6 +349,30 @@ async def test_sign_out_and_login_throttling(browser: Browser, run_daemon, servi
     assert outcomes[:4] == ["throttled", "failed", "failed", "failed"] and "ok" in outcomes
 
 
+async def test_an_admin_adds_a_user_from_the_web_who_then_signs_in(
+        browser: Browser, run_daemon) -> None:  # type: ignore[no-untyped-def]
+    site = await run_daemon()
+    store = site.daemon.services.store
+    await staff(store, "adam", "admin")
+    await browser.sign_in(f"{site.url}/users", "adam")
+
+    def add(d: Any) -> str:
+        from selenium.webdriver.support.select import Select
+
+        d.find_element("id", "new-name").send_keys("rosa")
+        Select(d.find_element("id", "new-role")).select_by_value("supervisor")
+        d.find_element("id", "password-new").send_keys(PASSWORD)  # the labelled fields, typed twice
+        d.find_element("id", "again-new").send_keys(PASSWORD)
+        submit(d, d.find_element("id", "add-user"))
+        return str(d.find_element("id", "user-rosa").text)
+    card = await browser.do(add)
+    await browser.shot("user-added")
+    assert "supervisor" in card and "Reset password" in card
+    await browser.do(lambda d: submit(d, d.find_element("xpath", "//button[text()='Sign out']")))
+    assert "rosa (supervisor)" in await browser.sign_in(f"{site.url}/", "rosa")
+    assert ("adam", "add user", "rosa") in [(a["user_name"], a["action"], a["target"]) for a in await store.staff_audit()]
+
+
 TEXTER = "+31611223344"
 
 

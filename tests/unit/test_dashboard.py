@@ -263,6 +263,7 @@ async def test_open_requests_past_the_timeout_become_unresolved(site: Site) -> N
 
 
 async def test_removing_a_user_ends_their_sessions(site: Site) -> None:
+    await site.store.staff_add(new_user("ida", "admin", PASSWORD))  # ada is not the last admin
     async with browser() as http:
         await sign_in(http, site.url, "ada")
         async with http.get(f"{site.url}/users") as users:
@@ -270,6 +271,61 @@ async def test_removing_a_user_ends_their_sessions(site: Site) -> None:
         assert await site.store.staff_remove("ada")
         async with http.get(f"{site.url}/users", allow_redirects=False) as after:
             assert after.status == 303
+
+
+async def test_admins_manage_users_from_the_web_and_never_lose_the_last_admin(site: Site) -> None:
+    users = f"{site.url}/users"
+    async with browser() as http:
+        await sign_in(http, site.url, "ada")
+        async with http.get(users) as page:
+            text = await page.text()
+        token = csrf(text)
+        assert 'id="user-oli"' in text and 'action="/dashboard/users/add"' in text
+        new = {"name": "nia", "role": "supervisor", "password": "a fresh passphrase"}
+        assert await _post(http, f"{users}/add", token, **{**new, "again": "a fresh passphrasE"}) == 422
+        assert await _post(http, f"{users}/add", token, **{**new, "password": "short", "again": "short"}) == 422
+        assert await _post(http, f"{users}/add", token, **{**new, "role": "root", "again": new["password"]}) == 422
+        assert await site.store.staff_user("nia") is None
+        assert await _post(http, f"{users}/add", token, **new, again=new["password"]) == 303
+        nia = await site.store.staff_user("nia")
+        assert nia is not None and nia.role == "supervisor" and nia.password_hash.startswith("$argon2id$")
+        assert await _post(http, f"{users}/add", token, **new, again=new["password"]) == 422  # the name is taken
+
+        async with browser() as hers:  # nia signs in; a reset of her password signs her out
+            assert (await sign_in(hers, site.url, "nia", new["password"])).status == 303
+            assert await _post(http, f"{users}/nia/password", token, password="another passphrase",
+                               again="another passphrase") == 303
+            async with hers.get(f"{site.url}/", allow_redirects=False) as out:
+                assert out.status == 303
+            assert (await sign_in(hers, site.url, "nia", "another passphrase")).status == 303
+        assert await _post(http, f"{users}/nia/role", token, role="operator") == 303
+        assert (await site.store.staff_user("nia")).role == "operator"  # type: ignore[union-attr]
+
+        # The last admin: neither demoted nor removed (ada herself asks); with a second admin, yes.
+        async with http.post(f"{users}/ada/role", data={"csrf": token, "role": "supervisor"}) as refused:
+            assert refused.status == 409 and "last admin" in await refused.text()
+        assert await _post(http, f"{users}/ada/remove", token) == 409
+        assert (await site.store.staff_user("ada")).role == "admin"  # type: ignore[union-attr]
+        assert await _post(http, f"{users}/nia/role", token, role="admin") == 303
+        assert await _post(http, f"{users}/nia/remove", token) == 303
+        assert await site.store.staff_user("nia") is None
+        assert await _post(http, f"{users}/nia/remove", token) == 404
+        assert await _post(http, f"{users}/oli/remove", "") == 403  # no CSRF token
+    for who in ("oli", "sam"):  # operator and supervisor: 403, nothing changed
+        async with browser() as http:
+            await sign_in(http, site.url, who)
+            async with http.get(f"{site.url}/") as home:
+                token = csrf(await home.text())
+            assert await _post(http, f"{users}/add", token, name="eve", role="admin", password=PASSWORD,
+                               again=PASSWORD) == 403
+            assert await _post(http, f"{users}/ada/remove", token) == 403
+    assert await site.store.staff_user("eve") is None and await site.store.staff_user("oli") is not None
+    audit = [(a["user_name"], a["action"], a["target"], a["outcome"]) for a in await site.store.staff_audit()]
+    assert ("ada", "add user", "nia", "ok, role supervisor") in audit
+    assert ("ada", "reset password", "nia", "ok, signed out") in audit
+    assert ("ada", "change role", "nia", "ok, now operator") in audit and ("ada", "remove user", "nia", "ok") in audit
+    assert ("ada", "change role", "ada", "refused: ada is the last admin: add another admin first") in audit
+    assert not any(PASSWORD in str(row) or "passphrase" in str(row) for row in audit)
 
 
 def test_new_user_validation() -> None:

@@ -47,3 +47,6 @@ def test_add_list_remove(tmp_path: Path) -> None:
     assert users(tmp_path, "remove", "sam").returncode == 0
     assert users(tmp_path, "remove", "sam").returncode == 1
     assert "no users" in users(tmp_path, "list").stdout
+    assert users(tmp_path, "add", "ada", "--role", "admin", "--password-env", "SB_PW", env=secret).returncode == 0
+    last = users(tmp_path, "remove", "ada")  # nobody could manage users any more
+    assert last.returncode == 1 and "ada is the last admin" in last.stderr
