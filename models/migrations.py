@@ -288,8 +288,14 @@ def _v7_added_phrasings(db: Database) -> None:
     db.execute("ALTER TABLE help_requests ADD COLUMN answered_entry TEXT")
 
 
+def _v8_outbox_dismissed(db: Database) -> None:
+    # Staff dismissed a failed message from the dashboard's list: it stays failed (for the API and
+    # its events), only the page stops showing it.
+    db.execute("ALTER TABLE outbox ADD COLUMN dismissed_by TEXT")
+
+
 MIGRATIONS: list[Callable[[Database], None]] = [_v1_initial, _v2_outbox, _v3_durable_inbound, _v4_http_api,
-                                                _v5_staff, _v6_takeover, _v7_added_phrasings]
+                                                _v5_staff, _v6_takeover, _v7_added_phrasings, _v8_outbox_dismissed]
 LATEST_VERSION = len(MIGRATIONS)
 
 

@@ -96,6 +96,7 @@ class OutboxRecord:
     sent_at: float | None
     opt_notice: int = 0  # 1: the confirmation of a STOP, the one text an opted-out contact still gets
     owner: str | None = None  # the API key that queued it (HTTP API), else None
+    dismissed_by: str | None = None  # a failed row staff took off the dashboard's list
 
 
 @dataclass(frozen=True)

@@ -734,9 +734,9 @@ class Store:
         return [OutboxRecord(**r) for r in rows]
 
     async def outbox_latest(self, states: list[str], limit: int = 100) -> list[OutboxRecord]:
-        """The newest `limit` rows in `states`, newest first."""
+        """The newest `limit` rows in `states` that staff did not dismiss, newest first."""
         marks = ", ".join("?" * len(states))
-        rows = await self._read(f"SELECT * FROM outbox WHERE state IN ({marks})"
+        rows = await self._read(f"SELECT * FROM outbox WHERE state IN ({marks}) AND dismissed_by IS NULL"
                                 " ORDER BY updated_at DESC, id DESC LIMIT ?", [*states, limit])
         return [OutboxRecord(**r) for r in rows]
 
@@ -753,6 +753,15 @@ class Store:
         """A queued row (e.g. waiting to retry), cancelled by staff: failed with `reason`. NotFoundError if
         it is not queued (a row being sent cannot be called back)."""
         await self._write(self._outbox_update, outbox_id, "queued", {"state": "failed", "last_error": reason})
+
+    async def outbox_dismiss(self, outbox_id: int, user_name: str) -> None:
+        """A failed row off the dashboard's list (it stays failed). NotFoundError if it is not failed or
+        was dismissed already."""
+        def run() -> None:
+            if self._writer_db.execute("UPDATE outbox SET dismissed_by = ? WHERE id = ? AND state = 'failed'"
+                                       " AND dismissed_by IS NULL", [user_name, outbox_id]).rowcount != 1:
+                raise NotFoundError(f"outbox row {outbox_id} is not a failed row on the list")
+        await self._write(run)
 
     async def outbox_events(self, outbox_id: int) -> list[dict[str, Any]]:
         """The row's state changes, oldest first (recorded by triggers since schema version 4)."""

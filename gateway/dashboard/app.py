@@ -114,7 +114,8 @@ class Dashboard:
             web.post("/conversations/{id:[0-9]{1,18}}/{action:take|reply|release}",
                      self._staff("operator", self.texts.act)),
             web.get("/outbox", self._staff("supervisor", self.outbox.show)),
-            web.post("/outbox/{id:[0-9]{1,18}}/{action:retry|cancel}", self._staff("supervisor", self.outbox.act)),
+            web.post("/outbox/{id:[0-9]{1,18}}/{action:retry|cancel|dismiss}",
+                     self._staff("supervisor", self.outbox.act)),
         ])
         self.app.on_shutdown.append(lambda app: self.live.stop())  # before the server waits for handlers
 

@@ -1,5 +1,6 @@
 """The outbox on the dashboard (supervisor and above): what is queued, what failed and why, what went
-out; a failed message can be sent again, a queued one (e.g. waiting to retry) cancelled."""
+out; a failed message can be sent again or dismissed (taken off the list), a queued one (e.g. waiting
+to retry) cancelled."""
 
 from __future__ import annotations
 
@@ -34,11 +35,13 @@ class OutboxPage:
                 if self.outbox is None:
                     raise NotFoundError("no outbox is running")
                 await self.outbox.send_again(row_id)
+            elif action == "dismiss":
+                await self.store.outbox_dismiss(row_id, session.user.name)
             else:
                 await self.store.outbox_cancel(row_id, f"cancelled by {session.user.name}")
         except NotFoundError:
             await self._audit(request, action, "refused: not in a state for that", target=target)
-            wanted = "failed" if action == "retry" else "queued"
+            wanted = "queued" if action == "cancel" else "failed (and on the list)"
             return html(pages.message_page("Not done", f"Message #{row_id} is not {wanted} (any more).", session), 409)
         await self._audit(request, action, "ok", target=target)
         return see_other(f"{PREFIX}/outbox#out-{row_id}")

@@ -314,10 +314,9 @@ def thread_page(session: StaffSession, thread_id: int, messages: list[dict[str, 
 
 def outbox_page(session: StaffSession, groups: list[tuple[str, list[OutboxRecord]]], shown: int) -> str:
     def row(r: OutboxRecord) -> str:
-        action = {"failed": "retry", "queued": "cancel"}.get(r.state)
-        button = (f'<form method="post" action="{PREFIX}/outbox/{r.id}/{action}">{csrf_field(session.csrf)}'
-                  f'<button type="submit">{"Send again" if action == "retry" else "Cancel"}</button></form>'
-                  if action else "")
+        actions = {"failed": (("retry", "Send again"), ("dismiss", "Dismiss")), "queued": (("cancel", "Cancel"),)}
+        button = "".join(f'<form method="post" action="{PREFIX}/outbox/{r.id}/{action}">{csrf_field(session.csrf)}'
+                         f'<button type="submit">{label}</button></form>' for action, label in actions.get(r.state, ()))
         return (f'<tr id="out-{r.id}"><td>#{r.id}</td><td>{e(r.channel)}</td><td>{e(r.recipient)}</td>'
                 f'<td>{e(r.body[:120])}</td><td>{e(r.state)} ({r.attempts} attempt(s), {e(when(r.updated_at))})'
                 f'{"<br><span class=error>" + e(r.last_error) + "</span>" if r.last_error else ""}</td>'
@@ -327,8 +326,8 @@ def outbox_page(session: StaffSession, groups: list[tuple[str, list[OutboxRecord
             '<th scope="col">Text</th><th scope="col">State</th><th scope="col">Action</th></tr></thead><tbody>')
     body = "".join(f'<h2>{e(title)}</h2>' + (f'{head}{"".join(row(r) for r in rows)}</tbody></table>' if rows
                                              else '<p class="muted">None.</p>') for title, rows in groups)
-    return layout("Outbox", f'<p class="muted">The newest {shown} of each; a failed message can be sent again, a '
-                  f'queued one cancelled.</p>{body}', session)
+    return layout("Outbox", f'<p class="muted">The newest {shown} of each; a failed message can be sent again or '
+                  f'dismissed (it stays failed, off this list), a queued one cancelled.</p>{body}', session)
 @dataclass(frozen=True)
 class HistoryQuery:
     """The history page's search, as typed (kept in the form and the paging links)."""

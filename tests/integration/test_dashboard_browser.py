@@ -373,6 +373,26 @@ async def test_an_admin_adds_a_user_from_the_web_who_then_signs_in(
     assert ("adam", "add user", "rosa") in [(a["user_name"], a["action"], a["target"]) for a in await store.staff_audit()]
 
 
+async def test_a_supervisor_dismisses_a_failed_message_from_the_outbox(
+        browser: Browser, run_daemon) -> None:  # type: ignore[no-untyped-def]
+    site = await run_daemon()
+    store = site.daemon.services.store
+    await staff(store, "sue", "supervisor")
+    # A channel no worker serves, so the row stays as this test leaves it.
+    row_id, _ = await store.outbox_enqueue("fax", "+15550102030", "Your appointment", None, None, "fax-1")
+    assert (await store.outbox_claim("fax")).id == row_id  # type: ignore[union-attr]
+    await store.outbox_failed(row_id, "PermanentError: no carrier")
+    await browser.sign_in(f"{site.url}/outbox", "sue")
+    await browser.shot("outbox-failed")
+    assert "no carrier" in await browser.do(lambda d: d.find_element("id", f"out-{row_id}").text)
+    await browser.do(lambda d: submit(d, d.find_element("id", f"out-{row_id}").find_element(
+        "xpath", ".//button[text()='Dismiss']")))
+    await browser.shot("outbox-dismissed")
+    assert not await browser.do(lambda d: d.find_elements("id", f"out-{row_id}"))
+    row = await store.outbox_get(row_id)
+    assert row is not None and (row.state, row.dismissed_by) == ("failed", "sue")
+
+
 TEXTER = "+31611223344"
 
 

@@ -496,9 +496,20 @@ async def test_the_outbox_page_shows_failures_and_retries_or_cancels(site: Site)
         assert await _post(sam, f"{site.url}/outbox/{waiting}/cancel", token) == 303
         row = await site.store.outbox_get(waiting)
         assert row is not None and (row.state, row.last_error) == ("failed", "cancelled by sam")
+        # The cancelled (now failed) message is dismissed: off the page, still failed for the API.
+        assert f'action="{PREFIX}/outbox/{waiting}/dismiss"' in (await _page(sam, f"{site.url}/outbox"))[1]
+        assert await _post(sam, f"{site.url}/outbox/{failing}/dismiss", token) == 409  # queued again: not failed
+        assert await _post(sam, f"{site.url}/outbox/{waiting}/dismiss", "forged") == 403
+        assert await _post(oli, f"{site.url}/outbox/{waiting}/dismiss", csrf((await _page(oli, f"{site.url}/"))[1])) \
+            == 403  # an operator, with her own token
+        assert await _post(sam, f"{site.url}/outbox/{waiting}/dismiss", token) == 303
+        assert await _post(sam, f"{site.url}/outbox/{waiting}/dismiss", token) == 409  # once
+        assert f'id="out-{waiting}"' not in (await _page(sam, f"{site.url}/outbox"))[1]
+        row = await site.store.outbox_get(waiting)
+        assert row is not None and (row.state, row.dismissed_by) == ("failed", "sam")
     audit = [(a["user_name"], a["action"], a["outcome"]) for a in await site.store.staff_audit()]
-    assert {("sam", "retry", "ok"), ("sam", "cancel", "ok"), ("sam", "retry", "refused: not in a state for that")} \
-        <= set(audit)
+    assert {("sam", "retry", "ok"), ("sam", "cancel", "ok"), ("sam", "retry", "refused: not in a state for that"),
+            ("sam", "dismiss", "ok"), ("sam", "dismiss", "refused: not in a state for that")} <= set(audit)
 async def a_call(store: Store, call_id: str, caller: str | None, started_days_ago: float, *,
                  said: tuple[str, ...] = (), events: tuple[str, ...] = (), end_reason: str | None = "goodbye",
                  message: bool = False, help_request: bool = False) -> None:
