@@ -119,7 +119,7 @@ class Store:
         self._reads = Batched(self._reader)
         self._closed = False
         # Told each call turn, call event and help request after its commit (the daemon's metrics and webhooks).
-        self.on_record: Callable[[Turn | CallEvent | HelpRequest], None] | None = None
+        self._watchers: list[Callable[[Turn | CallEvent | HelpRequest], None]] = []
 
     @classmethod
     async def open(cls, path: str | Path, *, client: bool = False) -> Store:
@@ -502,10 +502,16 @@ class Store:
         if cursor.rowcount == 0:
             raise NotFoundError(f"end_call: no call {call_id!r} in {self.path}")
 
+    def watch(self, watcher: Callable[[Turn | CallEvent | HelpRequest], None]) -> Callable[[], None]:
+        """Have `watcher` called with each turn, call event and help request once committed (in the event
+        loop, by the writing task); returns the function that stops it."""
+        self._watchers.append(watcher)
+        return lambda: self._watchers.remove(watcher)
+
     def _recorded(self, record: Turn | CallEvent | HelpRequest) -> None:
-        if self.on_record is not None:
+        for watcher in list(self._watchers):
             try:
-                self.on_record(record)
+                watcher(record)
             except Exception as exc:  # a watcher's failure must not fail the write it watched
                 log.error("store watcher failed record=%s error=%s", type(record).__name__, exc)
 

@@ -198,6 +198,7 @@ class Daemon:
                         on_message_taken=self.messaging.deliver_to_staff if self.messaging else None,
                         on_escalation=self.messaging.conversations.escalate if self.messaging else None),
         ) if config.http.enabled else None
+        self._unwatch: Callable[[], None] | None = None  # the store watcher feeding metrics and webhooks
         self.sweeper = Sweeper(services.store, config.retention)
         self._sweeping = TaskSet("retention")
         # Answers to help requests, their follow-up to the customer, and their timeout (with or without pages).
@@ -281,7 +282,7 @@ class Daemon:
     async def start(self) -> None:
         """Listen, then connect the control planes in the background; raises OSError if a port is taken.
         The API listens first: /ready then tells what is still coming up, and a taken port stops nothing."""
-        self.services.store.on_record = self._recorded
+        self._unwatch = self.services.store.watch(self._recorded)
         if self.http is not None:
             await self.http.start()
         try:
@@ -318,8 +319,9 @@ class Daemon:
             await self.http.stop()
         await self._sweeping.finish()
         await self.helpdesk.stop()
-        if self.services.store.on_record == self._recorded:
-            self.services.store.on_record = None
+        if self._unwatch is not None:
+            self._unwatch()
+            self._unwatch = None
         if self.voice is not None:  # a call in progress is placed again after a restart
             await self.voice.stop()
         await self.gateway.stop(grace_s)

@@ -241,6 +241,7 @@ class Dashboard:
 
     async def logout(self, request: web.Request) -> web.StreamResponse:
         await close_session(self.store, request.cookies[COOKIE])
+        self.live.signed_out(request.cookies[COOKIE])
         await self._audit(request, "sign-out", "ok")
         response = see_other(f"{PREFIX}/login")
         response.del_cookie(COOKIE, path=PREFIX)

@@ -63,6 +63,7 @@ class Site:
     desk: HelpDesk
     live: list[tuple[str, str | None, str | None]]  # the calls in progress, as the daemon lists them
     talk: Conversations
+    dashboard: Dashboard
 
 
 @contextlib.asynccontextmanager
@@ -89,7 +90,7 @@ async def open_site(tmp_path: Path, zone: ZoneInfo | None = None, **options: Any
     await tcp.start()
     await dashboard.start()
     try:
-        yield Site(store, f"http://127.0.0.1:{runner.addresses[0][1]}{PREFIX}", outbox, desk, live, talk)
+        yield Site(store, f"http://127.0.0.1:{runner.addresses[0][1]}{PREFIX}", outbox, desk, live, talk, dashboard)
     finally:
         await talk.close()
         await dashboard.stop()
@@ -785,7 +786,42 @@ async def test_the_event_stream_pushes_a_live_calls_new_turn_and_state_and_its_e
             assert await _next_event(stream.content, "gone", "c-44") == {"id": "c-44"}
 
 
+async def test_a_stored_turn_is_pushed_at_once_not_at_the_next_look(site: Site) -> None:
+    """The stream looks at the calls' states every minute here: only the store's notification of the
+    committed turn can bring it within the test's bounded wait; and the turn is read for that call only."""
+    site.dashboard.live.interval_s = 60.0
+    for call_id in ("c-46", "c-47"):
+        await site.store.start_call(CallRecord(call_id, None, "100", "Bright Smile", "audiosocket", time.time()))
+        site.live.append((call_id, None, "100", "listening"))
+    async with browser() as http:
+        await sign_in(http, site.url, "oli")
+        async with asyncio.timeout(20), http.get(f"{site.url}/calls/events") as stream:
+            assert (await _next_event(stream.content, "call", "c-47"))["turns"] == []
+            read: list[str] = []
+            turns = site.store.turns
+
+            async def counted(call_id: str) -> list[Turn]:
+                read.append(call_id)
+                return await turns(call_id)
+            site.store.turns = counted  # type: ignore[method-assign]
+            await site.store.add_turn(Turn("c-47", 1, "caller", "pushed, not polled", time.time()))
+            pushed = await asyncio.wait_for(_next_event(stream.content, "call", "pushed, not polled"), 10)
+            assert pushed["id"] == "c-47" and read == ["c-47"]
+
+
+async def test_a_stream_ends_when_its_user_is_removed(site: Site) -> None:
+    site.dashboard.live.session_check_s = 0.2
+    async with browser() as http:
+        await sign_in(http, site.url, "oli")
+        async with asyncio.timeout(20), http.get(f"{site.url}/calls/events") as stream:
+            await stream.content.readline()
+            assert await site.store.staff_remove("oli")
+            await stream.content.read()
+            assert stream.content.at_eof()
+
+
 async def test_event_streams_are_bounded_per_session_and_end_at_sign_out(site: Site) -> None:
+    site.dashboard.live.interval_s = 60.0  # the sign-out itself ends them, not a later look
     async with browser() as http:
         await sign_in(http, site.url, "oli")
         async with http.get(f"{site.url}/calls") as page:
