@@ -37,6 +37,19 @@ def test_example_site_loads(etc: Path) -> None:
     assert cfg.database == cfg.data_dir / "switchboard.db"
 
 
+def test_without_a_timezone_the_site_is_in_the_servers_zone(etc: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from llm.site import server_zone
+
+    edit(etc / "switchboard.yaml", "  timezone: America/New_York", "")
+    monkeypatch.setenv("TZ", "Pacific/Kiritimati")  # as a server set to that zone
+    server_zone.cache_clear()
+    try:
+        assert load_config(etc / "switchboard.yaml").site.tz.key == "Pacific/Kiritimati"
+    finally:
+        monkeypatch.undo()
+        server_zone.cache_clear()
+
+
 @pytest.mark.parametrize(
     ("old", "new", "key", "reason"),
     [
