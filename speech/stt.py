@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import logging
 import os
 import re
@@ -109,6 +110,9 @@ class Transcript:
     path: str = ""  # window (fitted), retry (window stopped early), full (standard 30 s), empty; "+beam": re-decoded
     # The same audio decoded again with the second prompt (see Transcriber.transcribe), or "".
     second_text: str = ""
+    # Of a doubtful hearing decoded by beam search, its runner-up hypotheses, best first: what the
+    # caller may have said instead (a name: "Thomas Johnson" beside "the town of Johnson").
+    alternatives: tuple[str, ...] = ()
 
 
 @dataclass
@@ -118,6 +122,7 @@ class _Decoded:
     avg_logprob: float
     no_speech_prob: float
     encoded: ctranslate2.StorageView  # the encoder output, for forced alignment
+    alternatives: tuple[str, ...] = ()  # a beam search's other hypotheses
 
 
 class SttBusy(Exception):
@@ -346,17 +351,16 @@ class Transcriber:
         started = time.perf_counter()
         audio_ms = len(pcm8k) * 1000 // (2 * SAMPLE_RATE)
         x = pcm_to_float(resample(pcm8k, SAMPLE_RATE, WHISPER_RATE))
-        text, avg_logprob, no_speech_prob, path, second = "", None, None, "empty", ""
+        heard = Transcript("", audio_ms, 0.0, path="empty")
         if x.size:
-            text, avg_logprob, no_speech_prob, path, second = self._decode(x, prompt, full_window,
-                                                                           second_prompt or "")
-            if _is_phantom(text, x, avg_logprob, no_speech_prob, prompt):
-                log.info("stt dropped phantom chars=%d no_speech=%.2f", len(text), no_speech_prob or 0)
-                text = second = ""
+            heard = self._decode(x, prompt, full_window, second_prompt or "")
+            if _is_phantom(heard.text, x, heard.avg_logprob, heard.no_speech_prob, prompt):
+                log.info("stt dropped phantom chars=%d no_speech=%.2f", len(heard.text), heard.no_speech_prob or 0)
+                heard = dataclasses.replace(heard, text="", second_text="", alternatives=())
         elapsed = (time.perf_counter() - started) * 1000
-        log.info("stt done audio_ms=%d ms=%.0f path=%s chars=%d second=%s", audio_ms, elapsed, path, len(text),
-                 bool(second))
-        return Transcript(text, audio_ms, elapsed, avg_logprob, no_speech_prob, path, second)
+        log.info("stt done audio_ms=%d ms=%.0f path=%s chars=%d second=%s alternatives=%d", audio_ms, elapsed,
+                 heard.path, len(heard.text), bool(heard.second_text), len(heard.alternatives))
+        return dataclasses.replace(heard, audio_ms=audio_ms, elapsed_ms=elapsed)
 
     def submit(self, pcm8k: bytes, *, prompt: str | None = None, speculative: bool = False,
                second_prompt: str | None = None) -> SttJob:
@@ -387,7 +391,8 @@ class Transcriber:
 
     def _decode(
         self, x: np.ndarray, prompt: str, full_window: bool, second_prompt: str
-    ) -> tuple[str, float | None, float | None, str, str]:
+    ) -> Transcript:
+        """What was heard; audio_ms and elapsed_ms are the caller's to fill in."""
         features = self._model.feature_extractor(x)
         content = features.shape[-1] - 1  # the extractor appends one frame of padding
         if content <= _SHORT_PATH_MAX_FRAMES and not full_window:
@@ -412,8 +417,10 @@ class Transcriber:
                     again = self._decode_window(features[:, :content], content, self._prompt_tokens(second_prompt),
                                                 encoded=result.encoded)
                     second = again.text if again is not None else ""
-                return text, heard.avg_logprob, heard.no_speech_prob, path, second
-        return (*self._decode_full(x, prompt), "full", "")  # 28 s and more: no second decode
+                return Transcript(text, 0, 0.0, heard.avg_logprob, heard.no_speech_prob, path, second,
+                                  result.alternatives)
+        text, avg_logprob, no_speech_prob = self._decode_full(x, prompt)  # 28 s and more: no second decode
+        return Transcript(text, 0, 0.0, avg_logprob, no_speech_prob, path="full")
 
     def _truncated(self, result: _Decoded, content: int, x: np.ndarray) -> bool:
         """True if the voice goes on well after where the transcript ends (the decoder stopped early)."""
@@ -477,7 +484,7 @@ class Transcriber:
             padded[:, :content] = features
             encoded = self._model.model.encode(ctranslate2.StorageView.from_array(padded[None]), to_cpu=False)
         result = self._model.model.generate(
-            encoded, [prompt], beam_size=beam_size, max_length=len(prompt) + budget,
+            encoded, [prompt], beam_size=beam_size, num_hypotheses=beam_size, max_length=len(prompt) + budget,
             return_scores=True, return_no_speech_prob=True,
             suppress_blank=True, suppress_tokens=self._suppress,
         )[0]
@@ -488,7 +495,15 @@ class Transcriber:
             return None
         # Same length normalisation as faster-whisper (length_penalty=1, +1 for EOT).
         avg_logprob = result.scores[0] * len(tokens) / (len(tokens) + 1)
-        return _Decoded(text, tokens, avg_logprob, result.no_speech_prob, encoded)
+        others = {normalize_text(text)}
+        alternatives = []
+        for ids in result.sequences_ids[1:]:
+            other = self._tokenizer.decode(ids).strip()
+            key = normalize_text(other)
+            if key and key not in others and len(ids) < budget and not _looks_looped(other):
+                others.add(key)
+                alternatives.append(other)
+        return _Decoded(text, tokens, avg_logprob, result.no_speech_prob, encoded, tuple(alternatives))
 
     def _decode_full(self, x: np.ndarray, prompt: str) -> tuple[str, float | None, float | None]:
         segments, _ = self._model.transcribe(

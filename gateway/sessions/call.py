@@ -399,7 +399,8 @@ class CallSession:
                 cancel = self._cancel_llm
                 try:
                     async with asyncio.timeout(cap.dialog_timeout_s):
-                        reply = await self.dialog.respond(text, cancel=cancel, also_heard=transcript.second_text)
+                        reply = await self.dialog.respond(text, cancel=cancel, also_heard=transcript.second_text,
+                                                          alternatives=transcript.alternatives)
                 except TimeoutError:
                     cancel.set()  # the LLM thread stops at its next token
                     raise

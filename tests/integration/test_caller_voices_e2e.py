@@ -12,7 +12,7 @@ from test_call_e2e import ask, connect, heard, transferred
 
 from tests.support.gateway import running_gateway
 from tests.support.hearing import ESPEAK
-from tests.support.voices import CallerVoice
+from tests.support.voices import VOICES, CallerVoice
 
 pytestmark = [
     pytest.mark.models,
@@ -89,5 +89,27 @@ async def test_an_emergency_in_words_of_its_own_misheard_still_gets_911_then_a_t
         assert (await said())[-1] == wording.emergency
         assert await transferred(services, client) == {"source": "rule:emergency", "target": "the front desk",
                                                        "extension": "200"}
+    finally:
+        await client.close()
+
+
+async def test_a_name_only_a_runner_up_hearing_has_is_asked_about_then_put_through(  # type: ignore[no-untyped-def]
+        gateway, services) -> None:
+    """espeak-ng's en+f3 over a noisy line: tiny.en hears "I need to talk to Mr. Baker" as "... Mr. Makers"
+    (no one here: "I don't know" before); its beam search's runner-up "... Mr. Mecker" names Tom Becker,
+    so the caller is asked "Did you mean Tom Becker?", and their yes puts them through."""
+    voice = VOICES["espeak-f3-noise"]
+
+    async def speak(text: str) -> bytes:
+        return await asyncio.to_thread(voice.render, text, services.synthesizer.synthesize)
+
+    client, _ = await connect(gateway, codec=voice.codec)
+    try:
+        await ask(client, speak, "I need to talk to mr baker")
+        said = [t.text for t in await services.store.turns(client.call_id) if t.speaker == "assistant"]
+        assert said[-1] == services.config.site.wording.clarify_name.format(names="Tom Becker"), said
+        await ask(client, speak, "yes")
+        assert await transferred(services, client) == {"source": "rule:clarified", "target": "Tom Becker",
+                                                       "extension": "204"}
     finally:
         await client.close()

@@ -21,7 +21,7 @@ from speech.models import (
     check_piper_voice,
     check_whisper_dir,
 )
-from speech.stt import Transcriber, _looks_looped, normalize_text
+from speech.stt import Transcriber, Transcript, _looks_looped, normalize_text
 from speech.tts import Synthesizer, split_clauses
 from tests.support.hearing import edit_distance, espeak
 
@@ -446,12 +446,15 @@ def test_a_doubtful_utterance_is_decoded_again_by_beam_search(transcriber: Trans
             "thank you so much, have a good day", "great, that's all I needed", "do you take delta dental"]
     clips = [audio.ulaw_decode(audio.ulaw_encode(voice.render(text, lambda _: b""))) for text in said]
 
-    def edits() -> tuple[int, list[str]]:
+    def edits() -> tuple[int, list[Transcript]]:
         heard = [transcriber.transcribe(pcm, prompt=SITE_PROMPT) for pcm in clips]
-        return sum(word_edits(t, h.text) for t, h in zip(said, heard)), [h.path for h in heard]
+        return sum(word_edits(t, h.text) for t, h in zip(said, heard)), heard
 
-    beam_edits, paths = edits()
+    beam_edits, beamed = edits()
     monkeypatch.setattr(speech.stt, "_BEAM_BELOW", float("-inf"))
-    greedy_edits, greedy_paths = edits()
-    assert any(p.endswith("+beam") for p in paths) and not any("beam" in p for p in greedy_paths)
+    greedy_edits, greedy = edits()
+    assert any(h.path.endswith("+beam") for h in beamed) and not any("beam" in h.path for h in greedy)
     assert beam_edits < greedy_edits, (beam_edits, greedy_edits)
+    # The runner-up hypotheses come along, each unlike the transcript; greedy decoding has none.
+    assert any(h.alternatives for h in beamed) and not any(h.alternatives for h in greedy)
+    assert all(normalize_text(a) != normalize_text(h.text) for h in beamed for a in h.alternatives)

@@ -275,3 +275,25 @@ async def test_message_not_yet_confirmed_is_kept(store: Store, tmp_path: Path, t
         assert (await d.respond("oh no, he's not breathing")).source == "rule:emergency"
     await d.call_ended()  # once only
     assert stored_messages(tmp_path) == [("Dr. James Chen", "It's Pat, my filling hurts", "Pat")]
+
+
+async def test_a_staff_member_in_another_hearing_is_asked_about_before_i_dont_know(store: Store) -> None:
+    """Speech recognition's runner-up hearings (an espeak-ng caller, measured): only people are taken
+    from them, as a question; a knowledge entry found only there is not offered."""
+    d = dialog(store)
+    reply = await d.respond("Can I beat the town of Johnson?",
+                            alternatives=("Can I beat the town of Johnston?", "Can I speak to Thomas Johnson?"))
+    assert reply.source == "clarify:Sarah Johnson" and reply.action is not Action.TRANSFER
+    reply = await d.respond("yes")
+    assert reply.action is Action.TRANSFER and reply.target.name == "Sarah Johnson"
+
+    d = dialog(store)
+    reply = await d.respond("I need to talk to Mr. Makers.", alternatives=("Tell Mr. Becker that I called.",))
+    assert reply.source == "clarify:Tom Becker"
+    assert (await d.respond("yes")).action is Action.TAKE_MESSAGE
+
+    d = dialog(store)
+    assert (await d.respond("Through the cabbage window.", alternatives=("What are your opening hours?",))).action \
+        is Action.ESCALATE
+    d = dialog(store)  # without the runner-up, as before
+    assert (await d.respond("Can I beat the town of Johnson?")).action is Action.ESCALATE
