@@ -33,6 +33,7 @@ MESSAGE_INTENT = ("leave a message", "take a message", "pass a message", "pass o
                   "leave him a message", "leave her a message", "leave them a message", "message for")
 GOODBYE_PHRASES = ("bye", "goodbye", "good bye", "that's all", "that is all", "that's it", "that is it",
                    "nothing else", "no thanks", "no thank you", "i'm good", "i'm done", "have a good day",
+                   "have a great day", "have a nice day", "have a good one",
                    "that's everything", "that is everything", "cheers", "see you")
 AFFIRMATIVE_ANSWERS = ("yes", "yeah", "yep", "yup", "yes please", "correct", "right", "that's right", "exactly",
                        "sure", "uh huh", "mhm", "that's it", "that's the one")

@@ -78,6 +78,7 @@ def test_not_an_hours_question() -> None:
 
 
 @pytest.mark.parametrize(("text", "bye"), [("No, that's all, thanks. Bye!", True), ("Goodbye", True),
+                                           ("Thank you so much. Have a great day.", True),  # was "I don't know"
                                            ("Bye the way, do you do fillings for children on weekends?", False)])
 def test_goodbye(text: str, bye: bool) -> None:
     assert rules.is_goodbye(text) is bye
