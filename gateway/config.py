@@ -331,6 +331,20 @@ class DashboardSettings(Section):
     behind_proxy: bool = False
     login_failures: int = Field(5, ge=1)  # failed sign-ins per user name, and per address, within the window
     login_window_s: float = Field(900.0, gt=0)
+    # A taken-over conversation with no operator activity (taking it, a reply) for this long is handed
+    # back to the assistant; checked every hold_sweep_interval_s.
+    hold_timeout: str = Field("30m", pattern=r"^\d+(\.\d+)?[smhd]$")
+    hold_sweep_interval_s: float = Field(60.0, gt=0)
+
+    @model_validator(mode="after")
+    def _hold_timeout_positive(self) -> DashboardSettings:
+        if self.hold_timeout_s <= 0:
+            raise ValueError("hold_timeout: must be more than 0 (e.g. 30m)")
+        return self
+
+    @property
+    def hold_timeout_s(self) -> float:
+        return float(self.hold_timeout[:-1]) * _UNIT_S[self.hold_timeout[-1]]
 
 
 class FileConfig(Section):

@@ -166,3 +166,4 @@ class ThreadMessage:
     outbox_id: int | None = None
     sender: str | None = None  # inbound: the address as the channel gave it, to reply to
     subject: str | None = None
+    sent_by: str | None = None  # outbound: the staff member who wrote it (None: the assistant)

@@ -309,7 +309,7 @@ class Store:
         """The newest `limit` messages of a thread older than the message id `before` (all if None), oldest
         first, and whether there are older ones still. By id: a thread's ids grow as its messages are added."""
         rows = await self._read(
-            "SELECT id, thread_id, channel, direction, body, status, at, outbox_id FROM messages"
+            "SELECT id, thread_id, channel, direction, body, status, at, outbox_id, sent_by FROM messages"
             " WHERE thread_id = ? AND id < ? ORDER BY id DESC LIMIT ?",
             [thread_id, before if before is not None else 2 ** 63 - 1, limit + 1])
         return [ThreadMessage(**r) for r in reversed(rows[:limit])], len(rows) > limit
@@ -403,17 +403,44 @@ class Store:
                                 " AND held_by IS NOT NULL", [thread_id])
         return (rows[0]["held_by"], rows[0]["held_since"]) if rows else None
 
-    async def staff_reply(self, thread_id: int, channel: str, text: str, outbox_id: int, user_name: str) -> None:
-        """An operator's reply joins the thread (marked as theirs); the texts it answers are settled."""
-        def run() -> None:
-            db = self._writer_db
+    async def staff_reply(self, thread_id: int, channel: str, text: str, outbox_id: int | None,
+                          user_name: str) -> float:
+        """An operator's reply joins the thread (marked as theirs; `queued` in the outbox, or `sent` with no
+        outbox row: an API chat's reply is read from the thread); the texts it answers are settled. Its time."""
+        def run() -> float:
+            db, at = self._writer_db, time.time()
             with db.atomic():
                 db.execute("UPDATE messages SET status = 'staff' WHERE thread_id = ? AND status = 'held'",
                            [thread_id])
                 db["messages"].insert({"thread_id": thread_id, "channel": channel, "direction": "out",
-                                       "body": text, "status": "queued", "at": time.time(),
-                                       "outbox_id": outbox_id, "sent_by": user_name})
-        await self._run(run)
+                                       "body": text, "status": "queued" if outbox_id is not None else "sent",
+                                       "at": at, "outbox_id": outbox_id, "sent_by": user_name})
+            return at
+        return await self._run(run)
+
+    async def release_idle_holds(self, idle_since: float) -> list[tuple[int, str]]:
+        """Hand back every thread whose holder has not acted (taken it, replied in it) since `idle_since`,
+        as `thread_release` does; the (thread id, holder) released. Checked and released in one transaction,
+        so a reply that lands meanwhile keeps its hold."""
+        def run() -> list[tuple[int, str]]:
+            db = self._writer_db
+            with db.atomic():
+                idle = db.execute(
+                    "SELECT t.id, t.held_by FROM threads t WHERE t.held_by IS NOT NULL AND MAX(t.held_since,"
+                    " COALESCE((SELECT MAX(m.at) FROM messages m WHERE m.thread_id = t.id"
+                    " AND m.sent_by = t.held_by), 0)) < ?", [idle_since]).fetchall()
+                for thread_id, _ in idle:
+                    db.execute("UPDATE threads SET held_by = NULL, held_since = NULL WHERE id = ?", [thread_id])
+                    db.execute("UPDATE messages SET status = 'staff' WHERE thread_id = ? AND status = 'held'",
+                               [thread_id])
+                return [(thread_id, holder) for thread_id, holder in idle]
+        return await self._run(run)
+
+    async def thread_contact(self, thread_id: int) -> str | None:
+        """The contact key of a thread: a number, an address, or a chat's key ("api:KEY:EXTERNALID")."""
+        rows = await self._read("SELECT c.number AS contact FROM threads t JOIN contacts c ON c.id = t.contact_id"
+                                " WHERE t.id = ?", [thread_id])
+        return rows[0]["contact"] if rows else None
 
     async def text_threads(self, channels: list[str], limit: int = 200) -> list[dict[str, Any]]:
         """Threads with texts on `channels`, newest activity first: id, contact, last channel and time,

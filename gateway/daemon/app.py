@@ -206,7 +206,7 @@ class Daemon:
                                  outbox_of=self._outbox_of, prepare_speech=services.synthesizer.prepare)
         self.dashboard = Dashboard(config.dashboard, services.store, self.helpdesk, live_calls=lambda: [
             (s.call.call_id, s.caller, s.dialled, s.state) for s in self.gateway.sessions],
-            conversations=self.messaging.conversations if self.messaging else None,
+            conversations=self.messaging.conversations if self.messaging else None, chats=self.http.chats,
             capacity=lambda: (services.turns_in_use, config.capacity.max_turns),
             transfer=self._transfer_now if self.ami_transferer is not None else None,
             directory=config.site.directory.everyone(), zone=config.site.tz) \
@@ -311,6 +311,8 @@ class Daemon:
             await self.hook_outbox.start(_no_inbound)
         self._sweeping.spawn(self.sweeper.run())
         await self.helpdesk.start()
+        if self.dashboard is not None:
+            await self.dashboard.start()
 
     async def stop(self, grace_s: float = 8.0) -> None:
         """No new API requests; callers hear goodbye before ARI hands them back to the dialplan; then the
@@ -319,6 +321,8 @@ class Daemon:
             await self.http.stop()
         await self._sweeping.finish()
         await self.helpdesk.stop()
+        if self.dashboard is not None:
+            await self.dashboard.stop()
         if self._unwatch is not None:
             self._unwatch()
             self._unwatch = None

@@ -33,6 +33,7 @@ from gateway.dashboard.pages import PREFIX
 from gateway.dashboard.responses import FORM, SESSION, html, see_other
 from gateway.dashboard.takeover import Takeover
 from gateway.dashboard.users_page import UsersPage
+from gateway.http.chats import Chats
 from gateway.sessions.conversations import Conversations
 from llm.knowledge import dump_knowledge_yaml
 from llm.site import StaffMember, server_zone
@@ -70,7 +71,7 @@ VERIFY_AT_ONCE = 2
 
 class Dashboard:
     def __init__(self, settings: DashboardSettings, store: Store, helpdesk: HelpDesk, *,
-                 live_calls: Calls = list, conversations: Conversations | None = None,
+                 live_calls: Calls = list, conversations: Conversations | None = None, chats: Chats | None = None,
                  capacity: Capacity | None = None, transfer: TransferNow | None = None,
                  directory: tuple[StaffMember, ...] = (), zone: ZoneInfo | None = None) -> None:
         self.settings, self.store, self.helpdesk = settings, store, helpdesk
@@ -78,7 +79,7 @@ class Dashboard:
         self.zone = zone or server_zone()  # site.timezone: what every page shows, filters and groups by
         self._live_calls, self._capacity, self._transfer = live_calls, capacity, transfer
         self.live = LiveStream(store, live_calls)
-        self.texts = Takeover(store, conversations, self._audit)
+        self.texts = Takeover(store, conversations, self._audit, chats=chats, settings=settings)
         self.outbox = OutboxPage(store, conversations.outbox if conversations else None, self._audit)
         self.throttle = Throttle(settings.login_failures, settings.login_window_s)
         # An argon2 check takes ~130 ms of CPU and 64 MiB: a flood of sign-ins queues here rather than
@@ -120,10 +121,11 @@ class Dashboard:
         self.app.on_shutdown.append(lambda app: self.live.stop())  # before the server waits for handlers
 
     async def start(self) -> None:
-        await self.helpdesk.start()
+        """The hold timeout's sweep (the help desk is started by its owner, the daemon, pages or not)."""
+        await self.texts.start()
 
     async def stop(self) -> None:
-        await self.helpdesk.stop()
+        await self.texts.stop()
 
     # ---- middleware and guards ------------------------------------------------------------------
     @web.middleware

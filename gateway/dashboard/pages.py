@@ -253,8 +253,8 @@ def users_page(session: StaffSession, users: Iterable[StaffUser], audit: list[di
 
 
 def _contact(session: StaffSession, contact: str | None) -> str:
-    """Operators see the last digits of a number only; an email address or SIP URI as it is."""
-    if contact and ("@" in contact or session.user.may("supervisor")):
+    """Operators see the last digits of a number only; an email address, SIP URI or API chat as it is."""
+    if contact and ("@" in contact or contact.startswith("api:") or session.user.may("supervisor")):
         return contact
     return masked(contact)
 
@@ -271,9 +271,9 @@ def threads_page(session: StaffSession, threads: list[dict[str, Any]], refresh_s
         f'<td>{_waiting(t["waiting"])}</td></tr>'
         for t in threads)
     waiting = sum(t["waiting"] or 0 for t in threads)
-    return layout("Conversations", f'<p class="muted">Texts by SMS, SIP MESSAGE and email, newest first; this page '
-                  f'reloads every {refresh_s} s. <strong>{waiting}</strong> new text(s) wait in taken-over '
-                  'conversations. (API chats are not listed.)</p><table><thead><tr><th scope="col">Contact</th>'
+    return layout("Conversations", f'<p class="muted">Texts by SMS, SIP MESSAGE and email, and HTTP API chats '
+                  f'(channel api), newest first; this page reloads every {refresh_s} s. <strong>{waiting}</strong> '
+                  'new text(s) wait in taken-over conversations.</p><table><thead><tr><th scope="col">Contact</th>'
                   '<th scope="col">Channel</th><th scope="col">Last text</th><th scope="col">Answered by</th>'
                   f'<th scope="col">Waiting</th></tr></thead><tbody>{rows}</tbody></table>', session,
                   refresh_s=refresh_s)
@@ -283,7 +283,7 @@ _INBOUND = {"pending": "waiting for the assistant", "held": "new, for the operat
 
 
 def thread_page(session: StaffSession, thread_id: int, messages: list[dict[str, Any]],
-                holder: tuple[str, float] | None) -> str:
+                holder: tuple[str, float] | None, contact: str | None = None) -> str:
     def line(m: dict[str, Any]) -> str:
         if m["direction"] == "in":
             who, state = "Customer", _INBOUND.get(m["status"], m["status"])
@@ -294,12 +294,15 @@ def thread_page(session: StaffSession, thread_id: int, messages: list[dict[str, 
                 f'{e(when(m["at"]))} · {e(m["channel"])} · {e(state)}</span><br>{e(m["body"])}</li>')
 
     base, token = f"{PREFIX}/conversations/{thread_id}", csrf_field(session.csrf)
-    contact = _contact(session, next((m["sender"] for m in messages if m["sender"]), None))
+    contact = _contact(session, next((m["sender"] for m in messages if m["sender"]), contact))
     if holder is None:
         status = "The assistant answers this conversation."
         actions = f'<form method="post" action="{base}/take">{token}<button type="submit" id="take">Take over</button></form>'
     elif holder[0] != session.user.name:
         status, actions = f"Taken over by {holder[0]} since {when(holder[1])}.", ""
+        if session.user.may("supervisor"):  # an override: the holder left, or is away
+            actions = (f'<form method="post" action="{base}/release">{token}<button type="submit" id="release">'
+                       f'Release {e(holder[0])}\'s hold</button></form>')
     else:
         status = f"You took this conversation over at {when(holder[1])}: the assistant does not answer it."
         actions = (f'<form method="post" action="{base}/reply">{token}<label for="reply">Your reply</label>'

@@ -369,9 +369,15 @@ class HttpApi:
         return answer(self._reply(external_id, await self.chats.say(request[KEY].name, external_id, body.text)))
 
     @staticmethod
-    def _reply(external_id: str, turn: ChatTurn, model: type[ThreadReply] = ThreadReply) -> ThreadReply:
-        return model(external_id=external_id, reply=turn.text, at=_iso(turn.at), actions=[
+    def _reply(external_id: str, turn: ChatTurn) -> ThreadReply:
+        return ThreadReply(external_id=external_id, reply=turn.text, at=_iso(turn.at), held=turn.held, actions=[
             ThreadAction(type=a.kind, person=a.person) for a in turn.actions])  # type: ignore[arg-type]
+
+    @staticmethod
+    def _chat_reply(external_id: str, turn: ChatTurn) -> str:
+        """A WebSocket `reply` frame: the assistant's answer, the note that staff hold the chat, or their reply."""
+        reply = HttpApi._reply(external_id, turn)
+        return ChatReply(**reply.model_dump(), sender="staff" if turn.by_staff else "assistant").model_dump_json()
 
     async def thread_history(self, request: web.Request) -> web.Response:
         external_id = self._external_id(request)
@@ -381,7 +387,8 @@ class HttpApi:
             raise Problem(404, "no such thread")
         messages, more = page
         return answer(ThreadHistory(external_id=external_id, next=str(messages[0].id) if more else None, messages=[
-            ThreadEntry(role="user" if m.direction == "in" else "assistant", text=m.body, at=_iso(m.at))
+            ThreadEntry(role="user" if m.direction == "in" else "staff" if m.sent_by else "assistant", text=m.body,
+                        at=_iso(m.at))
             for m in messages]))
 
     @staticmethod
@@ -428,7 +435,11 @@ class HttpApi:
         """Answer each text frame in turn; `take` counts a message against its limit (raises RateLimited).
         A frame over the socket's max_msg_size ends the chat (aiohttp closes with 1009); so does silence
         for `idle_s` (1000)."""
+        async def push(turn: ChatTurn) -> None:  # a staff reply, sent between this chat's own frames
+            await _send(ws, self._chat_reply(external_id, turn))
+
         self._sockets.add(ws)
+        closed = self.chats.opened(owner, external_id, push)
         try:
             while not ws.closed:
                 try:
@@ -440,10 +451,9 @@ class HttpApi:
                     break
                 answer = (await self._chat_turn(ws, owner, external_id, take, frame.data)
                           if frame.type is WSMsgType.TEXT else _frame(problem_document(422, "send text frames")))
-                with contextlib.suppress(ConnectionError):  # gone meanwhile: the turn is stored all the same
-                    if not ws.closed:
-                        await ws.send_str(answer)
+                await _send(ws, answer)  # gone meanwhile: the turn is stored all the same
         finally:
+            closed()
             self._sockets.discard(ws)
         return ws
 
@@ -452,9 +462,7 @@ class HttpApi:
         """A frame's answer: the reply (after its deltas), or a problem document (the connection stays open)."""
         async def delta(piece: str) -> None:
             # A client gone mid-reply costs it the rest of the stream, not the turn: that is still stored.
-            with contextlib.suppress(ConnectionError):
-                if not ws.closed:
-                    await ws.send_str(ChatDelta(external_id=external_id, text=piece).model_dump_json())
+            await _send(ws, ChatDelta(external_id=external_id, text=piece).model_dump_json())
 
         try:
             take()  # each message counts against the key's (or the address's) rate, like a request
@@ -468,7 +476,14 @@ class HttpApi:
         except Exception:
             log.exception("chat turn failed")
             return _frame(problem_document(500, "internal error; see the daemon's log"))
-        return self._reply(external_id, turn, ChatReply).model_dump_json()
+        return self._chat_reply(external_id, turn)
+
+
+async def _send(ws: web.WebSocketResponse, text: str) -> None:
+    """A frame to a chat, unless it is gone (closed, or the connection dropped)."""
+    with contextlib.suppress(ConnectionError):
+        if not ws.closed:
+            await ws.send_str(text)
 
 
 def _frame(document: ProblemDocument) -> str:

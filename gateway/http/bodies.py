@@ -151,9 +151,13 @@ class ThreadAction(Answer):
 
 class ThreadReply(Answer):
     external_id: str
-    reply: str | None  # None: nothing to say (thanks, a goodbye)
+    reply: str | None  # None: nothing to say (thanks, a goodbye), or held
     actions: list[ThreadAction]
     at: str
+    # True: a staff member has taken this chat over from the assistant; the message is stored for them and
+    # the assistant does not answer (`reply` is None). Their reply comes in the thread's history, and as a
+    # `reply` frame `from: staff` to an open WebSocket chat.
+    held: bool = False
 
 
 class ChatDelta(Answer):
@@ -167,11 +171,14 @@ class ChatDelta(Answer):
 class ChatReply(ThreadReply):
     """WS /v1/chat: the whole reply to a message, after its deltas; the text to keep."""
 
+    model_config = ConfigDict(frozen=True, validate_by_name=True, serialize_by_alias=True)
+
     type: Literal["reply"] = "reply"
+    sender: Literal["assistant", "staff"] = Field("assistant", alias="from")  # who wrote `reply`
 
 
 class ThreadEntry(Answer):
-    role: Literal["user", "assistant"]
+    role: Literal["user", "assistant", "staff"]  # staff: a staff member who took the chat over
     text: str
     at: str
 

@@ -43,9 +43,14 @@ class ChatAction:
 
 @dataclass(frozen=True)
 class ChatTurn:
-    text: str | None  # None: nothing to say (thanks, a goodbye)
+    text: str | None  # None: nothing to say (thanks, a goodbye), or held
     actions: tuple[ChatAction, ...]
     at: float  # when the reply was made
+    held: bool = False  # a staff member holds the thread: the assistant did not answer
+    by_staff: bool = False  # `text` is a staff member's reply (pushed to open chats)
+
+
+Push = Callable[[ChatTurn], Awaitable[None]]  # a staff reply to an open chat (WebSocket)
 
 
 def actions(replies: tuple[Reply, ...]) -> tuple[ChatAction, ...]:
@@ -77,6 +82,7 @@ class Chats:
         self.on_escalation = on_escalation
         self._dialogs = Dialogs()
         self._threads = KeyedLocks()  # one turn at a time per thread: a Dialog is sequential
+        self._open: dict[str, set[Push]] = {}  # thread key -> its open WebSocket chats
 
     @staticmethod
     def key(owner: str, external_id: str) -> str:
@@ -92,6 +98,10 @@ class Chats:
         async with self._threads.hold(key):
             thread_id = await self.store.chat_thread(key, create=True)
             assert thread_id is not None
+            if await self.store.thread_holder(thread_id) is not None:  # taken over (the dashboard): staff answer
+                await self.store.add_thread_message(thread_id, CHANNEL, "in", text, "held", at=received)
+                log.info("chat not answered thread=%d reason=taken over", thread_id)
+                return ChatTurn(None, (), time.time(), held=True)
             dialog = self._dialogs.get(thread_id, lambda: Dialog(
                 self.site, self.retriever, self.store, call_id=f"{CHANNEL}-thread-{thread_id}", caller=None,
                 engine=self.engine, max_reply_tokens=self.max_reply_tokens, written=True,
@@ -116,6 +126,32 @@ class Chats:
             await self.on_escalation(contact, CHANNEL, at, text, replies, key=f"escalate-{CHANNEL}-{row_id}")
         except Exception:
             log.exception("operator note failed contact=%s", contact)
+
+    def opened(self, owner: str, external_id: str, push: Push) -> Callable[[], None]:
+        """An open chat on this thread gets staff replies through `push`; call the result when it closes."""
+        key = self.key(owner, external_id)
+        self._open.setdefault(key, set()).add(push)
+
+        def closed() -> None:
+            pushes = self._open.get(key, set())
+            pushes.discard(push)
+            if not pushes:
+                self._open.pop(key, None)
+        return closed
+
+    async def staff_reply(self, thread_id: int, text: str, user_name: str) -> int:
+        """A staff member's reply in an API chat: stored in the thread (GET /v1/threads/{id} shows it) and
+        pushed to its open WebSocket chats; how many it reached. ValueError if the thread is not a chat."""
+        key = await self.store.thread_contact(thread_id)
+        if key is None or not key.startswith(f"{CHANNEL}:"):
+            raise ValueError("this conversation is not an API chat")
+        async with self._threads.hold(key):
+            at = await self.store.staff_reply(thread_id, CHANNEL, text, None, user_name)
+        pushes = list(self._open.get(key, ()))
+        for push in pushes:
+            await push(ChatTurn(text, (), at, held=True, by_staff=True))
+        log.info("chat answered by staff thread=%d user=%s open_chats=%d", thread_id, user_name, len(pushes))
+        return len(pushes)
 
     async def history(self, owner: str, external_id: str, limit: int,
                       before: int | None = None) -> tuple[list[ThreadMessage], bool] | None:

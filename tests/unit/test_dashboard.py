@@ -88,12 +88,14 @@ async def open_site(tmp_path: Path, zone: ZoneInfo | None = None, **options: Any
     await runner.setup()
     tcp = web.TCPSite(runner, "127.0.0.1", 0)
     await tcp.start()
+    await desk.start()
     await dashboard.start()
     try:
         yield Site(store, f"http://127.0.0.1:{runner.addresses[0][1]}{PREFIX}", outbox, desk, live, talk, dashboard)
     finally:
         await talk.close()
         await dashboard.stop()
+        await desk.stop()
         await runner.cleanup()
         await store.close()
 
@@ -468,6 +470,77 @@ async def test_an_operator_takes_over_a_text_thread_replies_and_hands_it_back(si
     audit = [(a["user_name"], a["action"], a["outcome"]) for a in await site.store.staff_audit()]
     assert {("oli", "take over", "ok"), ("oli", "reply", f"queued message #{row.id}"), ("oli", "hand back", "ok"),
             ("sam", "take over", "refused: held by oli"), ("sam", "reply", "refused: not held by you")} <= set(audit)
+
+
+async def _held_sms_thread(site: Site, holder: str = "oli") -> int:
+    await site.talk.on_inbound(InboundMessage(channel="sms", sender="+15550102030", body="Are you open?",
+                                              at=time.time(), provider_ref="r1"))
+    thread = await site.store.thread_for("+15550102030")
+    assert await site.store.thread_hold(thread, holder) == holder
+    return thread
+
+
+async def test_a_supervisor_or_admin_releases_anyones_hold_an_operator_does_not(site: Site) -> None:
+    thread = await _held_sms_thread(site)
+    base = f"{site.url}/conversations/{thread}"
+    await site.store.staff_add(new_user("ivy", "operator", PASSWORD))
+    async with browser() as ivy, browser() as sam, browser() as ada:
+        for http, name in ((ivy, "ivy"), (sam, "sam"), (ada, "ada")):
+            await sign_in(http, site.url, name)
+        _, page = await _page(ivy, base)
+        assert "Taken over by oli" in page and 'id="release"' not in page  # another operator: no override
+        assert await _post(ivy, f"{base}/release", csrf(page)) == 409
+        assert (await site.store.thread_holder(thread) or ("",))[0] == "oli"
+        _, page = await _page(sam, base)
+        assert "Release oli's hold" in page
+        assert await _post(sam, f"{base}/release", "forged") == 403
+        assert await _post(sam, f"{base}/release", csrf(page)) == 303
+        assert await site.store.thread_holder(thread) is None
+        # The text that waited for oli is settled, not answered late by the assistant.
+        assert [m.status for m in await site.store.thread_messages(thread)] == ["staff"]
+        assert await site.store.thread_hold(thread, "oli") == "oli"
+        _, page = await _page(ada, base)
+        assert await _post(ada, f"{base}/release", csrf(page)) == 303
+        assert await site.store.thread_holder(thread) is None
+    audit = [(a["user_name"], a["action"], a["target"], a["outcome"]) for a in await site.store.staff_audit()]
+    target = f"conversation {thread}"
+    assert {("ivy", "release", target, "refused: not held by you"), ("sam", "hand back", target, "ok: released oli's hold"),
+            ("ada", "hand back", target, "ok: released oli's hold")} <= set(audit)
+
+
+async def test_a_hold_idle_past_the_timeout_is_handed_back_and_a_reply_is_activity(site: Site) -> None:
+    thread = await _held_sms_thread(site)
+    before_reply = time.time()
+    while time.time() == before_reply:  # the reply is strictly later than this mark, even on a coarse clock
+        await asyncio.sleep(0.001)
+    await site.talk.staff_reply(thread, "Yes, until 5 pm.", "oli")
+    # Idle since before the reply? No: the reply is the holder's activity, so the hold stays.
+    assert await site.store.release_idle_holds(before_reply) == []
+    assert (await site.store.thread_holder(thread) or ("",))[0] == "oli"
+    # Another user's reply in the thread is not the holder's activity (held_since alone counts then).
+    assert await site.store.release_idle_holds(time.time() + 1) == [(thread, "oli")]
+    assert await site.store.thread_holder(thread) is None
+
+    # The owned periodic sweep: a hold of 0.2 s, checked every 0.05 s, is released with an audit row.
+    await site.dashboard.stop()
+    site.dashboard.texts.settings = DashboardSettings(hold_timeout="0.2s", hold_sweep_interval_s=0.05)
+    await site.dashboard.start()
+    assert await site.store.thread_hold(thread, "oli") == "oli"
+    async with asyncio.timeout(20):
+        while await site.store.thread_holder(thread) is not None:
+            await asyncio.sleep(0.05)
+    audit = [(a["user_name"], a["action"], a["target"], a["outcome"]) for a in await site.store.staff_audit()]
+    assert ("system", "hand back", f"conversation {thread}", "automatic: no activity from oli for 0.2s") in audit
+
+
+def test_hold_timeout_is_validated() -> None:
+    assert DashboardSettings().hold_timeout_s == 1800
+    assert DashboardSettings(hold_timeout="2h").hold_timeout_s == 7200
+    for bad in ("0m", "0.0s", "30", "30x", "-5m"):
+        with pytest.raises(ValueError):
+            DashboardSettings(hold_timeout=bad)
+    with pytest.raises(ValueError):
+        DashboardSettings(hold_sweep_interval_s=0)
 
 
 async def _outbox_of(store: Store, thread: int) -> int:
