@@ -143,7 +143,9 @@ class HttpApi:
              self.thread_history),
             (Operation("GET", "/v1/chat", "a live chat over a WebSocket (?external_id=, else a new thread): each text "
                        "frame is a message, answered by `delta` frames as the reply is produced, then a `reply` "
-                       "frame (or a problem document). Without a key when http.public_chat is enabled: then "
+                       "frame (or a problem document). While staff hold the chat (the dashboard's take-over) a message "
+                       "is answered by a `reply` frame with `held: true` and no reply, and staff replies are pushed "
+                       "as `reply` frames `from: staff`. Without a key when http.public_chat is enabled: then "
                        "each connection is a new thread", "threads:write", answers={101: ChatReply}), self.chat),
         ]
         self._openapi = document([op for op, _ in routes], version="1")

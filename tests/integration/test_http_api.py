@@ -31,6 +31,8 @@ from channels.settings import SipMessageSettings, WebhookSettings
 from channels.webhook import signature
 from gateway.config import AmiSettings, MessagingSettings, PublicChatSettings
 from gateway.daemon.app import Daemon
+from gateway.dashboard.accounts import new_user
+from gateway.http.api import PUBLIC_OWNER
 from gateway.http.keys import new_key
 from gateway.http.chats import Chats
 from gateway.media.caller import CallerClient
@@ -655,6 +657,93 @@ async def test_public_chat_needs_an_allowed_origin_and_is_a_thread_of_its_own(ri
         assert (await rig.call("GET", f"/v1/threads/{ids[0]}", key))[0] == 404
         # A key still opens its own chat (the key path is unchanged by the public mode).
         assert (await refused(http, url, headers={"Authorization": "Bearer sb_wrong"})).status == 401
+
+
+async def signed_in(rig: Rig, name: str, role: str) -> aiohttp.ClientSession:
+    """A staff member's browser on the daemon's dashboard (a new account), signed in; the caller closes it."""
+    password = "a long staff password"
+    await rig.daemon.services.store.staff_add(new_user(name, role, password))
+    http = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))  # keeps 127.0.0.1's cookies
+    async with http.get(f"{rig.base}/dashboard/login") as form:
+        token = _csrf(await form.text())
+    async with http.post(f"{rig.base}/dashboard/login", data={"csrf": token, "name": name, "password": password},
+                         allow_redirects=False) as response:
+        assert response.status == 303, await response.text()
+    return http
+
+
+def _csrf(page: str) -> str:
+    return re.search(r'name="csrf" value="([^"]+)"', page).group(1)  # type: ignore[union-attr]
+
+
+async def staff_act(http: aiohttp.ClientSession, url: str, action: str, **form: str) -> int:
+    """A button on a conversation's page, with that page's CSRF token."""
+    async with http.get(url) as page:
+        token = _csrf(await page.text())
+    async with http.post(f"{url}/{action}", data={"csrf": token, **form}, allow_redirects=False) as response:
+        return response.status
+
+
+async def test_an_operator_takes_over_a_websocket_chat_replies_and_hands_it_back(rig: Rig) -> None:
+    """Through the daemon: a WebSocket chat is listed on the dashboard; taken over, the client's message gets
+    no assistant reply but a `held` acknowledgement, the operator's reply is pushed to the socket and is in
+    the REST history as `staff`; after hand-back the assistant answers again."""
+    key = await rig.key("threads:write", "threads:read")
+    store = rig.daemon.services.store
+    thread = None
+    async with rig.http.ws_connect(rig.base + "/v1/chat?external_id=held-chat",
+                                   headers={"Authorization": f"Bearer {key}"}) as ws, \
+            await signed_in(rig, f"op-{uuid.uuid4().hex[:6]}", "operator") as staff:
+        await ws.send_str("What time do you open on Tuesday?")
+        assert "8 a.m." in (await chat_answer(ws))[0]["reply"]
+        thread = await store.chat_thread(Chats.key(await _key_name(rig, key), "held-chat"), create=False)
+        page = f"{rig.base}/dashboard/conversations/{thread}"
+        async with staff.get(f"{rig.base}/dashboard/conversations") as listing:
+            assert f'href="/dashboard/conversations/{thread}"' in await listing.text()
+        assert await staff_act(staff, page, "take") == 303
+
+        await ws.send_str("And on Saturdays?")
+        held, deltas = await chat_answer(ws)
+        assert (held["type"], held["from"], held["held"], held["reply"], deltas) == ("reply", "assistant", True,
+                                                                                      None, [])
+        assert await staff_act(staff, page, "reply", text="Saturdays 9 to 1. Oli here.") == 303
+        pushed = await ws.receive_json(timeout=30)  # nothing came between: the assistant said nothing
+        assert (pushed["type"], pushed["from"], pushed["reply"], pushed["external_id"]) == (
+            "reply", "staff", "Saturdays 9 to 1. Oli here.", "held-chat")
+        # A REST message in the same thread meanwhile: held too.
+        rest = (await rig.call("POST", "/v1/threads/held-chat/messages", key, {"text": "Thanks!"}))[1]
+        assert (rest["held"], rest["reply"]) == (True, None)
+        history = (await rig.call("GET", "/v1/threads/held-chat", key))[1]["messages"]
+        assert [(m["role"], m["text"]) for m in history[-3:]] == [
+            ("user", "And on Saturdays?"), ("staff", "Saturdays 9 to 1. Oli here."), ("user", "Thanks!")]
+        async with staff.get(page) as shown:
+            assert "Saturdays 9 to 1. Oli here." in await shown.text()
+
+        assert await staff_act(staff, page, "release") == 303
+        await ws.send_str("What time do you open on Tuesday?")
+        after, _ = await chat_answer(ws)
+        assert "8 a.m." in after["reply"] and (after["from"], after["held"]) == ("assistant", False)
+    statuses = [m.status for m in await store.thread_messages(thread) if m.direction == "in"]
+    assert statuses == ["answered", "staff", "staff", "answered"]  # the held ones are never answered late
+    audit = [(a["action"], a["target"], a["outcome"]) for a in await store.staff_audit()]
+    assert ("reply", f"conversation {thread}", "stored in the API chat, pushed to 1 open chat(s)") in audit
+
+
+async def test_a_public_chat_is_listed_and_taken_over(rig: Rig) -> None:
+    store = rig.daemon.services.store
+    async with visitor(21) as http, http.ws_connect(rig.base + "/v1/chat", origin=SITE) as ws, \
+            await signed_in(rig, f"sup-{uuid.uuid4().hex[:6]}", "supervisor") as staff:
+        await ws.send_str("What time do you open on Tuesday?")
+        external_id = (await chat_answer(ws))[0]["external_id"]
+        thread = await store.chat_thread(Chats.key(PUBLIC_OWNER, external_id), create=False)
+        async with staff.get(f"{rig.base}/dashboard/conversations") as listing:
+            assert f"api:{PUBLIC_OWNER}:{external_id}" in await listing.text()
+        page = f"{rig.base}/dashboard/conversations/{thread}"
+        assert await staff_act(staff, page, "take") == 303
+        await ws.send_str("Can I bring my dog?")
+        assert (await chat_answer(ws))[0]["held"] is True
+        assert await staff_act(staff, page, "reply", text="Yes, on a lead.") == 303
+        assert (await ws.receive_json(timeout=30))["reply"] == "Yes, on a lead."
 
 
 async def test_public_chat_limits_connections_per_address(rig: Rig) -> None:
