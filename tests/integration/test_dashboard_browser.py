@@ -28,6 +28,8 @@ from channels.sms_text import from_wire
 from gateway.config import AmiSettings, MessagingSettings
 from gateway.daemon.app import Daemon
 from gateway.dashboard.accounts import new_user
+from gateway.http.chats import Chats
+from gateway.http.keys import new_key
 from gateway.media.caller import CallerClient
 from models.records import HelpRequest, Turn
 from support.ami_server import AmiTestServer
@@ -409,6 +411,50 @@ def _parts_to_texter(modem: FakeModem) -> int:
 async def _inbound(store, thread: int, body: str, status: str):  # type: ignore[no-untyped-def]
     return next((m for m in await store.thread_view(thread) if m["direction"] == "in" and m["body"] == body
                  and m["status"] == status), None)
+
+
+async def test_an_operator_takes_over_an_api_websocket_chat(browser: Browser, run_daemon) -> None:  # type: ignore[no-untyped-def]
+    """A daemon with no text channel: its HTTP API chats are still listed, taken over, answered and handed back."""
+    site = await run_daemon()
+    store = site.daemon.services.store
+    await staff(store, "ora", "operator")
+    key, record = new_key("web", ["threads:write"], "100/s", None)
+    await store.api_key_create(record)
+    base = site.url.removesuffix("/dashboard")
+    async with aiohttp.ClientSession() as http, http.ws_connect(
+            f"{base}/v1/chat?external_id=visitor-7", headers={"Authorization": f"Bearer {key}"}) as ws:
+        async def answer() -> dict:
+            while (frame := await ws.receive_json(timeout=60))["type"] == "delta":
+                pass
+            return frame
+
+        await ws.send_str("What time do you open on Tuesday?")
+        assert "8 a.m." in (await answer())["reply"]
+        thread = await store.chat_thread(Chats.key("web", "visitor-7"), create=False)
+        page = await browser.sign_in(f"{site.url}/conversations", "ora")
+        assert "api:web:visitor-7" in page
+
+        def open_and_take(d: Any) -> None:
+            submit(d, d.find_element("css selector", f"#thread-{thread} a"))
+            submit(d, d.find_element("id", "take"))
+        await browser.do(open_and_take)
+        assert "You took this conversation over" in await browser.text()
+        await ws.send_str("Can I bring my dog?")
+        assert (await answer())["held"] is True  # acknowledged, not answered by the assistant
+
+        def reply(d: Any) -> None:
+            d.get(f"{site.url}/conversations/{thread}")
+            assert "Can I bring my dog?" in d.find_element("id", "messages").text
+            d.find_element("id", "reply").send_keys("Yes, on a lead. Ora")
+            submit(d, d.find_element("id", "send"))
+        await browser.do(reply)
+        pushed = await ws.receive_json(timeout=60)
+        assert (pushed["from"], pushed["reply"]) == ("staff", "Yes, on a lead. Ora")
+        await browser.shot("taken-over-api-chat")
+        await browser.do(lambda d: submit(d, d.find_element("id", "release")))
+        assert "The assistant answers this conversation" in await browser.text()
+        await ws.send_str("What time do you open on Tuesday?")
+        assert "8 a.m." in (await answer())["reply"]
 
 
 async def test_an_operator_takes_over_an_sms_thread_replies_and_hands_it_back(
