@@ -10,8 +10,6 @@ a periodic sweep this room owns.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -25,7 +23,7 @@ from gateway.dashboard.responses import FORM, SESSION, html, see_other
 from gateway.http.chats import CHANNEL as CHAT_CHANNEL
 from gateway.http.chats import Chats
 from gateway.sessions.conversations import Conversations
-from gateway.tasks import every
+from gateway.tasks import TaskSet, every
 from models.store import Store
 
 log = logging.getLogger(__name__)
@@ -40,18 +38,13 @@ class Takeover:
                  chats: Chats | None = None, settings: DashboardSettings | None = None) -> None:
         self.store, self.conversations, self.chats, self._audit = store, conversations, chats, audit
         self.settings = settings or DashboardSettings()
-        self._sweeper: asyncio.Task[None] | None = None
+        self._sweeper = TaskSet("hold timeout")
 
     async def start(self) -> None:
-        self._sweeper = asyncio.create_task(every(self.settings.hold_sweep_interval_s, self.release_idle,
-                                                  "hold timeout sweep"), name="hold-timeout-sweeper")
+        self._sweeper.spawn(every(self.settings.hold_sweep_interval_s, self.release_idle, "hold timeout sweep"))
 
     async def stop(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
-            self._sweeper = None
+        await self._sweeper.finish()
 
     async def release_idle(self) -> list[tuple[int, str]]:
         """Hand back the holds with no activity from their holder for dashboard.hold_timeout (logged, audited)."""
