@@ -246,6 +246,47 @@ class AriSettings(Section):
         return self.password if self.password is not None else os.environ[self.password_env or ""]
 
 
+class SipSettings(Section):
+    """`sip:` in etc/switchboard.yaml: direct SIP mode (gateway.media.sip), the gateway as a PBX extension.
+    pyVoIP 1.6.8 speaks UDP only and sends every request and response to the registrar (server:port)."""
+
+    enabled: bool = False
+    server: str = ""  # the registrar / PBX, a host name or IPv4 address
+    port: int = Field(5060, ge=1, le=65535)
+    user: str = ""  # the extension's SIP user name (also its authentication name)
+    password_env: str | None = None  # name of an environment variable holding the extension's password
+    # pyVoIP binds its SIP socket to my_ip and puts it in Contact and SDP: the address the PBX reaches us at
+    # (0.0.0.0 gives one-way or no audio). RTP sockets bind to bind_host (default: my_ip).
+    my_ip: str = Field("", pattern=r"^(\d{1,3}\.){3}\d{1,3}$|^$")
+    bind_host: str | None = None
+    sip_port: int = Field(5060, ge=0, le=65535)
+    rtp_port_low: int = Field(10000, ge=1024, le=65534)
+    rtp_port_high: int = Field(20000, ge=1024, le=65535)
+    codecs: list[Literal["PCMU", "PCMA"]] = Field(default_factory=lambda: ["PCMU", "PCMA"], min_length=1)
+    register_expires_s: int = Field(120, ge=30, le=3600)  # REGISTER Expires; pyVoIP renews 5 s before
+    register_timeout_s: float = Field(5.0, gt=0)  # a registrar silent this long is a failed attempt
+    retry_s: float = Field(10.0, gt=0)  # after pyVoIP gives up registering, start again this much later
+    max_calls: int = Field(50, ge=1)
+
+    @model_validator(mode="after")
+    def _complete(self) -> SipSettings:
+        if not self.enabled:
+            return self
+        for key in ("server", "user", "my_ip"):
+            if not getattr(self, key):
+                raise ValueError(f"{key}: required when sip is enabled")
+        if self.password_env is None:
+            raise ValueError("password_env: required when sip is enabled (the password never goes in the file)")
+        if self.password_env not in os.environ:
+            raise ValueError(f"password_env: environment variable {self.password_env} is not set")
+        if self.rtp_port_low > self.rtp_port_high:
+            raise ValueError("rtp_port_low: must not be above rtp_port_high")
+        return self
+
+    def secret(self) -> str:
+        return os.environ[self.password_env or ""]
+
+
 class OtpSettings(Section):
     """One-time codes sent through the HTTP API (POST /v1/otp)."""
 
@@ -362,6 +403,7 @@ class FileConfig(Section):
     capacity: CapacitySettings = CapacitySettings()
     ami: AmiSettings = AmiSettings()
     ari: AriSettings | None = None  # Stasis mode, instead of the AudioSocket() dialplan line
+    sip: SipSettings = SipSettings()  # direct SIP mode, beside AudioSocket
     messaging: MessagingSettings = MessagingSettings()
     http: HttpSettings = HttpSettings()
     help_requests: HelpRequestSettings = HelpRequestSettings()
@@ -388,6 +430,7 @@ class Config:
     capacity: CapacitySettings = CapacitySettings()
     ami: AmiSettings = AmiSettings()
     ari: AriSettings | None = None
+    sip: SipSettings = SipSettings()
     messaging: MessagingSettings = MessagingSettings()
     http: HttpSettings = HttpSettings()
     help_requests: HelpRequestSettings = HelpRequestSettings()
@@ -471,6 +514,7 @@ def load_config(path: Path | str | None = None, *, data_dir: Path | None = None)
         log_transcripts=top.log_transcripts,
         ami=top.ami,
         ari=top.ari,
+        sip=top.sip,
         messaging=top.messaging,
         http=top.http,
         help_requests=top.help_requests,

@@ -22,6 +22,8 @@ from gateway.asterisk.originate import OutboundCalls
 from gateway.asterisk.transfer import RETURN_STATUSES, AmiTransferer
 from gateway.asterisk.voice import VoiceChannel
 from gateway.media.audiosocket import AudioSocketCall, AudioSocketServer
+from gateway.media.leg import MediaLeg
+from gateway.media.sip import SipCall, SipServer, SipTransferer
 from gateway.sessions.call import CallSession, DialplanTransferer, Transferer
 from gateway.sessions.outbound import OutboundMessageSession
 from gateway.config import Config
@@ -51,7 +53,8 @@ SUMMARY_CHARS = 120  # call.ended's summary
 
 
 class Gateway:
-    """Accepts AudioSocket calls and runs one CallSession per call, all sharing one media clock."""
+    """Accepts AudioSocket calls (and direct SIP calls, with `sip.enabled`) and runs one CallSession per call,
+all sharing one media clock."""
 
     def __init__(self, services: Services, *, host: str | None = None, port: int | None = None,
                  transferer: Transferer | None = None, calls: CallDirectory | None = None,
@@ -71,6 +74,7 @@ class Gateway:
             host if host is not None else cfg.host, cfg.port if port is None else port, self._handle,
             uuid_timeout_s=cfg.uuid_timeout_s, idle_timeout_s=cfg.idle_timeout_s, max_calls=cfg.max_calls,
             codec_0x10=cfg.codec_0x10)
+        self.sip = SipServer(services.config.sip, self._handle_sip) if services.config.sip.enabled else None
         self._warmup: asyncio.Task[None] | None = None
 
     @property
@@ -80,6 +84,8 @@ class Gateway:
     async def start(self) -> None:
         self.clock.start()
         await self.server.start()
+        if self.sip is not None:
+            await self.sip.start()  # registers in the background
         # Fixed phrases and knowledge answers are synthesised ahead, so most replies start at once.
         self._warmup = asyncio.create_task(self._prepare_phrases())
 
@@ -94,9 +100,14 @@ class Gateway:
         if job is not None:
             await OutboundMessageSession(call, self.services, self.clock, job).run()
             return
+        await self._run_session(call, self.transferer, **await self._correlate(call))
+
+    async def _handle_sip(self, call: SipCall) -> None:
+        await self._run_session(call, SipTransferer(), caller=call.caller, dialled=call.dialled)
+
+    async def _run_session(self, call: MediaLeg, transferer: Transferer | None, **known) -> None:  # type: ignore[no-untyped-def]
         on_message = self.messaging.message_taken if self.messaging else None
-        session = CallSession(call, self.services, self.clock, self.transferer, on_message_taken=on_message,
-                              **await self._correlate(call))
+        session = CallSession(call, self.services, self.clock, transferer, on_message_taken=on_message, **known)
         self.sessions.add(session)
         try:
             await session.run()
@@ -139,6 +150,8 @@ class Gateway:
             self._warmup.cancel()
             await asyncio.gather(self._warmup, return_exceptions=True)
         self.server.stop_accepting()
+        if self.sip is not None:
+            self.sip.stop_accepting()
         if self.sessions:
             log.info("ending calls count=%d", len(self.sessions))
             goodbyes = [asyncio.ensure_future(s.shutdown(grace_s)) for s in list(self.sessions)]
@@ -147,6 +160,8 @@ class Gateway:
                 task.cancel()
             await asyncio.gather(*goodbyes, return_exceptions=True)
         await self.server.stop(grace_s=2.0)
+        if self.sip is not None:
+            await self.sip.stop(grace_s=2.0)
         for task in list(self._ami_hangups):
             task.cancel()
         await asyncio.gather(*self._ami_hangups, return_exceptions=True)

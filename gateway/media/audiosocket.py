@@ -19,10 +19,10 @@ import struct
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from enum import IntEnum
 from typing import NamedTuple
 
+from gateway.media.leg import AudioIn, Dtmf, Event, Hangup
 from speech.audio import FRAME_BYTES, FRAME_MS, SAMPLE_RATE, StreamResampler, alaw_decode, ulaw_decode
 
 log = logging.getLogger(__name__)
@@ -80,22 +80,6 @@ class Message(NamedTuple):
     payload: bytes
 
 
-@dataclass(frozen=True, slots=True)
-class AudioIn:
-    pcm: bytes  # one 20 ms frame, 8 kHz s16le mono (FRAME_BYTES)
-
-
-@dataclass(frozen=True, slots=True)
-class Dtmf:
-    digit: str
-
-
-@dataclass(frozen=True, slots=True)
-class Hangup:
-    reason: str  # eof | timeout | peer hangup | protocol: ... | local | slow consumer | ...
-
-
-Event = AudioIn | Dtmf | Hangup
 
 
 def encode(kind: int, payload: bytes = b"") -> bytes:
@@ -134,6 +118,8 @@ def _peer(writer: asyncio.StreamWriter) -> str:
 class AudioSocketCall:
     """One connected call, after its UUID. Single consumer of events(); send_audio() from
     the media clock."""
+
+    transport = "audiosocket"
 
     def __init__(
         self,

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from contextlib import aclosing
 from typing import Awaitable, Callable, Protocol
 
-from gateway.media.audiosocket import AudioIn, AudioSocketCall, Dtmf, Hangup
+from gateway.media.leg import AudioIn, Dtmf, Hangup, MediaLeg
 from gateway.media.pacer import MediaClock, OutputStream
 from gateway.services import Overloaded, Services
 from gateway.tasks import TaskSet
@@ -49,19 +49,19 @@ class Transferer(Protocol):
     mark the call as ended normally (SWITCHBOARD_END=ended, etc/asterisk/extensions.conf).
     """
 
-    async def transfer(self, call: AudioSocketCall, member: StaffMember) -> bool: ...
+    async def transfer(self, call: MediaLeg, member: StaffMember) -> bool: ...
 
-    async def end_call(self, call: AudioSocketCall) -> None: ...
+    async def end_call(self, call: MediaLeg) -> None: ...
 
 
 class DialplanTransferer:
     """Without AMI: end the AudioSocket leg so the dialplan continues (see README); the decision is stored."""
 
-    async def transfer(self, call: AudioSocketCall, member: StaffMember) -> bool:
+    async def transfer(self, call: MediaLeg, member: StaffMember) -> bool:
         await call.hangup()
         return True
 
-    async def end_call(self, call: AudioSocketCall) -> None:
+    async def end_call(self, call: MediaLeg) -> None:
         await call.hangup()
 
 
@@ -102,7 +102,7 @@ class _Turn:
 
 
 class CallSession:
-    def __init__(self, call: AudioSocketCall, services: Services, clock: MediaClock,
+    def __init__(self, call: MediaLeg, services: Services, clock: MediaClock,
                  transferer: Transferer | None = None, *, caller: str | None = None, dialled: str | None = None,
                  unavailable: StaffMember | None = None,
                  on_message_taken: Callable[[TakenMessage], Awaitable[None]] | None = None) -> None:
@@ -160,7 +160,7 @@ class CallSession:
         cfg = self.services.config
         await self.services.store.start_call(CallRecord(
             call_id=self.call.call_id, caller=self.caller, dialled=self.dialled, site=cfg.site.name,
-            transport="audiosocket", started_at=time.time()))
+            transport=self.call.transport, started_at=time.time()))
         self.clock.register(self.out)
         log.info("call started call=%s caller=%s", self.call.call_id, masked(self.caller))
         try:
