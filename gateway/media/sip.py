@@ -120,6 +120,7 @@ class SipCall:
         self._events: asyncio.Queue[Event] = asyncio.Queue()
         self._sock: socket.socket | None = None
         self._in_buf = bytearray()
+        self._source: tuple[str, int] | None = None  # latched from the first packet
         self._last_seq: int | None = None
         self._last_event_ts: int | None = None
         self._seq = self._ts = 0
@@ -198,9 +199,12 @@ class SipCall:
             except OSError as e:  # ICMP unreachable from an earlier send: not fatal for reception
                 log.debug("sip rtp recv error call=%s error=%r", self.call_id, e)
                 return
-            if source[0] != self._media.outIP:
+            # The SDP's address, and then the first port heard from it (RTP latching): a stray or
+            # injected stream is dropped, whatever it carries.
+            if source[0] != self._media.outIP or (self._source is not None and source != self._source):
                 self._drop(f"unexpected source {source[0]}:{source[1]}")
                 continue
+            self._source = self._source or source
             self._packet(packet)
             if self.closed:
                 return

@@ -125,11 +125,19 @@ async def test_registered_call_greets_answers_and_caller_hangs_up(daemon, servic
         text = await heard(services, greeting)
         assert "bright smile" in text and "help" in text
         (call_id,) = await call_ids(daemon, 1)
+        assert peer.target is not None
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as stray:  # another sender, loud noise
+            for i in range(50):
+                stray.sendto(bytes([0x80, 0, 0, i]) + bytes(8) + random.randbytes(160), peer.target)
+        for junk in (b"\x80", b"\x00" * 20, bytes([0x80, 99]) + bytes(170)):  # short, RTP v0, unknown PT
+            peer.sock.sendto(junk, peer.target)
         record = await daemon.services.store.call(call_id)
         assert record is not None and record["transport"] == "sip"
         sent = await peer.say(await speak("How much would it be to get my teeth whitened?"))
         text = await heard(services, await peer.wait_reply(sent))
         assert "350" in text or "three hundred fifty" in text or "three hundred and fifty" in text
+        (session,) = daemon.gateway.sessions
+        assert session.call.dropped == 53  # every stray and malformed packet, and the call went on
         hang_up(call_id, pbx_port)
         assert await caller.wait(30) == 0, caller.log("errors")
         assert await ended(daemon, call_id) == "peer hangup"
