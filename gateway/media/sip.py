@@ -18,6 +18,7 @@ call_soon_threadsafe; and blocking pyVoIP calls (start, answer, hangup, stop) ru
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import os
 import socket
@@ -26,8 +27,9 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from pyVoIP import RTP
-from pyVoIP.VoIP import CallState, InvalidStateError, VoIPCall, VoIPPhone
+from pyVoIP.VoIP import CallState, InvalidStateError, VoIPCall, VoIPPhone  # first: pyVoIP.SIP alone is a cycle
+import pyVoIP
+from pyVoIP import RTP, SIP
 from pyVoIP.VoIP.status import PhoneStatus
 
 from gateway.config import SipSettings
@@ -44,6 +46,9 @@ CODECS: dict[str, tuple[RTP.PayloadType, Callable[[bytes], bytes], Callable[[byt
 }
 STATUS_POLL_S = 0.5  # how often the registration state is looked at (an attribute read)
 PYVOIP_STOP_S = 10.0  # phone.stop() deregisters and may wait for a silent registrar
+REFER_RETRANSMIT_S = (0.5, 1.0, 2.0)  # RFC 3261 timer E over UDP, until REFER_TIMEOUT_S
+REFER_TIMEOUT_S = 4.0
+REFERRED_LEAVE_S = 10.0  # after a 202, how long the PBX may take to end our leg (its BYE) before we do
 
 
 class RtpMedia:
@@ -91,10 +96,86 @@ class _Call(VoIPCall):
                                             baseport))  # type: ignore[arg-type]
 
 
+def _bare_response(request: bytes, method: bytes) -> bytes:
+    """200 to OPTIONS and NOTIFY, 405 to other methods, echoing the request's transaction headers."""
+    status = b"200 OK" if method in (b"OPTIONS", b"NOTIFY") else b"405 Method Not Allowed"
+    head = request.split(b"\r\n\r\n", 1)[0].split(b"\r\n")[1:]
+    keep = [h for h in head if h.split(b":", 1)[0].strip().lower() in _TRANSACTION_HEADERS]
+    allow = ", ".join(pyVoIP.SIPCompatibleMethods).encode()
+    return b"\r\n".join([b"SIP/2.0 " + status, *keep, b"Allow: " + allow, b"Content-Length: 0", b"", b""])
+
+
+_TRANSACTION_HEADERS = {b"via", b"v", b"from", b"f", b"to", b"t", b"call-id", b"i", b"cseq"}
+
+
 class _Phone(VoIPPhone):
+    """pyVoIP's phone with our media, plus what its SIP client lacks, added by wrapping two of that client's
+    methods on this instance (pyVoIP itself is not changed):
+    - blind transfer (REFER, RFC 3515): the request goes out on its SIP socket; its dispatch
+      (parse_message) hands us the REFER's responses;
+    - requests its parser refuses (it knows INVITE, ACK, BYE, CANCEL only) got no answer at all: a PBX's
+      OPTIONS keepalive then marks the extension unreachable, and the NOTIFYs after a REFER are resent for
+      32 s. Its receive (recv) now peeks at each datagram first: OPTIONS and NOTIFY get 200, other
+      unknown methods 405."""
+
     def __init__(self, *args: Any, codecs: list[str], **kwargs: Any) -> None:
         self._codecs = codecs
         super().__init__(*args, **kwargs)
+        self._refers: dict[str, concurrent.futures.Future[int]] = {}  # Call-ID -> final status of our REFER
+        pyvoip_parse = self.sip.parse_message
+
+        def parse_message(message: SIP.SIPMessage) -> None:
+            if not self._refer_dialog(message):
+                pyvoip_parse(message)
+
+        self.sip.parse_message = parse_message  # type: ignore[method-assign]
+        pyvoip_recv = self.sip.recv
+
+        def recv() -> None:  # under pyVoIP's receive lock, its socket non-blocking
+            method = self.sip.s.recv(8192, socket.MSG_PEEK).split(b" ", 1)[0]
+            if method.isalpha() and method.isupper() and method.decode() not in pyVoIP.SIPCompatibleMethods:
+                self.send(_bare_response(self.sip.s.recv(8192), method))
+            else:
+                pyvoip_recv()
+
+        self.sip.recv = recv  # type: ignore[method-assign]
+
+    def _refer_dialog(self, message: SIP.SIPMessage) -> bool:
+        """SIP thread: a REFER's response (handled here), or anything else (pyVoIP's)."""
+        if message.type is SIP.SIPMessageType.RESPONSE and message.headers["CSeq"]["method"] == "REFER":
+            future = self._refers.get(message.headers["Call-ID"])
+            if future is not None and int(message.status) >= 200 and not future.done():
+                future.set_result(int(message.status))
+            return True
+        return False
+
+    def refer_request(self, call: VoIPCall, target: str) -> tuple[bytes, concurrent.futures.Future[int]]:
+        """A REFER in `call`'s dialog (we are its UAS) to `target`, and the future of its final status.
+        Its CSeq is the INVITE's: our side of the dialog counts on its own, and pyVoIP's BYE uses one more."""
+        invite = call.request
+        headers = invite.headers
+        ours = self.sip.tagLibrary[headers["Call-ID"]]
+        contact = headers["Contact"].strip("<").strip(">")
+        request = (
+            f"REFER {contact} SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP {self.myIP}:{self.sip.myPort};branch={self.sip.gen_branch()};rport\r\n"
+            f"Max-Forwards: 70\r\n"
+            f"From: {headers['To']['raw']};tag={ours}\r\n"
+            f"To: {headers['From']['raw']};tag={headers['From']['tag']}\r\n"
+            f"Call-ID: {headers['Call-ID']}\r\n"
+            f"CSeq: {headers['CSeq']['check']} REFER\r\n"
+            f"Contact: <sip:{self.username}@{self.myIP}:{self.sip.myPort}>\r\n"
+            f"Refer-To: <{target}>\r\n"
+            f"Referred-By: <sip:{self.username}@{self.server}>\r\n"
+            "Content-Length: 0\r\n\r\n")
+        future: concurrent.futures.Future[int] = concurrent.futures.Future()
+        self._refers[headers["Call-ID"]] = future
+        future.add_done_callback(lambda _: self._refers.pop(headers["Call-ID"], None))
+        return request.encode("utf8"), future
+
+    def send(self, data: bytes) -> None:
+        """To the PBX, as pyVoIP sends everything."""
+        self.sip.out.sendto(data, (self.server, self.port))
 
     def _create_Call(self, request: Any, sess_id: int) -> None:  # noqa: N802 (pyVoIP's name)
         call_id = request.headers["Call-ID"]
@@ -118,6 +199,7 @@ class SipCall:
         self._encode = CODECS[media.codec or "PCMU"][1]
         self._decode = CODECS[media.codec or "PCMU"][2]
         self._events: asyncio.Queue[Event] = asyncio.Queue()
+        self._closed = asyncio.Event()
         self._sock: socket.socket | None = None
         self._in_buf = bytearray()
         self._source: tuple[str, int] | None = None  # latched from the first packet
@@ -168,6 +250,26 @@ class SipCall:
             return
         self.frames_out += 1
 
+    async def refer(self, extension: str) -> int | None:
+        """Blind transfer: REFER the caller to `extension` at the PBX. The final status, or None if the
+        PBX never answered."""
+        phone = self._call.phone
+        assert isinstance(phone, _Phone)
+        request, status = phone.refer_request(self._call, f"sip:{extension}@{phone.server}")
+        answered = asyncio.wrap_future(status, loop=self._loop)
+        deadline = self._loop.time() + REFER_TIMEOUT_S
+        try:
+            for wait in (*REFER_RETRANSMIT_S, REFER_TIMEOUT_S):
+                await self._loop.run_in_executor(None, phone.send, request)
+                done, _ = await asyncio.wait([answered], timeout=max(0.0, min(wait, deadline - self._loop.time())))
+                if done:
+                    return answered.result()
+                if self._loop.time() >= deadline:
+                    return None
+            return None
+        finally:
+            status.cancel()  # forgets the transaction if it is still open
+
     async def hangup(self, reason: str = "local") -> None:
         """Send BYE (pyVoIP, in the executor) unless the call already ended."""
         if self.closed:
@@ -179,9 +281,13 @@ class SipCall:
             except (InvalidStateError, OSError) as e:  # BYE crossed ours, or the SIP socket is gone
                 log.info("sip hangup not sent call=%s error=%r", self.call_id, e)
 
+    async def wait_closed(self) -> None:
+        await self._closed.wait()
+
     def _end(self, reason: str) -> None:
         if self.closed:
             return
+        self._closed.set()
         self.end_reason = reason
         if self._sock is not None:
             self._loop.remove_reader(self._sock.fileno())
@@ -253,13 +359,25 @@ class SipCall:
 
 
 class SipTransferer:
-    """A call session's Transferer on direct SIP. pyVoIP has no REFER and this transport does not add it
-    yet: every transfer fails, so the session offers to take a message (an emergency or busy hand-off
-    hears its wording and is hung up: there is no dialplan behind a SIP extension)."""
+    """A call session's Transferer on direct SIP: a blind REFER to the staff extension. When the PBX refuses
+    or does not answer, the session offers to take a message (an emergency or busy hand-off hears its
+    wording and is hung up: there is no dialplan behind a SIP extension)."""
 
     async def transfer(self, call: SipCall, member: Any) -> bool:
-        log.info("sip transfer unsupported call=%s extension=%s (no REFER)", call.call_id, member.extension)
-        return False
+        if call.closed:
+            return False
+        status = await call.refer(member.extension)
+        log.info("sip refer call=%s extension=%s status=%s", call.call_id, member.extension, status or "no answer")
+        if status is None or not 200 <= status < 300:
+            return False
+        # The PBX now calls the extension and ends our leg with BYE; if it does not, we leave ourselves.
+        try:
+            async with asyncio.timeout(REFERRED_LEAVE_S):
+                await call.wait_closed()
+        except TimeoutError:
+            log.info("sip refer accepted but our leg was not ended call=%s: hanging up", call.call_id)
+            await call.hangup("transferred")
+        return True
 
     async def end_call(self, call: SipCall) -> None:
         await call.hangup()

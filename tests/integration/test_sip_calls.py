@@ -165,3 +165,20 @@ async def test_two_calls_at_once_and_the_gateway_hangs_up(daemon, services, spea
     finally:
         for p in peers:
             await p.close()
+
+
+async def test_dtmf_0_transfers_by_refer_to_the_front_desk(daemon, tmp_path, pbx_port) -> None:
+    peer = RtpPeer.bind()
+    caller = await place_calls(daemon, tmp_path, pbx_port, [peer])
+    try:
+        await peer.wait_reply(time.monotonic() - 1)
+        (call_id,) = await call_ids(daemon, 1)
+        peer.dtmf("0")
+        assert await caller.wait(60) == 0, caller.log("errors")
+        front_desk = daemon.config.site.directory.front_desk.extension
+        assert f"Refer-To: <sip:{front_desk}@127.0.0.1>" in caller.log("messages")
+        assert await ended(daemon, call_id) == "transferred"
+        kinds = {e.kind: e.data for e in await daemon.services.store.events(call_id)}
+        assert kinds["transfer_done"]["extension"] == front_desk
+    finally:
+        await peer.close()
