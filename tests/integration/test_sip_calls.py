@@ -55,14 +55,19 @@ async def pbx_port() -> int:
 
 
 @pytest.fixture
-async def daemon(services, tmp_path, pbx_port, monkeypatch) -> AsyncIterator[Daemon]:  # type: ignore[no-untyped-def]
+def sip_expires() -> int:
+    return 3600  # no re-registration during a test, unless it asks for one
+
+
+@pytest.fixture
+async def daemon(services, tmp_path, pbx_port, sip_expires, monkeypatch) -> AsyncIterator[Daemon]:  # type: ignore[no-untyped-def]
     """The daemon, registered with a SIPp registrar that checked its digest credentials."""
     monkeypatch.setenv(PASSWORD_ENV, "s3cret")
     low = rtp_range()
     sip = services.config.sip.model_copy(update={
         "enabled": True, "server": "127.0.0.1", "port": pbx_port, "user": "reception", "password_env": PASSWORD_ENV,
         "my_ip": "127.0.0.1", "sip_port": free_udp_port(), "rtp_port_low": low, "rtp_port_high": low + 19,
-        "register_expires_s": 3600, "register_timeout_s": 2.0})
+        "register_expires_s": sip_expires, "register_timeout_s": 1.0, "retry_s": 1.0})
     svc = await own_store(services, tmp_path, sip=sip, http=services.config.http.model_copy(update={"enabled": False}))
     registrar = await Pbx("uas_register.xml", tmp_path, pbx_port, user="reception", password="s3cret").start()
     d = Daemon(svc)
@@ -182,3 +187,38 @@ async def test_dtmf_0_transfers_by_refer_to_the_front_desk(daemon, tmp_path, pbx
         assert kinds["transfer_done"]["extension"] == front_desk
     finally:
         await peer.close()
+
+
+async def test_keepalives_unknown_methods_and_garbage(daemon, pbx_port) -> None:
+    """OPTIONS (a PBX's qualify) gets 200 and an unknown method 405, at the PBX's address as pyVoIP answers
+    everything; a malformed datagram before them costs nothing."""
+    request = ("{method} sip:reception@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bK{method}\r\n"
+               "From: <sip:pbx@127.0.0.1>;tag=p\r\nTo: <sip:reception@127.0.0.1>\r\nCall-ID: {method}-1\r\n"
+               "CSeq: 1 {method}\r\nContent-Length: 0\r\n\r\n")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as pbx:
+        pbx.bind(("127.0.0.1", pbx_port))  # the registrar has gone: the PBX's address is free
+        pbx.settimeout(10)
+        gateway = ("127.0.0.1", daemon.config.sip.sip_port)
+        pbx.sendto(b"\x00\xffnot sip at all\r\n\r\n", gateway)
+        answers = {}
+        for method in ("OPTIONS", "MESSAGE"):
+            pbx.sendto(request.format(method=method, port=pbx_port).encode(), gateway)
+            answer = pbx.recv(4096).decode()
+            answers[method] = answer.split("\r\n")[0]
+            assert f"Call-ID: {method}-1" in answer and f"CSeq: 1 {method}" in answer
+    assert answers == {"OPTIONS": "SIP/2.0 200 OK", "MESSAGE": "SIP/2.0 405 Method Not Allowed"}
+
+
+@pytest.mark.parametrize("sip_expires", [8])  # renewed 5 s before: 3 s after registering
+async def test_registers_again_once_the_registrar_is_back(daemon, tmp_path, pbx_port) -> None:
+    sip = daemon.gateway.sip
+    assert sip is not None and sip.registrations == 1
+    for _ in range(300):  # the renewal finds no registrar (it exited): pyVoIP gives up after three tries
+        if not sip.registered.is_set():
+            break
+        await asyncio.sleep(0.1)
+    assert not sip.registered.is_set()
+    registrar = await Pbx("uas_register.xml", tmp_path, pbx_port, user="reception", password="s3cret").start()
+    assert await registrar.wait(60) == 0, registrar.log("errors")
+    await asyncio.wait_for(sip.registered.wait(), 10)
+    assert sip.registrations == 2
