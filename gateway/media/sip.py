@@ -34,6 +34,7 @@ from pyVoIP.VoIP.status import PhoneStatus
 
 from gateway.config import SipSettings
 from gateway.media.leg import AudioIn, Dtmf, Event, Hangup
+from gateway.tasks import TaskSet
 from speech.audio import FRAME_BYTES, FRAME_SAMPLES, alaw_decode, alaw_encode, ulaw_decode, ulaw_encode
 
 log = logging.getLogger(__name__)
@@ -132,7 +133,13 @@ class _Phone(VoIPPhone):
         pyvoip_recv = self.sip.recv
 
         def recv() -> None:  # under pyVoIP's receive lock, its socket non-blocking
-            method = self.sip.s.recv(8192, socket.MSG_PEEK).split(b" ", 1)[0]
+            try:
+                method = self.sip.s.recv(8192, socket.MSG_PEEK).split(b" ", 1)[0]
+            except BlockingIOError:
+                raise  # pyVoIP's loop waits on it
+            except OSError as e:  # a reported ICMP error, now cleared: pyVoIP's thread would die of it
+                log.debug("sip socket error=%r", e)
+                return
             if method.isalpha() and method.isupper() and method.decode() not in pyVoIP.SIPCompatibleMethods:
                 self.send(_bare_response(self.sip.s.recv(8192), method))
             else:
@@ -399,7 +406,7 @@ class SipServer:
         self._phone: _Phone | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._calls: set[SipCall] = set()
-        self._tasks: set[asyncio.Future[None]] = set()
+        self._tasks = TaskSet("sip")  # one per call
         self._accepting = True
         self.registered = asyncio.Event()
         self.registrations = 0  # times the phone went to REGISTERED (log and tests)
@@ -417,19 +424,16 @@ class SipServer:
         self._accepting = False
 
     async def stop(self, grace_s: float = 5.0) -> None:
+        """Stop accepting, give running calls ``grace_s`` to finish, cancel the rest, then deregister."""
         self._accepting = False
-        pending = set(self._tasks)
-        if pending:
-            _, pending = await asyncio.wait(pending, timeout=grace_s)
-        for fut in pending:
-            fut.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
+        cancelled = self._tasks.running
+        await self._tasks.finish(grace_s)
         if self._supervisor is not None:
             self._supervisor.cancel()
             await asyncio.gather(self._supervisor, return_exceptions=True)
             self._supervisor = None
         await self._stop_phone()
-        log.info("sip stopped cancelled=%d", len(pending))
+        log.info("sip stopped calls_at_stop=%d", cancelled)
 
     # ---- the phone ---------------------------------------------------------------------------------
     def _new_phone(self) -> _Phone:
@@ -493,21 +497,14 @@ class SipServer:
             return
         try:
             future.result()
-        except BaseException:  # cancelled at stop, or a bug already logged in _serve
+        except BaseException:  # cancelled at stop, or a bug the task set has logged
             pass
 
     async def _serve(self, call: VoIPCall) -> None:
-        task = asyncio.current_task()
-        assert task is not None and self._loop is not None
-        self._tasks.add(task)
         try:
-            await self._answer_and_run(call)
+            await self._tasks.spawn(self._answer_and_run(call))  # the set logs a failure
         except asyncio.CancelledError:
-            pass
-        except Exception:
-            log.exception("sip call failed call=%s", call.call_id)
-        finally:
-            self._tasks.discard(task)
+            pass  # the daemon stopping
 
     async def _answer_and_run(self, call: VoIPCall) -> None:
         assert self._loop is not None
