@@ -467,7 +467,7 @@ class SipServer:
                                  s.register_expires_s)
                     elif was is PhoneStatus.REGISTERED:
                         self.registered.clear()
-                        log.info("sip registration state=%s", status.value)
+                        log.debug("sip registration state=%s", status.value)  # a renewal, mostly
                     was = status
                 if status in (PhoneStatus.FAILED, PhoneStatus.INACTIVE):
                     break
