@@ -8,7 +8,7 @@ bench/hearing.yaml: things a dental clinic's callers say, with the words that ma
 Leakage: a transcript of an utterance that says none of the site's names, yet contains one (the
 vocabulary prompt "heard" instead of the audio: "... on Sunday, MetLife?").
 
-    .venv/bin/python bench/hearing.py [--quick] [--prompt-styles] [--no-retry] [--keep-weak-names] [--model DIR]
+    .venv/bin/python bench/hearing.py [--quick] [--prompt-styles] [--no-retry] [--no-beam] [--keep-weak-names] [--model DIR]
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ def run(transcriber: Transcriber, clips: list[tuple[str, str, dict, bytes]], pro
     word heard in an utterance that says none of them) / such utterances."""
     stats: dict[tuple[str, str], dict] = {}
     for voice, channel, item, pcm in clips:
-        s = stats.setdefault((voice, channel), dict.fromkeys(("err", "ref", "kw", "kw_n", "name", "name_n", "leak", "free", "n", "ms", "retry"), 0))
+        s = stats.setdefault((voice, channel), dict.fromkeys(("err", "ref", "kw", "kw_n", "name", "name_n", "leak", "free", "n", "ms", "retry", "beam"), 0))
         result = transcriber.transcribe(pcm, prompt=prompt)
         ref, hyp = words(item["text"]), words(result.text)
         s["err"] += edit_distance(ref, hyp)
@@ -98,7 +98,8 @@ def run(transcriber: Transcriber, clips: list[tuple[str, str, dict, bytes]], pro
         s["name_n"] += len(said)
         s["n"] += 1
         s["ms"] += result.elapsed_ms
-        s["retry"] += result.path == "retry"
+        s["retry"] += result.path.startswith("retry")
+        s["beam"] += result.path.endswith("+beam")
         if not names & set(ref):
             s["free"] += 1
             leaked = names & set(hyp)
@@ -127,6 +128,7 @@ def report(stats: dict[tuple[str, str], dict]) -> str:
         f"all: WER {100 * total['err'] / total['ref']:.1f} %, key words {100 * total['kw'] / total['kw_n']:.1f} %, "
         f"names said and heard {total['name']}/{total['name_n']}, "
         f"leaks {total['leak']}/{total['free']} vocabulary-free utterances, retries {total['retry']}/{total['n']}, "
+        f"beam searched {total['beam']}/{total['n']}, "
         f"mean {total['ms'] / total['n']:.0f} ms per utterance",
     ])
 
@@ -156,11 +158,14 @@ def main() -> None:
     parser.add_argument("--model", type=Path, help="a faster-whisper model dir (default: bundled tiny.en)")
     parser.add_argument("--verbose", action="store_true", help="print each leak")
     parser.add_argument("--no-retry", action="store_true", help="never decode a transcript that stopped early again")
+    parser.add_argument("--no-beam", action="store_true", help="never decode a doubtful transcript by beam search")
     parser.add_argument("--keep-weak-names", action="store_true", help="keep prompt names however weakly heard")
     args = parser.parse_args()
     VERBOSE = args.verbose
     if args.no_retry:
         stt._TRUNCATED_GAP_S, stt._MIN_WORDS_PER_S = float("inf"), 0.0
+    if args.no_beam:
+        stt._BEAM_BELOW = float("-inf")
     if args.keep_weak_names:
         stt._WEAK_NAME_PROB = 0.0
     with tempfile.TemporaryDirectory() as tmp:
