@@ -51,7 +51,7 @@ def submit(d: Any, button: Any) -> None:
     from selenium.webdriver.support.wait import WebDriverWait
 
     button.click()
-    WebDriverWait(d, 30).until(expected_conditions.staleness_of(button))
+    WebDriverWait(d, 60).until(expected_conditions.staleness_of(button))  # as the page load timeout: CI is loaded
 
 
 class Browser:
