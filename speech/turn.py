@@ -77,3 +77,33 @@ def completion(text: str, *, expecting_number: bool = False) -> Completion:
         near_number = expecting_number or any(t in _NUMBER_WORDS for t in tokens[-3:])
         return Completion.DIGITS if near_number else Completion.INCOMPLETE
     return Completion.COMPLETE
+
+
+# What a listener says to show they follow, not to take the turn: said over our reply, it must not stop it.
+_BACKCHANNEL_WORDS = frozenset("""
+uh-huh uh-uh uh huh um ah oh aha okay ok right alright yeah yep yup yes sure exactly cool great good fine perfect
+""".split())
+_BACKCHANNEL_PAIRS = frozenset({("i", "see"), ("got", "it"), ("all", "right"), ("that's", "right")})
+_HUM = re.compile(r"[mh][mh-]*")  # "mm", "mhm", "mm-hmm", "hmm"; Whisper cuts them short ("mm-h")
+_BACKCHANNEL_CHARS = 40  # longer is more than a backchannel
+# Whisper primed with these writes a hum as "Mm-hmm" (unprimed, tiny.en heard espeak-ng's as "MMA Kim",
+# "And in memory"); other words still come out as said ("Sorry.", "How much?", "Wait.").
+BACKCHANNEL_PROMPT = "Mm-hmm. Uh-huh. Okay. Right. Yeah. I see."
+
+
+def interrupts(text: str) -> bool:
+    """Do these words, said while we speak, take the turn? Only backchannel words ("mm-hm", "okay",
+    "right", "yeah", "I see", and Whisper's repeats of them) or none at all do not."""
+    text = text.strip().lower().replace("\u2019", "'")
+    if len(text) > _BACKCHANNEL_CHARS:
+        return True
+    words = re.sub(r"[.,!?;:]", " ", text).split()
+    i = 0
+    while i < len(words):
+        if tuple(words[i:i + 2]) in _BACKCHANNEL_PAIRS:
+            i += 2
+        elif words[i] in _BACKCHANNEL_WORDS or _HUM.fullmatch(words[i]):
+            i += 1
+        else:
+            return True
+    return False

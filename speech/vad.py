@@ -56,6 +56,9 @@ class EndpointerConfig:
     # Speech (by the second opinion) that confirms the caller is talking over us: ~300 ms is a
     # syllable or two, longer than a cough or a click; a backchannel ("mm-hm") may get there.
     confirm_ms: int = 300
+    # While we speak, confirmed speech stops us only once its words are more than a backchannel
+    # ("mm-hm", "okay": speech/turn.py) or it has lasted this long (Silero speech); 0: at confirmation.
+    backchannel_ms: int = 1000
     min_voice_ms: int = 100  # speech (by the second opinion) an utterance needs; less is noise
     voice_threshold: float = 0.5  # Silero speech probability of a 32 ms window
     end_of_turn: Literal["fixed", "adaptive"] = "fixed"  # "fixed": end_silence_ms; "adaptive": the silence the words call for
@@ -80,7 +83,9 @@ class EndpointerConfig:
                      "complete_silence_ms", "incomplete_silence_ms", "digits_silence_ms"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
-        for name in ("preroll_ms", "min_speech_ms", "min_voice_ms"):
+        if self.backchannel_ms and self.backchannel_ms < self.confirm_ms:
+            raise ValueError("backchannel_ms must be 0 or at least confirm_ms")
+        for name in ("preroll_ms", "min_speech_ms", "min_voice_ms", "backchannel_ms"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
 
@@ -265,6 +270,14 @@ class Endpointer:
             return []
         self._verdict = Completion.INCOMPLETE if text is None else completion(text, expecting_number=expecting_number)
         return [self._finish("silence")] if self._silence() >= self._end_frames() else []
+
+    def heard(self, lead_ms: int | None = None) -> bytes:
+        """The current utterance so far, from `lead_ms` before its first voiced frame (None: all the
+        pre-roll kept); empty between utterances."""
+        if self._buffer is None:
+            return b""
+        start = 0 if lead_ms is None else max(0, self._onset - lead_ms // FRAME_MS)
+        return b"".join(self._buffer[start:])
 
     def _kept_pcm(self) -> bytes:
         assert self._buffer is not None

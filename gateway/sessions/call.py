@@ -2,11 +2,13 @@
 
 The session reads the caller's frames continuously, even while it thinks or speaks. Barge-in:
 once the endpointer confirms that the caller is talking over our reply (SpeechConfirmed: Silero
-heard vad.confirm_ms of speech, so a cough or a click never gets there), the reply task is
-cancelled, which drops its queued audio and stops its LLM/TTS work. If that interruption then
-turns out to hold no words, the reply resumes from the clause that was cut. An utterance that
-ends while our reply still plays (too short to confirm, or calls.barge_in off) is held and
-answered once the reply is over. STT starts speculatively at a short pause and is reused when the
+heard vad.confirm_ms of speech, so a cough or a click never gets there), the reply plays on while
+the words so far are transcribed (again as more come): words beyond a backchannel ("mm-hm",
+"okay": speech/turn.py), or speech longer than vad.backchannel_ms, cancel the reply task, which
+drops its queued audio and stops its LLM/TTS work. If that interruption then turns out to hold no
+words, the reply resumes from the clause that was cut. An utterance that ends while our reply still
+plays (a backchannel, too short to confirm, or calls.barge_in off) is held and answered once the
+reply is over, unless it was only backchannel words said before the reply's last clause. STT starts speculatively at a short pause and is reused when the
 pause turns out to be the end of the turn; with `vad.end_of_turn: adaptive` its words also decide
 how long that pause must last to end the turn (speech/vad.py).
 """
@@ -32,11 +34,19 @@ from models.privacy import masked, said
 from models.records import CallEvent, CallRecord, TakenMessage, Turn
 from speech.stt import SttBusy, SttJob, Transcript
 from speech.tts import TtsBusy, split_clauses
+from speech.turn import BACKCHANNEL_PROMPT, interrupts
 from speech.vad import (Endpointer, SpeechConfirmed, SpeechDropped, SpeechResumed, SpeechStarted, TentativeEnd,
                         Utterance)
 from speech.voice import VoiceDetector
 
 log = logging.getLogger(__name__)
+
+# Confirmed speech over our reply is transcribed at its confirmation and every 200 ms of audio after
+# (the newest such point when STT frees up): the same audio, so the same words, however loaded we are.
+_RELISTEN_BYTES = 200 * 16
+# ... from this long before its first voiced frame: with the whole 300 ms pre-roll of silence, tiny.en
+# heard more backchannels as words ("Yeah, man." for "mm-hm"; bench/barge_in.py).
+_LISTEN_LEAD_MS = 100
 
 # Transfers that must end with a person even when the control plane cannot make them.
 _TO_A_PERSON = frozenset({"rule:emergency", "rule:busy"})
@@ -81,8 +91,26 @@ class _Playback:
 
     def unheard(self) -> str:
         """The clause being played (cut: it is said again whole) and all after it."""
-        heard = sum(1 for m in self.marks if m.done() and m.result())
-        return " ".join(self.clauses[heard:])
+        return " ".join(self.clauses[self._heard():])
+
+    def before_last_clause(self) -> bool:
+        """Is an earlier clause than the last still playing? (Words said over the last one, often a
+        question, may answer it.)"""
+        return self._heard() < len(self.clauses) - 1
+
+    def _heard(self) -> int:
+        return sum(1 for m in self.marks if m.done() and m.result())
+
+
+@dataclass
+class _Listening:
+    """Confirmed speech (utterance `seq`, `confirmed_at` bytes long then) over our reply, not yet more
+    than a backchannel: the reply plays on while its words are transcribed (`job`: of `heard` bytes)."""
+
+    seq: int
+    confirmed_at: int
+    job: asyncio.Future[Transcript] | None = None
+    heard: int = 0
 
 
 @dataclass
@@ -123,6 +151,8 @@ class CallSession:
         self._playback: _Playback | None = None
         self._cut: _Cut | None = None
         self._held: list[Utterance] = []  # utterances that ended while our reply played
+        self._held_mid_reply = False  # all of them before its last clause: backchannel words are dropped
+        self._listening: _Listening | None = None
         self._speculative_job: SttJob | None = None  # the STT job behind self._speculation
         self._unheard_text = ""  # a turn cancelled before we said anything is merged into the next
         self._seq = 0
@@ -200,6 +230,7 @@ class CallSession:
 
     async def _cleanup(self) -> None:
         self._held.clear()
+        self._stop_listening()
         if self._reply is not None and not self._reply_interruptible:
             # A transfer or goodbye ends the call itself: let it finish recording its outcome.
             await asyncio.wait([self._reply], timeout=5)
@@ -218,6 +249,7 @@ class CallSession:
             if isinstance(event, AudioIn):
                 for vad_event in self.endpointer.feed(event.pcm):
                     self._on_vad(vad_event)
+                self._listen()
                 if self._idle_for() > cfg.calls.no_speech_timeout_s:
                     self._on_no_speech()
             elif isinstance(event, Dtmf):
@@ -251,7 +283,10 @@ class CallSession:
             self._prompts = 0
         elif isinstance(event, SpeechConfirmed):
             if self._reply is not None and self._reply_interruptible and self.services.config.calls.barge_in:
-                self._interrupt(event.seq)
+                if self.services.config.vad.backchannel_ms and self._playback is not None:  # we are speaking
+                    self._listening = _Listening(event.seq, len(self.endpointer.heard(_LISTEN_LEAD_MS)))
+                else:
+                    self._interrupt(event.seq, "confirmed")
         elif isinstance(event, TentativeEnd):
             self._speculation = _Speculation(event.seq, self._tasks.spawn(self._transcribe(event.pcm)))
             if self.services.config.vad.end_of_turn == "adaptive":
@@ -259,12 +294,14 @@ class CallSession:
         elif isinstance(event, SpeechResumed):
             self._drop_speculation()
         elif isinstance(event, SpeechDropped):
+            self._stop_listening()
             self._drop_speculation()
             rest = self._take_cut(event.seq)
             if rest is not None and self._reply is None:
                 log.info("reply resumed call=%s reason=%s", self.call.call_id, event.reason)
                 self._start_reply(self._deliver(rest))
         elif isinstance(event, Utterance):
+            self._stop_listening()
             speculation = self._speculation if self._speculation and self._speculation.seq == event.seq else None
             if speculation is None or self._held:
                 speculation = None
@@ -275,6 +312,8 @@ class CallSession:
                 return
             if self._reply is not None:  # not an interruption: answered once our reply is over
                 log.info("utterance held call=%s audio_ms=%d", self.call.call_id, event.speech_ms)
+                mid_reply = self._playback is not None and self._playback.before_last_clause()
+                self._held_mid_reply = mid_reply and (self._held_mid_reply or not self._held)
                 self._held.append(event)
                 return
             turn = _Turn(ended_at=time.monotonic(), timings={"endpoint": float(event.silence_ms)})
@@ -289,9 +328,48 @@ class CallSession:
         for event in self.endpointer.decide(speculation.seq, text, expecting_number=self.dialog.expects_number):
             self._on_vad(event)
 
-    def _interrupt(self, seq: int) -> None:
+    def _listen(self) -> None:
+        """Confirmed speech over our reply: stop the reply once it is longer than a backchannel, else
+        transcribe what has come of it (one job at a time, again every _RELISTEN_BYTES)."""
+        listening = self._listening
+        if listening is None:
+            return
+        if self._reply is None or not self._reply_interruptible:  # the reply ended or may no longer be cut
+            self._stop_listening()
+        elif self.endpointer.voice_ms >= self.services.config.vad.backchannel_ms:
+            self._interrupt(listening.seq, "long")
+        elif listening.job is None:
+            pcm = self.endpointer.heard(_LISTEN_LEAD_MS)
+            point = len(pcm) - (len(pcm) - listening.confirmed_at) % _RELISTEN_BYTES
+            if point <= listening.heard:
+                return
+            try:
+                job = self.services.transcriber.submit(pcm[:point], prompt=BACKCHANNEL_PROMPT)
+            except SttBusy:  # no way to tell a backchannel in time: stop, as a caller talking would expect
+                self._interrupt(listening.seq, "stt busy")
+                return
+            listening.job, listening.heard = job.result(), point
+            listening.job.add_done_callback(self._listened)
+
+    def _listened(self, future: asyncio.Future[Transcript]) -> None:
+        listening = self._listening
+        if listening is None or listening.job is not future:  # no longer listening: it ended or was stopped
+            return
+        listening.job = None
+        if future.cancelled() or future.exception() is not None:
+            self._interrupt(listening.seq, "stt failed")
+        elif interrupts(future.result().text):
+            self._interrupt(listening.seq, "words")
+
+    def _stop_listening(self) -> None:
+        if self._listening is not None and self._listening.job is not None:
+            self._listening.job.cancel()
+        self._listening = None
+
+    def _interrupt(self, seq: int, reason: str) -> None:
         """Barge-in confirmed: stop the reply now, keeping what the caller has not heard of it."""
         assert self._reply is not None
+        self._stop_listening()
         rest = None
         if self._playback is not None:
             unheard = self._playback.unheard()
@@ -301,7 +379,7 @@ class CallSession:
         self._reply = None  # cancelled: it still records its turn as interrupted
         self._playback = None
         self._cut = _Cut(seq, rest)
-        log.info("barge-in call=%s queued_frames=%d", self.call.call_id, self.out.queued_frames)
+        log.info("barge-in call=%s reason=%s queued_frames=%d", self.call.call_id, reason, self.out.queued_frames)
         self.out.clear()
 
     def _take_cut(self, seq: int) -> Reply | None:
@@ -317,10 +395,11 @@ class CallSession:
         return Utterance(b"".join(u.pcm for u in parts), sum(u.speech_ms for u in parts), utterance.seq,
                          utterance.reason)
 
-    async def _answer(self, utterance: Utterance, speculation: _Speculation | None, turn: _Turn) -> None:
+    async def _answer(self, utterance: Utterance, speculation: _Speculation | None, turn: _Turn,
+                      mid_reply: bool = False) -> None:
         resume = self._take_cut(utterance.seq)
         before = self._seq
-        await self._turn(utterance, speculation, turn)
+        await self._turn(utterance, speculation, turn, mid_reply)
         if resume is not None and self._seq == before:  # no turn stored: the interruption held no words
             log.info("reply resumed call=%s reason=no words", self.call.call_id)
             await self._deliver(resume)
@@ -364,9 +443,10 @@ class CallSession:
             self._reply = None
             self._quiet_since = time.monotonic()
             if self._held and not task.cancelled() and self._reply_interruptible:
+                mid_reply = self._held_mid_reply
                 held = self._with_held(self._held.pop())
-                self._start_reply(self._answer(held, None, _Turn(ended_at=time.monotonic(),
-                                                                 timings={"endpoint": 0.0})))
+                self._start_reply(self._answer(held, None, _Turn(ended_at=time.monotonic(), timings={"endpoint": 0.0}),
+                                               mid_reply))
 
     async def _cancel_reply(self) -> None:
         task = self._reply
@@ -376,13 +456,20 @@ class CallSession:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
 
-    async def _turn(self, utterance: Utterance, speculation: _Speculation | None, turn: _Turn) -> None:
+    async def _turn(self, utterance: Utterance, speculation: _Speculation | None, turn: _Turn,
+                    mid_reply: bool = False) -> None:
+        """Answer `utterance`; `mid_reply`: it was said over our reply, before its last clause, so only
+        backchannel words ("mm-hm", "okay") are no turn."""
         cap = self.services.config.capacity
         stage = "admission"
         try:
             with self.services.ai_turn():
                 stage = "stt"
                 async with asyncio.timeout(cap.stt_timeout_s):
+                    if mid_reply and not await self._more_than_backchannel(utterance):
+                        log.info("utterance dropped call=%s reason=backchannel audio_ms=%d", self.call.call_id,
+                                 utterance.speech_ms)
+                        return
                     transcript = await self._transcript(utterance, speculation, turn)
                 text = f"{self._unheard_text} {transcript.text}".strip() if transcript.text else ""
                 if not text:
@@ -435,6 +522,11 @@ class CallSession:
         turn.timings["stt"] = transcript.elapsed_ms
         turn.timings["stt_wait"] = (time.perf_counter() - t0) * 1000
         return transcript
+
+    async def _more_than_backchannel(self, utterance: Utterance) -> bool:
+        """Read with Whisper primed for backchannels (the site's vocabulary turns a hum into names)."""
+        job = self.services.transcriber.submit(utterance.pcm, prompt=BACKCHANNEL_PROMPT)
+        return interrupts((await job.result()).text)
 
     def _keep_unheard(self, task: asyncio.Task[Transcript]) -> None:
         if not task.cancelled() and task.exception() is None and task.result().text:

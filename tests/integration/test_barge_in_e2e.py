@@ -1,7 +1,8 @@
 """Barge-in over real TCP AudioSocket with the real models: what stops our answer, and what does not.
 
 The answer used is the address (about 9 s with "anything else"); every interruption comes 1.5-2 s
-into it, as measured from outside when a cough cut it.
+into it, as measured from outside when a cough cut it. Backchannels and the real question said in
+another voice than the gateway's own are espeak-ng's (deterministic, unlike Piper).
 """
 
 from __future__ import annotations
@@ -17,6 +18,11 @@ from gateway.daemon.app import Gateway
 from gateway.media.caller import CallerClient, Reply
 from llm.engine import Cancelled
 from llm.rules import normalize
+from speech.audio import split_frames
+from speech.vad import Endpointer, SpeechConfirmed
+from speech.voice import VoiceDetector
+from tests.support.gateway import session_of
+from tests.support.hearing import ESPEAK, espeak
 from tests.support.sounds import cough, far_away
 
 pytestmark = pytest.mark.models
@@ -60,20 +66,63 @@ async def spoken(services, client: CallerClient) -> tuple[list, list]:  # type: 
     return [t for t in turns if t.speaker == "caller"], [t for t in turns if t.speaker == "assistant"]
 
 
-async def test_a_cough_does_not_stop_the_answer(gateway, services, speak) -> None:
+def confirmed(services, pcm: bytes) -> bool:  # type: ignore[no-untyped-def]
+    """Does the endpointer confirm `pcm` as speech, as it must for it to stop a reply at all?"""
+    vad = services.config.vad
+    endpointer = Endpointer(vad, VoiceDetector(vad.voice_threshold))
+    return any(isinstance(e, SpeechConfirmed) for frame in split_frames(pcm) for e in endpointer.feed(frame))
+
+
+async def answer_heard_whole(gateway, services, speak, client: CallerClient, pcm: bytes) -> None:  # type: ignore[no-untyped-def]
+    """Ask QUESTION, send `pcm` 2 s into its answer: the caller hears all of the answer, in one piece, and
+    nothing more (what they sent is no turn, no help request)."""
+    session = await session_of(gateway, client.call_id)
+    asked, _, _ = await ask_and_cut_in(client, speak, pcm, 2.0)
+    reply = await client.wait_reply(asked)
+    deadline = time.monotonic() + 30  # what was held while we spoke has been answered, or dropped
+    while session._reply is not None or session._held:
+        assert time.monotonic() < deadline, "the call never went back to listening"
+        await asyncio.sleep(0.05)
+    callers, assistant = await spoken(services, client)
+    answer = assistant[-1]
+    assert len(assistant) == 2 and not answer.interrupted and "harbour street" in answer.text.lower()
+    assert [t.text for t in callers] and len(callers) == 1, [t.text for t in callers]  # the question only
+    assert not [r for r in await services.store.help_requests() if r.call_id == client.call_id]
+    whole_s = len(services.synthesizer.synthesize(answer.text)) / 16000
+    assert reply.last_voiced_at - reply.first_voiced_at > whole_s - 0.5
+    assert "anything else" in await heard(services, reply)
+
+
+async def test_a_cough_does_not_stop_the_answer(gateway, services, speak) -> None:  # type: ignore[no-untyped-def]
     client = await greeted(gateway.port)
     try:
-        asked, _, _ = await ask_and_cut_in(client, speak, cough(), 2.0)
-        reply = await client.wait_reply(asked)
+        await answer_heard_whole(gateway, services, speak, client, cough())
+    finally:
+        await client.close()
+
+
+@pytest.mark.skipif(ESPEAK is None, reason="espeak-ng is not installed")
+@pytest.mark.parametrize("word", ["Mm-hm.", "Okay."])
+async def test_a_backchannel_does_not_stop_the_answer(gateway, services, speak, word: str) -> None:  # type: ignore[no-untyped-def]
+    pcm = espeak(word, "en-us", 160)
+    assert confirmed(services, pcm)  # long enough to have stopped the answer, were it not a backchannel
+    client = await greeted(gateway.port)
+    try:
+        await answer_heard_whole(gateway, services, speak, client, pcm)
+    finally:
+        await client.close()
+
+
+@pytest.mark.skipif(ESPEAK is None, reason="espeak-ng is not installed")
+async def test_a_question_in_another_voice_stops_the_answer(gateway, services, speak) -> None:  # type: ignore[no-untyped-def]
+    client = await greeted(gateway.port)
+    try:
+        _, _, said = await ask_and_cut_in(client, speak, espeak("How much is a filling?", "en-us", 160), 2.0)
+        await client.wait_reply(said)
         callers, assistant = await spoken(services, client)
-        answer = assistant[-1]
-        assert len(assistant) == 2 and not answer.interrupted and "harbour street" in answer.text.lower()
-        assert [t.text for t in callers] and len(callers) == 1  # the question only: the cough is no turn
-        assert not [r for r in await services.store.help_requests() if r.call_id == client.call_id]
-        # The caller heard all of it, in one piece.
-        whole_s = len(services.synthesizer.synthesize(answer.text)) / 16000
-        assert reply.last_voiced_at - reply.first_voiced_at > whole_s - 0.5
-        assert "anything else" in await heard(services, reply)
+        address = next(t for t in assistant if "harbour street" in t.text.lower())
+        assert address.interrupted
+        assert len(callers) == 2 and "how much" in normalize(callers[-1].text), [t.text for t in callers]
     finally:
         await client.close()
 
@@ -135,12 +184,7 @@ async def test_a_replaced_reply_stops_its_generation(gateway, bundled_engine) ->
     """The LLM thread is shared by every call: a reply abandoned for another must stop generating."""
     client = await CallerClient("127.0.0.1", gateway.port).connect()
     try:
-        for _ in range(100):
-            session = next((s for s in gateway.sessions if s.call.call_id == client.call_id), None)
-            if session is not None:
-                break
-            await asyncio.sleep(0.05)
-        assert session is not None
+        session = await session_of(gateway, client.call_id)
         schema = {"type": "object", "properties": {"reply": {"type": "string", "maxLength": 40}}, "required": ["reply"]}
 
         def generate():  # type: ignore[no-untyped-def]

@@ -18,6 +18,7 @@ import pytest
 from gateway.daemon.app import Gateway
 from gateway.media.caller import CallerClient
 from llm.rules import normalize
+from tests.support.gateway import session_of
 
 pytestmark = pytest.mark.models
 
@@ -48,15 +49,6 @@ async def gateway_with(services) -> AsyncIterator:  # type: ignore[no-untyped-de
         await gateway.stop(grace_s=1.0)
 
 
-async def session_of(gateway: Gateway, client: CallerClient):  # type: ignore[no-untyped-def]
-    for _ in range(200):
-        session = next((s for s in gateway.sessions if s.call.call_id == client.call_id), None)
-        if session is not None:
-            return session
-        await asyncio.sleep(0.05)
-    raise AssertionError("no session for the call")
-
-
 async def words_before_pause_read(session) -> None:  # type: ignore[no-untyped-def]
     """Wait (bounded) until the speculative transcript of the words before the pause is done, and
     the session has acted on it (its done-callbacks run before this coroutine resumes)."""
@@ -71,7 +63,7 @@ async def pause_mid_sentence(gateway: Gateway, services, speak) -> tuple[CallerC
     """Say BEFORE, pause PAUSE_MS, say AFTER; the caller turns stored once the gateway has answered."""
     client = await CallerClient("127.0.0.1", gateway.port).connect()
     await client.wait_reply(time.monotonic() - 1)  # the greeting
-    session = await session_of(gateway, client)
+    session = await session_of(gateway, client.call_id)
     before, after = await speak(BEFORE), await speak(AFTER)
     await client.say(before + silence(SEEN_MS))
     client.send_nothing(60)

@@ -18,6 +18,18 @@ async def running_gateway(services) -> AsyncIterator:  # type: ignore[no-untyped
         await gw.stop(grace_s=2.0)
 
 
+async def session_of(gateway, call_id: str):  # type: ignore[no-untyped-def]
+    """The gateway's CallSession of call `call_id`, once it has one (bounded wait)."""
+    import asyncio
+
+    for _ in range(200):
+        session = next((s for s in gateway.sessions if s.call.call_id == call_id), None)
+        if session is not None:
+            return session
+        await asyncio.sleep(0.05)
+    raise AssertionError("no session for the call")
+
+
 async def own_store(services, directory, **config_changes):  # type: ignore[no-untyped-def]
     """The session's loaded models with a database of their own, holding the site's knowledge, and a
     knowledge index reading that database: nothing a test stores (a learned answer, an outbox row, a

@@ -62,6 +62,21 @@ def test_a_short_word_is_still_an_utterance(voice: dict[str, bytes]) -> None:
     assert isinstance(events[-1], Utterance)
 
 
+def test_heard_is_the_utterance_so_far(voice: dict[str, bytes]) -> None:
+    """What the session transcribes to tell a backchannel from an interruption."""
+    ep = Endpointer(EndpointerConfig(), VoiceDetector(0.5))
+    frames = audio.split_frames(silence(500) + voice[INTERRUPTION])
+    at = next(i for i, frame in enumerate(frames) if any(isinstance(e, SpeechConfirmed) for e in ep.feed(frame)))
+    heard = ep.heard()
+    assert heard == b"".join(frames[at + 1 - len(heard) // audio.FRAME_BYTES: at + 1])
+    assert 300 * 16 <= len(heard) <= 1000 * 16  # pre-roll and the confirmed speech
+    lead = ep.heard(100)
+    assert heard.endswith(lead) and len(heard) - len(lead) == (300 - 100) * 16  # 200 ms less of the pre-roll
+    for frame in audio.split_frames(silence(1500)):
+        ep.feed(frame)
+    assert ep.heard() == b""
+
+
 def test_without_a_second_opinion_webrtcvad_voiced_frames_confirm(voice: dict[str, bytes]) -> None:
     pcm = silence(500) + voice[INTERRUPTION] + silence(1500)
     late = run(pcm, EndpointerConfig(confirm_ms=600), second_opinion=False)
@@ -75,7 +90,8 @@ def test_vad_thresholds_are_validated(tmp_path: Path) -> None:
         shutil.copy(ETC / name, tmp_path / name)
     path = tmp_path / "switchboard.yaml"
     text = path.read_text()
-    for line, key in (("confirm_ms: 0", "vad"), ("voice_threshold: 1.5", "vad"), ("min_voice_ms: -1", "vad")):
+    for line, key in (("confirm_ms: 0", "vad"), ("voice_threshold: 1.5", "vad"), ("min_voice_ms: -1", "vad"),
+                      ("backchannel_ms: 200", "vad")):
         path.write_text(text.replace("  end_silence_ms: 500", f"  end_silence_ms: 500\n  {line}", 1))
         with pytest.raises(ConfigError) as err:
             load_config(path)

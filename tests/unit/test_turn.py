@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from speech.turn import Completion, completion
+from speech.turn import Completion, completion, interrupts
 
 C, I, D = Completion.COMPLETE, Completion.INCOMPLETE, Completion.DIGITS
 
@@ -55,3 +55,15 @@ def test_expecting_a_number_waits_on_any_digits_and_open_words() -> None:
     assert completion("5 5", expecting_number=False) is C  # a short number out of a number context: a time
     assert completion("I don't have one.", expecting_number=True) is C
     assert completion("555 123 4567", expecting_number=True) is C
+
+
+@pytest.mark.parametrize("text", ["Mm-hmm.", "Mm-h.", "Mm-h-h", "Mhm.", "Hmm.", "Uh-huh.", "Okay. Okay.", "OK.", "Right.", "Yeah.", "I see.",
+                                  "All right.", "Yes, I see.", "Hmm.", "", "  "])
+def test_backchannel_words_do_not_take_the_turn(text: str) -> None:
+    assert not interrupts(text)
+
+
+@pytest.mark.parametrize("text", ["Sorry.", "How much?", "Wait, what?", "Okay, so what about", "No.", "Great, thanks",
+                                  "okay " * 12])
+def test_other_words_take_the_turn(text: str) -> None:
+    assert interrupts(text)
