@@ -84,20 +84,18 @@ _BACKCHANNEL_WORDS = frozenset("""
 uh-huh uh-uh uh huh um ah oh aha okay ok right alright yeah yep yup yes sure exactly cool great good fine perfect
 """.split())
 _BACKCHANNEL_PAIRS = frozenset({("i", "see"), ("got", "it"), ("all", "right"), ("that's", "right")})
-_HUM = re.compile(r"[mh][mh-]*")  # "mm", "mhm", "mm-hmm", "hmm"; Whisper cuts them short ("mm-h")
-_BACKCHANNEL_CHARS = 40  # longer is more than a backchannel
+# "mm", "mhm", "mm-hmm", "hmm"; Whisper cuts them short ("mm-h") or adds to them ("mm-hmm-huh").
+_HUM = re.compile(r"[mh][mhu-]*")
 # Whisper primed with these writes a hum as "Mm-hmm" (unprimed, tiny.en heard espeak-ng's as "MMA Kim",
-# "And in memory"); other words still come out as said ("Sorry.", "How much?", "Wait.").
+# "and the make"); other words still come out as said ("Sorry.", "How much?", "Wait."). Primed, it
+# also loops more often on short clips, so the call uses it for a second reading only.
 BACKCHANNEL_PROMPT = "Mm-hmm. Uh-huh. Okay. Right. Yeah. I see."
 
 
 def interrupts(text: str) -> bool:
     """Do these words, said while we speak, take the turn? Only backchannel words ("mm-hm", "okay",
     "right", "yeah", "I see", and Whisper's repeats of them) or none at all do not."""
-    text = text.strip().lower().replace("\u2019", "'")
-    if len(text) > _BACKCHANNEL_CHARS:
-        return True
-    words = re.sub(r"[.,!?;:]", " ", text).split()
+    words = re.sub(r"[.,!?;:]", " ", text.lower().replace("\u2019", "'")).split()
     i = 0
     while i < len(words):
         if tuple(words[i:i + 2]) in _BACKCHANNEL_PAIRS:

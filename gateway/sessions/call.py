@@ -8,9 +8,10 @@ the words so far are transcribed (again as more come): words beyond a backchanne
 drops its queued audio and stops its LLM/TTS work. If that interruption then turns out to hold no
 words, the reply resumes from the clause that was cut. An utterance that ends while our reply still
 plays (a backchannel, too short to confirm, or calls.barge_in off) is held and answered once the
-reply is over, unless it was only backchannel words said before the reply's last clause. STT starts speculatively at a short pause and is reused when the
-pause turns out to be the end of the turn; with `vad.end_of_turn: adaptive` its words also decide
-how long that pause must last to end the turn (speech/vad.py).
+reply is over, unless it was only backchannel words said before the reply's last clause. STT starts
+speculatively at a short pause and is reused when the pause turns out to be the end of the turn;
+with `vad.end_of_turn: adaptive` its words also decide how long that pause must last to end the
+turn (speech/vad.py).
 """
 
 from __future__ import annotations
@@ -119,6 +120,11 @@ class _Cut:
 
     seq: int
     rest: Reply | None
+
+
+def _takes_turn(transcript: Transcript) -> bool:
+    """Words, said over our reply, that are more than a backchannel, by both readings if there are two."""
+    return interrupts(transcript.text) and (not transcript.second_text or interrupts(transcript.second_text))
 
 
 @dataclass
@@ -344,7 +350,7 @@ class CallSession:
             if point <= listening.heard:
                 return
             try:
-                job = self.services.transcriber.submit(pcm[:point], prompt=BACKCHANNEL_PROMPT)
+                job = self._submit_backchannel(pcm[:point])
             except SttBusy:  # no way to tell a backchannel in time: stop, as a caller talking would expect
                 self._interrupt(listening.seq, "stt busy")
                 return
@@ -358,7 +364,7 @@ class CallSession:
         listening.job = None
         if future.cancelled() or future.exception() is not None:
             self._interrupt(listening.seq, "stt failed")
-        elif interrupts(future.result().text):
+        elif _takes_turn(future.result()):
             self._interrupt(listening.seq, "words")
 
     def _stop_listening(self) -> None:
@@ -524,9 +530,13 @@ class CallSession:
         return transcript
 
     async def _more_than_backchannel(self, utterance: Utterance) -> bool:
-        """Read with Whisper primed for backchannels (the site's vocabulary turns a hum into names)."""
-        job = self.services.transcriber.submit(utterance.pcm, prompt=BACKCHANNEL_PROMPT)
-        return interrupts((await job.result()).text)
+        return _takes_turn(await self._submit_backchannel(utterance.pcm).result())
+
+    def _submit_backchannel(self, pcm: bytes) -> SttJob:
+        """Transcribe `pcm` to tell a backchannel: unprimed (any prompt made tiny.en loop on these short
+        clips, and a loop costs a second decode of the whole 30 s window), then, if that was heard with
+        little confidence (a hum read as "and the make"), again primed with backchannel words."""
+        return self.services.transcriber.submit(pcm, second_prompt=BACKCHANNEL_PROMPT)
 
     def _keep_unheard(self, task: asyncio.Task[Transcript]) -> None:
         if not task.cancelled() and task.exception() is None and task.result().text:

@@ -73,7 +73,8 @@ def confirmed(services, pcm: bytes) -> bool:  # type: ignore[no-untyped-def]
     return any(isinstance(e, SpeechConfirmed) for frame in split_frames(pcm) for e in endpointer.feed(frame))
 
 
-async def answer_heard_whole(gateway, services, speak, client: CallerClient, pcm: bytes) -> None:  # type: ignore[no-untyped-def]
+async def answer_heard_whole(gateway, services, speak, client: CallerClient,  # type: ignore[no-untyped-def]
+                             pcm: bytes) -> None:
     """Ask QUESTION, send `pcm` 2 s into its answer: the caller hears all of the answer, in one piece, and
     nothing more (what they sent is no turn, no help request)."""
     session = await session_of(gateway, client.call_id)
@@ -103,7 +104,8 @@ async def test_a_cough_does_not_stop_the_answer(gateway, services, speak) -> Non
 
 @pytest.mark.skipif(ESPEAK is None, reason="espeak-ng is not installed")
 @pytest.mark.parametrize("word", ["Mm-hm.", "Okay."])
-async def test_a_backchannel_does_not_stop_the_answer(gateway, services, speak, word: str) -> None:  # type: ignore[no-untyped-def]
+async def test_a_backchannel_does_not_stop_the_answer(gateway, services, speak,  # type: ignore[no-untyped-def]
+                                                      word: str) -> None:
     pcm = espeak(word, "en-us", 160)
     assert confirmed(services, pcm)  # long enough to have stopped the answer, were it not a backchannel
     client = await greeted(gateway.port)
@@ -114,7 +116,8 @@ async def test_a_backchannel_does_not_stop_the_answer(gateway, services, speak, 
 
 
 @pytest.mark.skipif(ESPEAK is None, reason="espeak-ng is not installed")
-async def test_a_question_in_another_voice_stops_the_answer(gateway, services, speak) -> None:  # type: ignore[no-untyped-def]
+async def test_a_question_in_another_voice_stops_the_answer(  # type: ignore[no-untyped-def]
+        gateway, services, speak) -> None:
     client = await greeted(gateway.port)
     try:
         _, _, said = await ask_and_cut_in(client, speak, espeak("How much is a filling?", "en-us", 160), 2.0)

@@ -57,13 +57,12 @@ def test_expecting_a_number_waits_on_any_digits_and_open_words() -> None:
     assert completion("555 123 4567", expecting_number=True) is C
 
 
-@pytest.mark.parametrize("text", ["Mm-hmm.", "Mm-h.", "Mm-h-h", "Mhm.", "Hmm.", "Uh-huh.", "Okay. Okay.", "OK.", "Right.", "Yeah.", "I see.",
-                                  "All right.", "Yes, I see.", "Hmm.", "", "  "])
+@pytest.mark.parametrize("text", ["Mm-hmm.", "Mm-h.", "Mm-h-h", "Mm-hmm-huh.", "Mhm.", "Hmm.", "Uh-huh.", "Okay. Okay.",
+                                  "OK.", "Right.", "Yeah.", "I see.", "All right.", "Yes, I see.", "", "  "])
 def test_backchannel_words_do_not_take_the_turn(text: str) -> None:
     assert not interrupts(text)
 
 
-@pytest.mark.parametrize("text", ["Sorry.", "How much?", "Wait, what?", "Okay, so what about", "No.", "Great, thanks",
-                                  "okay " * 12])
+@pytest.mark.parametrize("text", ["Sorry.", "How much?", "Wait, what?", "Okay, so what about", "No.", "Great, thanks"])
 def test_other_words_take_the_turn(text: str) -> None:
     assert interrupts(text)
