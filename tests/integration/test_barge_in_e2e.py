@@ -103,7 +103,10 @@ async def test_a_cough_does_not_stop_the_answer(gateway, services, speak) -> Non
 
 
 @pytest.mark.skipif(ESPEAK is None, reason="espeak-ng is not installed")
-@pytest.mark.parametrize("word", ["Mm-hm.", "Okay."])
+# Every 200 ms reading of these clips (and of the whole) is a backchannel, so however loaded the machine,
+# whichever of them the call gets to read, the answer plays on. Not "Mm-hm.": tiny.en reads some of
+# espeak-ng's hum confidently as words ("And I'm at camp"), so that one stops the answer depending on load.
+@pytest.mark.parametrize("word", ["Uh-huh.", "Okay."])
 async def test_a_backchannel_does_not_stop_the_answer(gateway, services, speak,  # type: ignore[no-untyped-def]
                                                       word: str) -> None:
     pcm = espeak(word, "en-us", 160)
