@@ -134,9 +134,9 @@ class SttJob:
     worker takes the job means it is skipped, never transcribed."""
 
     def __init__(self, queue: "SttQueue", pcm: bytes, prompt: str | None, speculative: bool,
-                 second_prompt: str | None = None) -> None:
+                 second_prompt: str | None = None, beam: bool = True) -> None:
         self.pcm, self.prompt, self.speculative = pcm, prompt, speculative
-        self.second_prompt = second_prompt
+        self.second_prompt, self.beam = second_prompt, beam
         self.future: Future[Transcript] = Future()
         self._queue = queue
 
@@ -171,8 +171,9 @@ class SttQueue:
         for thread in self._threads:
             thread.start()
 
-    def submit(self, pcm: bytes, prompt: str | None, *, speculative: bool, second_prompt: str | None = None) -> SttJob:
-        job = SttJob(self, pcm, prompt, speculative, second_prompt)
+    def submit(self, pcm: bytes, prompt: str | None, *, speculative: bool, second_prompt: str | None = None,
+               beam: bool = True) -> SttJob:
+        job = SttJob(self, pcm, prompt, speculative, second_prompt, beam)
         with self._cond:
             if self._closed:
                 raise RuntimeError("stt queue closed")
@@ -332,13 +333,13 @@ class Transcriber:
         self._prompt_words: dict[str, set[str]] = {}  # prompt text -> its words that may leak
         self._suppress = list(get_suppressed_tokens(self._tokenizer, [-1]))
         self._queue = SttQueue(lambda job: self.transcribe(job.pcm, prompt=job.prompt,
-                                                           second_prompt=job.second_prompt),
+                                                           second_prompt=job.second_prompt, beam=job.beam),
                                workers=workers, max_queue=max_queue)
         log.info("stt loaded model=%s ms=%d", model_dir, (time.monotonic() - started) * 1000)
 
     def transcribe(
         self, pcm8k: bytes, *, prompt: str | None = None, full_window: bool = False,
-        second_prompt: str | None = None,
+        second_prompt: str | None = None, beam: bool = True,
     ) -> Transcript:
         """Transcribe one utterance; full_window=True forces faster-whisper's standard
         30 s path (to compare against and for benchmarks).
@@ -353,7 +354,7 @@ class Transcriber:
         x = pcm_to_float(resample(pcm8k, SAMPLE_RATE, WHISPER_RATE))
         heard = Transcript("", audio_ms, 0.0, path="empty")
         if x.size:
-            heard = self._decode(x, prompt, full_window, second_prompt or "")
+            heard = self._decode(x, prompt, full_window, second_prompt or "", beam)
             if _is_phantom(heard.text, x, heard.avg_logprob, heard.no_speech_prob, prompt):
                 log.info("stt dropped phantom chars=%d no_speech=%.2f", len(heard.text), heard.no_speech_prob or 0)
                 heard = dataclasses.replace(heard, text="", second_text="", alternatives=())
@@ -363,9 +364,10 @@ class Transcriber:
         return dataclasses.replace(heard, audio_ms=audio_ms, elapsed_ms=elapsed)
 
     def submit(self, pcm8k: bytes, *, prompt: str | None = None, speculative: bool = False,
-               second_prompt: str | None = None) -> SttJob:
-        """Queue an utterance for the workers; raises SttBusy when the queue is at its bound."""
-        return self._queue.submit(pcm8k, prompt, speculative=speculative, second_prompt=second_prompt)
+               second_prompt: str | None = None, beam: bool = True) -> SttJob:
+        """Queue an utterance for the workers; raises SttBusy when the queue is at its bound. `beam=False`
+        never re-decodes a doubtful hearing by beam search: for a quick look, not for what is answered."""
+        return self._queue.submit(pcm8k, prompt, speculative=speculative, second_prompt=second_prompt, beam=beam)
 
     async def transcribe_async(self, pcm8k: bytes, *, prompt: str | None = None) -> Transcript:
         return await self.submit(pcm8k, prompt=prompt).result()
@@ -390,7 +392,7 @@ class Transcriber:
         return tokens
 
     def _decode(
-        self, x: np.ndarray, prompt: str, full_window: bool, second_prompt: str
+        self, x: np.ndarray, prompt: str, full_window: bool, second_prompt: str, beam_allowed: bool
     ) -> Transcript:
         """What was heard; audio_ms and elapsed_ms are the caller's to fill in."""
         features = self._model.feature_extractor(x)
@@ -405,7 +407,7 @@ class Transcriber:
                     if retry is not None and len(retry.tokens) > len(result.tokens):
                         result, path = retry, "retry"
                 heard = result  # its confidence, not the beam's, decides what follows
-                if result.avg_logprob < _BEAM_BELOW:
+                if beam_allowed and result.avg_logprob < _BEAM_BELOW:
                     beam = self._decode_window(features[:, :content], content, prompt_tokens,
                                                encoded=result.encoded, beam_size=_BEAM_SIZE)
                     # Beam search favours ending early: on a long turn it may drop the end greedy kept.

@@ -535,8 +535,10 @@ class CallSession:
     def _submit_backchannel(self, pcm: bytes) -> SttJob:
         """Transcribe `pcm` to tell a backchannel: unprimed (any prompt made tiny.en loop on these short
         clips, and a loop costs a second decode of the whole 30 s window), then, if that was heard with
-        little confidence (a hum read as "and the make"), again primed with backchannel words."""
-        return self.services.transcriber.submit(pcm, second_prompt=BACKCHANNEL_PROMPT)
+        little confidence (a hum read as "and the make"), again primed with backchannel words. No beam
+        search: it cost most of the reaction time (bench/barge_in.py), and a first reading already tells
+        "Sorry" or "Wait" from "uh-huh"."""
+        return self.services.transcriber.submit(pcm, second_prompt=BACKCHANNEL_PROMPT, beam=False)
 
     def _keep_unheard(self, task: asyncio.Task[Transcript]) -> None:
         if not task.cancelled() and task.exception() is None and task.result().text:

@@ -451,6 +451,8 @@ def test_a_doubtful_utterance_is_decoded_again_by_beam_search(transcriber: Trans
         return sum(word_edits(t, h.text) for t, h in zip(said, heard)), heard
 
     beam_edits, beamed = edits()
+    assert beamed[0].path.endswith("+beam")
+    assert transcriber.transcribe(clips[0], prompt=SITE_PROMPT, beam=False).path == "window"  # a quick look
     monkeypatch.setattr(speech.stt, "_BEAM_BELOW", float("-inf"))
     greedy_edits, greedy = edits()
     assert any(h.path.endswith("+beam") for h in beamed) and not any("beam" in h.path for h in greedy)
